@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "archipelago",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "ArchipStore", targets: ["ArchipStore"]),
+        .executable(name: "archip", targets: ["archip"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // OpenSSL's libcrypto: SHA-256 for content addresses and map checksums.
+        .systemLibrary(
+            name: "CCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // Linux calls Swift's Glibc module hides (syncfs, renameat2).
+        .target(name: "CArchipSys"),
+        .target(
+            name: "ArchipStore",
+            dependencies: ["CCrypto", "CArchipSys"],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .executableTarget(
+            name: "archip",
+            dependencies: [
+                "ArchipStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Test-only workload driver for the crash test (killed with SIGKILL on purpose).
+        .executableTarget(
+            name: "archip-torture",
+            dependencies: ["ArchipStore"]
+        ),
+        .testTarget(
+            name: "ArchipStoreTests",
+            dependencies: ["ArchipStore"]
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["ArchipStore", "archip", "archip-torture"]
+        ),
+    ]
+)

@@ -1,0 +1,192 @@
+import Foundation
+
+/// The name of one object in a store's flat namespace, e.g. `layers/<id>/map`.
+/// Built only from checked components, so it can never escape the store root.
+public struct ObjectName: Hashable, Sendable, CustomStringConvertible {
+    public let path: String
+
+    public init(_ components: String...) {
+        self.init(components: components)
+    }
+
+    public init(components: [String]) {
+        for c in components {
+            precondition(ObjectName.isSafeComponent(c), "unsafe object name component '\(c)'")
+        }
+        path = components.joined(separator: "/")
+    }
+
+    /// Parses a path that came back from a listing.
+    public init?(validating path: String) {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard !parts.isEmpty, parts.allSatisfy(ObjectName.isSafeComponent) else { return nil }
+        self.path = path
+    }
+
+    static func isSafeComponent(_ c: String) -> Bool {
+        guard !c.isEmpty, c != ".", c != "..", !c.hasPrefix(".") else { return false }
+        return c.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) ||
+                b == 0x2E || b == 0x5F || b == 0x2D
+        }
+    }
+
+    public var description: String { path }
+    public var lastComponent: String { String(path.split(separator: "/").last ?? "") }
+}
+
+public struct ObjectInfo: Sendable {
+    public var size: UInt64
+    public var modified: Date
+}
+
+public enum LockMode: String, Codable, Sendable {
+    case exclusive, shared
+}
+
+/// Who holds a volume: a node name and a token that tells that node's holders apart.
+public struct LockOwner: Codable, Hashable, Sendable, CustomStringConvertible {
+    public var node: String
+    public var token: String
+    public var pid: Int32?
+    public var since: Date?
+
+    public init(node: String, token: String, pid: Int32? = nil, since: Date? = nil) {
+        self.node = node
+        self.token = token
+        self.pid = pid
+        self.since = since
+    }
+
+    public static func == (a: LockOwner, b: LockOwner) -> Bool { a.node == b.node && a.token == b.token }
+    public func hash(into h: inout Hasher) { h.combine(node); h.combine(token) }
+
+    public var description: String {
+        var s = "node \(node) (token \(token)"
+        if let pid { s += ", pid \(pid)" }
+        if let since { s += ", since \(ISO8601DateFormatter().string(from: since))" }
+        return s + ")"
+    }
+
+    /// An owner for this process: the node name plus a fresh random token.
+    public static func forThisProcess(node: String) -> LockOwner {
+        LockOwner(node: node, token: randomToken(), pid: getpid(), since: Date())
+    }
+
+    public static func randomToken() -> String {
+        var g = SystemRandomNumberGenerator()
+        return Hex.encode((0..<8).map { _ in UInt8.random(in: 0...255, using: &g) })
+    }
+}
+
+public struct LockState: Codable, Sendable {
+    public var mode: LockMode
+    public var holders: [LockOwner]
+}
+
+/// The seam under the volume store: a flat namespace of named byte objects.
+///
+/// Backends: `DirObjectStore` (a folder, e.g. on a shared file system) and
+/// `MemoryObjectStore` (tests). Every method is safe to call from many threads.
+/// Objects written with `put`/`create` appear whole or not at all.
+public protocol ObjectStore: AnyObject, Sendable {
+    /// Where the store lives, for messages.
+    var location: String { get }
+
+    /// Reads up to `buffer.count` bytes at `offset`; returns how many were read
+    /// (fewer at the end of the object). Throws `.notFound` for a missing object.
+    func read(_ name: ObjectName, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+
+    /// The whole object.
+    func readAll(_ name: ObjectName) throws -> [UInt8]
+
+    /// Atomically replaces (or creates) the object with `data`, extended with
+    /// zeros to `length` when that is larger. `durable`: on stable storage on return.
+    func put(_ name: ObjectName, _ data: UnsafeRawBufferPointer, length: UInt64, durable: Bool) throws
+
+    /// Creates the object only if absent. Returns false (and refreshes its
+    /// modification time, so a collector spares it) when it already exists.
+    func create(_ name: ObjectName, _ data: UnsafeRawBufferPointer, durable: Bool) throws -> Bool
+
+    /// Writes in place into an existing object (not durable until `sync`).
+    func write(_ name: ObjectName, at offset: UInt64, _ data: UnsafeRawBufferPointer) throws
+
+    /// Makes earlier writes and puts of these objects durable.
+    func sync(_ names: [ObjectName]) throws
+
+    /// Removes the object; false if it was not there.
+    @discardableResult
+    func remove(_ name: ObjectName) throws -> Bool
+
+    /// Removes every object whose name starts with `prefix` (a folder, ending in `/`).
+    func removeAll(prefix: String) throws
+
+    /// Renames without replacing an existing target.
+    func rename(_ from: ObjectName, to: ObjectName) throws
+
+    func stat(_ name: ObjectName) throws -> ObjectInfo?
+
+    /// Calls `body` for every object under `prefix` (a folder, ending in `/`),
+    /// without building the whole list in memory. Return false to stop.
+    func enumerate(prefix: String, _ body: (ObjectName) throws -> Bool) throws
+
+    /// Takes a lock named `name` for `owner`; throws `.locked` naming the holder.
+    func acquireLock(_ name: ObjectName, owner: LockOwner, mode: LockMode) throws
+
+    /// Releases `owner`'s hold (all holders of `owner.node` when the token is
+    /// empty); `force` breaks it whoever holds it. False if it was not held.
+    @discardableResult
+    func releaseLock(_ name: ObjectName, owner: LockOwner, force: Bool) throws -> Bool
+
+    func lockState(_ name: ObjectName) throws -> LockState?
+
+    /// Removes leftovers of interrupted writes older than `date`.
+    func removeStaleTemporaries(olderThan date: Date) throws -> Int
+}
+
+extension ObjectStore {
+    public func put(_ name: ObjectName, _ bytes: [UInt8], durable: Bool) throws {
+        try bytes.withUnsafeBytes { try put(name, $0, length: 0, durable: durable) }
+    }
+
+    public func create(_ name: ObjectName, _ bytes: [UInt8], durable: Bool) throws -> Bool {
+        try bytes.withUnsafeBytes { try create(name, $0, durable: durable) }
+    }
+
+    public func exists(_ name: ObjectName) throws -> Bool { try stat(name) != nil }
+
+    /// Lock decisions shared by every backend: who may join whom.
+    static func decideLock(_ state: LockState?, owner: LockOwner, mode: LockMode, name: ObjectName) throws -> LockState {
+        guard var state else { return LockState(mode: mode, holders: [owner]) }
+        if state.holders.isEmpty { return LockState(mode: mode, holders: [owner]) }
+        if let i = state.holders.firstIndex(of: owner) {
+            if state.mode == mode { return state }
+            if state.holders.count == 1 {
+                state.mode = mode
+                state.holders[i] = owner
+                return state
+            }
+        } else if mode == .shared && state.mode == .shared {
+            state.holders.append(owner)
+            return state
+        }
+        let holders = state.holders.filter { $0 != owner }.map(\.description).joined(separator: ", ")
+        throw StoreError(.locked, "\(name.lastComponent) is locked (\(state.mode.rawValue)) by \(holders); if that holder is gone, break it with 'archip unlock --force \(name.lastComponent)'")
+    }
+
+    static func releasing(_ state: LockState?, owner: LockOwner, force: Bool, name: ObjectName) throws -> (LockState?, Bool) {
+        guard var state, !state.holders.isEmpty else { return (nil, false) }
+        if force { return (nil, true) }
+        let before = state.holders.count
+        if owner.token.isEmpty {
+            state.holders.removeAll { $0.node == owner.node }
+        } else {
+            state.holders.removeAll { $0 == owner }
+        }
+        if state.holders.count == before {
+            let holders = state.holders.map(\.description).joined(separator: ", ")
+            throw StoreError(.locked, "\(name.lastComponent) is locked by \(holders), not by node \(owner.node)\(owner.token.isEmpty ? "" : " token \(owner.token)"); use --force to break it")
+        }
+        return (state.holders.isEmpty ? nil : state, true)
+    }
+}

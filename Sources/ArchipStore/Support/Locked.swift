@@ -1,0 +1,50 @@
+import Foundation
+
+/// A value behind a mutex. Small critical sections only; no I/O inside unless
+/// the caller means to serialise it.
+final class Locked<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}
+
+/// Readers-writer lock: data I/O shares it, flush/snapshot/resize take it alone.
+final class ReadWriteLock: @unchecked Sendable {
+    private var rw = pthread_rwlock_t()
+
+    init() { pthread_rwlock_init(&rw, nil) }
+    deinit { pthread_rwlock_destroy(&rw) }
+
+    func shared<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_rwlock_rdlock(&rw)
+        defer { pthread_rwlock_unlock(&rw) }
+        return try body()
+    }
+
+    func exclusive<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_rwlock_wrlock(&rw)
+        defer { pthread_rwlock_unlock(&rw) }
+        return try body()
+    }
+}
+
+/// A fixed set of mutexes; a block index picks one. Serialises work on one
+/// block (copy-on-write) without serialising the whole volume.
+final class StripedLocks: @unchecked Sendable {
+    private let locks: [NSLock]
+    init(count: Int = 64) { locks = (0..<count).map { _ in NSLock() } }
+
+    func with<R>(_ index: UInt32, _ body: () throws -> R) rethrows -> R {
+        let l = locks[Int(index) % locks.count]
+        l.lock()
+        defer { l.unlock() }
+        return try body()
+    }
+}

@@ -1,0 +1,58 @@
+import Foundation
+
+/// The one error type of ArchipStore: what failed, on which object, and what to do.
+///
+/// `description` is a single line meant for operators (`archip: <description>`);
+/// the code lets callers at the edge (CLI exit status, NBD errno, ExtStorage exit
+/// codes, HTTP status) map it once.
+public struct StoreError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable {
+        case invalidName
+        case invalidSize
+        case invalidArgument
+        case notFound
+        case alreadyExists
+        case locked
+        case notLocked
+        case readOnly
+        case hasChildren
+        case corrupt
+        case outOfRange
+        case io
+        case unsupported
+    }
+
+    public var code: Code
+    public var message: String
+    public var cause: String?
+    public var file: String
+    public var line: Int
+
+    public init(_ code: Code, _ message: String, cause: String? = nil,
+                file: String = #fileID, line: Int = #line) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+        self.file = file
+        self.line = line
+    }
+
+    public var description: String {
+        if let cause { return "\(message): \(cause)" }
+        return message
+    }
+
+    /// errno-based failure of a system call on a path.
+    static func posix(_ call: String, _ path: String, errno err: Int32,
+                      file: String = #fileID, line: Int = #line) -> StoreError {
+        let code: Code
+        switch err {
+        case ENOENT: code = .notFound
+        case EEXIST: code = .alreadyExists
+        case EROFS, EACCES, EPERM: code = .readOnly
+        default: code = .io
+        }
+        return StoreError(code, "\(call): \(path)", cause: String(cString: strerror(err)),
+                          file: file, line: line)
+    }
+}

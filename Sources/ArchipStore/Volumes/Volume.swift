@@ -1,0 +1,581 @@
+import Foundation
+
+/// How a volume is opened.
+public enum OpenMode: String, Sendable {
+    /// One writer, holding the volume's lock exclusively.
+    case exclusive
+    /// Live migration: two holders, nothing cached between operations.
+    case shared
+    /// No lock, no writes (snapshots always open this way).
+    case readOnly
+}
+
+/// An open volume or snapshot: byte-addressed reads and writes over the
+/// layered maps, copy-on-write, and `flush` that makes acknowledged writes durable.
+///
+/// Thread-safe. Data I/O runs concurrently (a shared lock); flush, snapshot,
+/// resize and flatten take the volume alone. Writes to one block are
+/// serialised by a striped lock so that copy-on-write never loses a write.
+public final class Volume: @unchecked Sendable {
+    public let name: VolumeName
+    public let mode: OpenMode
+    let store: VolumeStore
+    let owner: LockOwner?
+    var objects: any ObjectStore { store.objects }
+
+    /// A block changed since the last flush.
+    enum Pending {
+        /// The layer's own object holds the block; hash known if written whole.
+        case data(ContentHash?)
+        /// The whole block was zeroed; no object needed.
+        case zero
+    }
+
+    struct State {
+        var record: VolumeRecord
+        /// The committed map: the map object plus its log's updates.
+        var top: LayerMap
+        /// Frozen layers below, nearest first.
+        var ancestors: [LayerMap]
+        var overlay: [UInt32: Pending] = [:]
+        /// Blocks whose intent is already in the log since the last flush.
+        var intents: Set<UInt32> = []
+        /// Bytes in the log object; 0 when there is none.
+        var logLength: Int = 0
+        var mapBytes: Int = 0
+        var closed = false
+    }
+
+    private let io = ReadWriteLock()
+    private let blockLocks = StripedLocks()
+    private let logLock = NSLock()
+    let state: Locked<State>
+
+    public let blockSize: Int
+
+    init(store: VolumeStore, name: VolumeName, mode: OpenMode, owner: LockOwner?, state: State) {
+        self.store = store
+        self.name = name
+        self.mode = mode
+        self.owner = owner
+        self.blockSize = Int(state.top.blockSize)
+        self.state = Locked(state)
+    }
+
+    // MARK: properties
+
+    public var size: UInt64 { state.withLock { $0.top.size } }
+    public var layer: LayerID { state.withLock { $0.top.id } }
+    public var isWritable: Bool { mode != .readOnly }
+    var top: LayerMap { state.withLock { $0.top } }
+
+    private func checkOpen(_ s: State) throws {
+        if s.closed { throw StoreError(.invalidArgument, "volume '\(name)' is closed") }
+    }
+
+    private func checkRange(_ offset: UInt64, _ length: Int, size: UInt64) throws {
+        let (end, o) = offset.addingReportingOverflow(UInt64(length))
+        guard !o, end <= size else {
+            throw StoreError(.outOfRange, "\(name): range \(offset)+\(length) is beyond the end (size \(size) bytes)")
+        }
+    }
+
+    private func checkWritable() throws {
+        guard isWritable else {
+            let what = state.withLock { $0.record.kind == .snapshot ? "snapshot" : "volume opened read-only" }
+            throw StoreError(.readOnly, "\(name): \(what) cannot be written")
+        }
+    }
+
+    // MARK: block resolution
+
+    enum Source {
+        case zero
+        case object(ObjectName, fromAncestor: Bool)
+    }
+
+    /// Where block `b` comes from, not looking at pending changes.
+    static func resolveCommitted(_ b: UInt32, top: LayerMap, ancestors: [LayerMap]) -> (Source, BlockEntry?, LayerID?) {
+        if let e = top.entry(b) { return (source(e, top.id, b, ancestor: false), e, top.id) }
+        return resolveBelow(b, top: top, ancestors: ancestors)
+    }
+
+    /// What the parent chain shows at block `b`, ignoring the top layer's own entry.
+    static func resolveBelow(_ b: UInt32, top: LayerMap, ancestors: [LayerMap]) -> (Source, BlockEntry?, LayerID?) {
+        var limit = top.parentBlocks
+        for a in ancestors {
+            if UInt64(b) >= limit { return (.zero, nil, nil) }
+            if let e = a.entry(b) { return (source(e, a.id, b, ancestor: true), e, a.id) }
+            limit = min(limit, a.parentBlocks)
+        }
+        return (.zero, nil, nil)
+    }
+
+    private static func source(_ e: BlockEntry, _ layer: LayerID, _ b: UInt32, ancestor: Bool) -> Source {
+        switch e {
+        case .zero: return .zero
+        case .owned: return .object(StoreLayout.owned(layer, b), fromAncestor: ancestor)
+        case .content(let h): return .object(StoreLayout.content(h), fromAncestor: ancestor)
+        }
+    }
+
+    private func resolve(_ b: UInt32) -> Source {
+        state.withLock { s in
+            switch s.overlay[b] {
+            case .data?: return .object(StoreLayout.owned(s.top.id, b), fromAncestor: false)
+            case .zero?: return .zero
+            case nil: return Volume.resolveCommitted(b, top: s.top, ancestors: s.ancestors).0
+            }
+        }
+    }
+
+    /// Reads `buffer.count` bytes of a block's source at `offset`, zero-filling
+    /// past the object's end. Reloads the ancestors once if a frozen layer's
+    /// object moved (`archip hash` turns owned blocks into content blocks).
+    private func readSource(_ b: UInt32, _ src: Source, at offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+                            retried: Bool = false) throws {
+        switch src {
+        case .zero:
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        case .object(let obj, let fromAncestor):
+            do {
+                let n = try objects.read(obj, at: UInt64(offset), into: buffer)
+                if n < buffer.count {
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+                }
+            } catch let e as StoreError where e.code == .notFound && fromAncestor && !retried {
+                try reloadAncestors()
+                try readSource(b, resolve(b), at: offset, into: buffer, retried: true)
+            } catch let e as StoreError where e.code == .notFound {
+                throw StoreError(.corrupt, "\(name): block \(b) is missing its object \(obj)", cause: "run 'archip verify \(name)'")
+            }
+        }
+    }
+
+    func reloadAncestors() throws {
+        let parent = state.withLock { $0.top.parent }
+        let chain = try store.chain(from: parent)
+        state.withLock { $0.ancestors = chain }
+    }
+
+    // MARK: reads
+
+    /// Reads `buffer.count` bytes at `offset`.
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try io.shared {
+            try refreshIfShared()
+            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            try checkRange(offset, buffer.count, size: size)
+            var done = 0
+            while done < buffer.count {
+                let pos = offset + UInt64(done)
+                let b = UInt32(pos / UInt64(blockSize))
+                let inBlock = Int(pos % UInt64(blockSize))
+                let n = min(blockSize - inBlock, buffer.count - done)
+                let seg = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)])
+                try readSource(b, resolve(b), at: inBlock, into: seg)
+                done += n
+            }
+        }
+    }
+
+    public func read(at offset: UInt64, length: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: length)
+        try out.withUnsafeMutableBytes { try read(at: offset, into: $0) }
+        return out
+    }
+
+    // MARK: writes
+
+    /// Writes `data` at `offset`. Acknowledged, not yet durable: call `flush`.
+    public func write(at offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
+        try checkWritable()
+        try io.shared {
+            try refreshIfShared()
+            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            try checkRange(offset, data.count, size: size)
+            try writeUnlocked(at: offset, data)
+        }
+    }
+
+    public func write(at offset: UInt64, _ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write(at: offset, $0) }
+    }
+
+    /// Zeroes a range: whole blocks become zero entries (no data stored).
+    public func zero(at offset: UInt64, length: UInt64) throws {
+        try checkWritable()
+        try io.shared {
+            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            try checkRange(offset, Int(length), size: size)
+            try zeroUnlocked(at: offset, length: length)
+        }
+    }
+
+    private func zeroUnlocked(at offset: UInt64, length: UInt64) throws {
+        let bs = UInt64(blockSize)
+        var pos = offset
+        let end = offset + length
+        let zeros = [UInt8](repeating: 0, count: blockSize)
+        while pos < end {
+            let b = UInt32(pos / bs)
+            let inBlock = pos % bs
+            let n = min(bs - inBlock, end - pos)
+            try zeros.withUnsafeBytes { z in
+                try writeSegment(b, inBlock: Int(inBlock), UnsafeRawBufferPointer(rebasing: z[0..<Int(n)]))
+            }
+            pos += n
+        }
+    }
+
+    private func writeUnlocked(at offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < data.count {
+            let pos = offset + UInt64(done)
+            let b = UInt32(pos / UInt64(blockSize))
+            let inBlock = Int(pos % UInt64(blockSize))
+            let n = min(blockSize - inBlock, data.count - done)
+            try writeSegment(b, inBlock: inBlock, UnsafeRawBufferPointer(rebasing: data[done..<(done + n)]))
+            done += n
+        }
+    }
+
+    /// One block's part of a write. Caller holds `io` (shared or exclusive).
+    private func writeSegment(_ b: UInt32, inBlock: Int, _ data: UnsafeRawBufferPointer) throws {
+        try blockLocks.with(b) {
+            let whole = inBlock == 0 && data.count == blockSize
+            let (pending, committed, topID) = state.withLock { ($0.overlay[b], $0.top.entry(b), $0.top.id) }
+            let obj = StoreLayout.owned(topID, b)
+            if whole && ZeroScan.isZero(data) {
+                // Nothing to store; a committed object is dropped at flush.
+                state.withLock { $0.overlay[b] = .zero }
+                return
+            }
+            var committedOwned = false
+            if case .owned? = committed { committedOwned = true }
+            if committedOwned {
+                // The committed checksum of this object is about to go stale.
+                try noteIntent(b)
+            }
+            if whole {
+                let h = SHA256.blockHash(data)
+                try objects.put(obj, data, length: 0, durable: false)
+                state.withLock { $0.overlay[b] = .data(h) }
+                return
+            }
+            switch pending {
+            case .data?:
+                try objects.write(obj, at: UInt64(inBlock), data)
+            case .zero?:
+                try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
+                try objects.write(obj, at: UInt64(inBlock), data)
+            case nil:
+                if committedOwned {
+                    try objects.write(obj, at: UInt64(inBlock), data)
+                } else {
+                    try copyOnWrite(b, into: obj, inBlock: inBlock, data)
+                }
+            }
+            state.withLock { $0.overlay[b] = .data(nil) }
+        }
+    }
+
+    /// First write to a block this layer does not own: copy what shows through
+    /// (parent, content block, or zeros) into a new owned object, with the write applied.
+    private func copyOnWrite(_ b: UInt32, into obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer) throws {
+        let src = state.withLock { Volume.resolveCommitted(b, top: $0.top, ancestors: $0.ancestors).0 }
+        if case .zero = src {
+            try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
+            try objects.write(obj, at: UInt64(inBlock), data)
+            return
+        }
+        var buffer = [UInt8](repeating: 0, count: blockSize)
+        try buffer.withUnsafeMutableBytes { buf in
+            try readSource(b, src, at: 0, into: buf)
+            (buf.baseAddress! + inBlock).copyMemory(from: data.baseAddress!, byteCount: data.count)
+            try objects.put(obj, UnsafeRawBufferPointer(buf), length: 0, durable: false)
+        }
+    }
+
+    private func noteIntent(_ b: UInt32) throws {
+        if state.withLock({ $0.intents.contains(b) }) { return }
+        logLock.lock()
+        defer { logLock.unlock() }
+        if state.withLock({ $0.intents.contains(b) }) { return }
+        try appendLog([.intent(b)])
+        _ = state.withLock { $0.intents.insert(b) }
+    }
+
+    /// Appends one batch and syncs it. Caller holds `logLock` or `io` exclusively.
+    private func appendLog(_ records: [LayerLog.Record]) throws {
+        let (topID, gen, length) = state.withLock { ($0.top.id, $0.top.generation, $0.logLength) }
+        let log = StoreLayout.log(topID)
+        var at = length
+        if at == 0 {
+            try objects.put(log, LayerLog.header(layer: topID, generation: gen), durable: true)
+            at = LayerLog.headerBytes
+        }
+        let batch = LayerLog.batch(records)
+        try batch.withUnsafeBytes { try objects.write(log, at: UInt64(at), $0) }
+        try objects.sync([log])
+        state.withLock { $0.logLength = at + batch.count }
+    }
+
+    // MARK: flush
+
+    /// Makes every acknowledged write durable: syncs the layer's objects, then
+    /// commits their checksums to the log in one synced append.
+    public func flush() throws {
+        guard isWritable else { return }
+        try io.exclusive { try flushUnlocked() }
+    }
+
+    private func flushUnlocked() throws {
+        let (overlay, topID) = try state.withLock { s -> ([UInt32: Pending], LayerID) in
+            try checkOpen(s)
+            return (s.overlay, s.top.id)
+        }
+        if overlay.isEmpty { return }
+        let dirty = overlay.compactMap { b, p -> ObjectName? in
+            if case .data = p { return StoreLayout.owned(topID, b) }
+            return nil
+        }
+        try objects.sync(dirty)
+
+        // Checksums of blocks written in pieces: read back and hash, in parallel.
+        let keys = Array(overlay.keys)
+        let results = Locked<[UInt32: ContentHash?]>([:])
+        let failure = Locked<Error?>(nil)
+        let workers = min(keys.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var buffer = [UInt8](repeating: 0, count: blockSize)
+            var i = w
+            while i < keys.count {
+                let b = keys[i]
+                i += workers
+                switch overlay[b]! {
+                case .zero:
+                    results.withLock { $0[b] = .some(nil) }
+                case .data(let known?):
+                    results.withLock { $0[b] = known }
+                case .data(nil):
+                    do {
+                        let h = try buffer.withUnsafeMutableBytes { buf -> ContentHash in
+                            try readSource(b, .object(StoreLayout.owned(topID, b), fromAncestor: false), at: 0, into: buf)
+                            return SHA256.blockHash(UnsafeRawBufferPointer(buf))
+                        }
+                        results.withLock { $0[b] = h }
+                    } catch {
+                        failure.withLock { $0 = error }
+                    }
+                }
+            }
+        }
+        if let e = failure.withLock({ $0 }) { throw e }
+
+        var updates: [UInt32: BlockEntry?] = [:]
+        var drop: [ObjectName] = []
+        let hashes = results.withLock { $0 }
+        state.withLock { s in
+            for (b, h) in hashes {
+                if let h, h != ContentHash.ofEmpty {
+                    updates[b] = .some(.owned(h))
+                } else {
+                    // Zero: an explicit entry only where a parent would show data.
+                    let below = Volume.resolveBelow(b, top: s.top, ancestors: s.ancestors).1
+                    let parentShows = below != nil && below != .zero
+                    updates[b] = .some(parentShows ? .zero : nil)
+                    drop.append(StoreLayout.owned(s.top.id, b))
+                }
+            }
+        }
+        let records = updates.map { LayerLog.Record.set($0.key, $0.value) }
+        try appendLog(records)
+        state.withLock { s in
+            s.top.apply(updates)
+            s.overlay = [:]
+            s.intents = []
+        }
+        for obj in drop { try objects.remove(obj) }
+        let (logLength, entries) = state.withLock { ($0.logLength, $0.top.entryCount) }
+        if logLength > max(1 << 20, entries * MapFormatV1.entryBytes / 2) {
+            try compactUnlocked()
+        }
+    }
+
+    /// Rewrites the map with the log folded in, then drops the log.
+    private func compactUnlocked() throws {
+        let (top, logLength) = state.withLock { s -> (LayerMap, Int) in
+            s.top.generation += 1
+            return (s.top, s.logLength)
+        }
+        let bytes = MapFormatV1.encode(top)
+        try objects.put(StoreLayout.map(top.id), bytes, durable: true)
+        if logLength > 0 { try objects.remove(StoreLayout.log(top.id)) }
+        state.withLock { s in
+            s.logLength = 0
+            s.mapBytes = bytes.count
+        }
+    }
+
+    // MARK: shared mode
+
+    /// In shared (migration) mode the other holder may have committed changes:
+    /// nothing is cached between operations, so re-read map and log if they moved.
+    private func refreshIfShared() throws {
+        guard mode == .shared else { return }
+        let (topID, logLength, gen) = state.withLock { ($0.top.id, $0.logLength, $0.top.generation) }
+        let logSize = try objects.stat(StoreLayout.log(topID))?.size ?? 0
+        let fresh = try store.loadCommitted(topID)
+        if fresh.map.generation != gen || Int(logSize) != logLength {
+            state.withLock { s in
+                s.top = fresh.map
+                s.logLength = fresh.logLength
+            }
+        }
+    }
+
+    // MARK: snapshot, resize, flatten
+
+    /// Freezes the current layer under `snapshot` and continues on a new empty
+    /// layer. O(1): no map is copied, whatever the volume's size.
+    public func snapshot(_ snapshot: VolumeName, metadata: [String: String] = [:]) throws {
+        try checkWritable()
+        try io.exclusive {
+            guard state.withLock({ $0.record.kind }) == .volume else {
+                throw StoreError(.invalidArgument, "\(name) is a snapshot; snapshot a volume")
+            }
+            if try objects.exists(StoreLayout.record(snapshot)) {
+                throw StoreError(.alreadyExists, "'\(snapshot)' already exists")
+            }
+            try flushUnlocked()
+            try compactUnlocked()
+            let (frozen, record) = state.withLock { ($0.top, $0.record) }
+            let next = LayerMap(id: LayerID.random(), parent: frozen.id, kind: .continuation, size: frozen.size,
+                                blockSize: frozen.blockSize, parentBlocks: frozen.blockCount, epoch: frozen.epoch + 1)
+            let nextBytes = MapFormatV1.encode(next)
+            try objects.put(StoreLayout.map(next.id), nextBytes, durable: true)
+            var moved = record
+            moved.layer = next.id
+            try objects.put(StoreLayout.record(name), moved.encode(), durable: true)
+            state.withLock { s in
+                s.ancestors.insert(s.top, at: 0)
+                s.top = next
+                s.record = moved
+                s.logLength = 0
+                s.mapBytes = nextBytes.count
+            }
+            var meta = metadata
+            meta["snapshot-of"] = name.value
+            let snap = VolumeRecord(kind: .snapshot, layer: frozen.id, metadata: meta)
+            guard try objects.create(StoreLayout.record(snapshot), snap.encode(), durable: true) else {
+                throw StoreError(.alreadyExists, "'\(snapshot)' was created by someone else meanwhile; the volume continued on a new layer, no snapshot was made")
+            }
+        }
+    }
+
+    /// Grows (or, with `allowShrink`, shrinks) the volume. Blocks past a new,
+    /// smaller end are dropped, and the tail of the last block is zeroed so a
+    /// later grow shows zeros there.
+    public func resize(to newSize: ByteCount, allowShrink: Bool) throws {
+        try checkWritable()
+        _ = try newSize.validatedVolumeSize()
+        try io.exclusive {
+            let old = state.withLock { $0.top.size }
+            if newSize.bytes == old { return }
+            if newSize.bytes < old && !allowShrink {
+                throw StoreError(.invalidSize, "\(name): shrinking from \(ByteCount(old)) to \(newSize) loses data; pass --allow-shrink to do it")
+            }
+            try flushUnlocked()
+            var drop: [ObjectName] = []
+            if newSize.bytes < old {
+                let bs = UInt64(blockSize)
+                let blocks = (newSize.bytes + bs - 1) / bs
+                let tailEnd = min(old, blocks * bs)
+                if newSize.bytes < tailEnd {
+                    try zeroUnlocked(at: newSize.bytes, length: tailEnd - newSize.bytes)
+                    try flushUnlocked()
+                }
+                state.withLock { s in
+                    for (b, e) in s.top.truncate(toBlocks: blocks) {
+                        if case .owned = e { drop.append(StoreLayout.owned(s.top.id, b)) }
+                    }
+                    s.top.parentBlocks = min(s.top.parentBlocks, blocks)
+                }
+            }
+            state.withLock { $0.top.size = newSize.bytes }
+            try compactUnlocked()
+            for obj in drop { try objects.remove(obj) }
+        }
+    }
+
+    /// Copies every block that shows through from the parent chain into this
+    /// layer (as shared content blocks, so nothing is stored twice), and cuts
+    /// the parent link.
+    public func flatten() throws -> Int {
+        try checkWritable()
+        return try io.exclusive {
+            try flushUnlocked()
+            let (top, ancestors) = state.withLock { ($0.top, $0.ancestors) }
+            guard top.hasParent else { return 0 }
+            var updates: [UInt32: BlockEntry?] = [:]
+            var created: [ObjectName] = []
+            var buffer = [UInt8](repeating: 0, count: blockSize)
+            let limit = min(top.parentBlocks, top.blockCount)
+            for b64 in 0..<limit {
+                let b = UInt32(b64)
+                if top.entry(b) != nil { continue }
+                let (_, entry, layer) = Volume.resolveCommitted(b, top: top, ancestors: ancestors)
+                switch entry {
+                case .content(let h)?:
+                    updates[b] = .some(.content(h))
+                case .owned(let h)?:
+                    let obj = StoreLayout.owned(layer!, b)
+                    let stored = try buffer.withUnsafeMutableBytes { buf -> Int in
+                        try readSource(b, .object(obj, fromAncestor: true), at: 0, into: buf)
+                        let got = SHA256.blockHash(UnsafeRawBufferPointer(buf))
+                        guard got == h else {
+                            throw StoreError(.corrupt, "\(name): block \(b) of layer \(layer!) hashes to \(got.hex), its map says \(h.hex)", cause: "run 'archip verify'")
+                        }
+                        return ZeroScan.lengthWithoutTrailingZeros(UnsafeRawBufferPointer(buf))
+                    }
+                    let c = StoreLayout.content(h)
+                    if try buffer.withUnsafeBytes({ try objects.create(c, UnsafeRawBufferPointer(rebasing: $0[0..<stored]), durable: false) }) {
+                        created.append(c)
+                    }
+                    updates[b] = .some(.content(h))
+                case .zero?, nil:
+                    break
+                }
+            }
+            try objects.sync(created)
+            state.withLock { s in
+                s.top.apply(updates)
+                s.top.removeAllEntries { $0 == .zero }
+                s.top.parent = .none
+                s.top.parentBlocks = 0
+                s.top.kind = .base
+                s.ancestors = []
+            }
+            try compactUnlocked()
+            return updates.count
+        }
+    }
+
+    // MARK: close
+
+    /// Flushes, folds the log into the map, and releases the lock.
+    public func close() throws {
+        if state.withLock({ $0.closed }) { return }
+        if isWritable {
+            try io.exclusive {
+                try flushUnlocked()
+                if state.withLock({ $0.logLength }) > 0 { try compactUnlocked() }
+            }
+        }
+        state.withLock { $0.closed = true }
+        if let owner {
+            try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+        }
+    }
+}

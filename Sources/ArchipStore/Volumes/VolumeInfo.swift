@@ -1,0 +1,61 @@
+import Foundation
+
+/// What `archip info` and `archip list` report about a name.
+public struct VolumeInfo: Codable, Sendable {
+    public struct Link: Codable, Sendable {
+        public var layer: String
+        public var kind: String
+        public var names: [String]
+    }
+
+    public var name: String
+    public var kind: String
+    public var size: UInt64
+    public var blockSize: UInt32
+    public var layer: String
+    public var epoch: UInt64
+    /// The snapshot this layer builds on (its name, or `layer:<id>` if unnamed).
+    public var parent: String?
+    /// Every layer below, nearest first.
+    public var chain: [Link]
+    /// Blocks whose data this layer holds (owned or content), and their logical bytes.
+    public var blocks: Int
+    public var bytes: UInt64
+    public var lock: LockState?
+    public var metadata: [String: String]
+    public var created: Date
+}
+
+extension VolumeStore {
+    public func info(_ name: VolumeName) throws -> VolumeInfo {
+        let rec = try record(name)
+        let names = try layerNames(try allRecords())
+        return try info(name, rec, names: names)
+    }
+
+    public func list() throws -> [VolumeInfo] {
+        let records = try allRecords()
+        let names = try layerNames(records)
+        return try records.map { try info($0.0, $0.1, names: names) }
+    }
+
+    private func layerNames(_ records: [(VolumeName, VolumeRecord)]) throws -> [LayerID: [String]] {
+        var out: [LayerID: [String]] = [:]
+        for (n, r) in records where r.kind == .snapshot { out[r.layer, default: []].append(n.value) }
+        return out
+    }
+
+    private func info(_ name: VolumeName, _ rec: VolumeRecord, names: [LayerID: [String]]) throws -> VolumeInfo {
+        let top = try loadCommitted(rec.layer).map
+        let chain = try self.chain(from: top.parent)
+        let links = chain.map { VolumeInfo.Link(layer: $0.id.hex, kind: $0.kind.name, names: names[$0.id] ?? []) }
+        var parent: String? = nil
+        if let first = chain.first { parent = (names[first.id]?.first).map { $0 } ?? "layer:\(first.id.hex)" }
+        let blocks = top.dataBlockCount
+        return VolumeInfo(name: name.value, kind: rec.kind.name, size: top.size, blockSize: top.blockSize,
+                          layer: top.id.hex, epoch: top.epoch, parent: parent, chain: links, blocks: blocks,
+                          bytes: UInt64(blocks) * UInt64(top.blockSize),
+                          lock: try objects.lockState(StoreLayout.lock(name)), metadata: rec.metadata,
+                          created: Date(timeIntervalSince1970: TimeInterval(rec.createdAt)))
+    }
+}

@@ -1,0 +1,7 @@
+#ifndef ARCHIP_SYS_H
+#define ARCHIP_SYS_H
+/* Linux calls that Swift's Glibc module does not expose (they need _GNU_SOURCE). */
+int archip_syncfs(int fd);
+/* rename(2) that fails with EEXIST instead of replacing the target. */
+int archip_rename_noreplace(const char *from, const char *to);
+#endif

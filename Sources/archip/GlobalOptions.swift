@@ -1,0 +1,120 @@
+import ArchipStore
+import ArgumentParser
+import Foundation
+
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The store folder.", valueName: "dir"))
+    var store: String?
+
+    @Option(name: .long, help: ArgumentHelp("This node's name in locks (default: the host name).", valueName: "name"))
+    var node: String?
+
+    @Option(name: .long, help: ArgumentHelp("Configuration file (default: /etc/archip/archip.conf).", valueName: "file"))
+    var config: String?
+
+    func openStore() throws -> VolumeStore {
+        let env = ProcessInfo.processInfo.environment
+        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
+        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
+        guard let path = store ?? env["ARCHIP_STORE"] ?? conf["store.path"] else {
+            throw CLIError(message: "no store given: use --store DIR, set ARCHIP_STORE, or set 'path' in the [store] section of \(configPath)", status: 2)
+        }
+        if let backend = conf["store.backend"], backend != "dir", store == nil, env["ARCHIP_STORE"] == nil {
+            throw CLIError(message: "\(configPath): store backend '\(backend)' is not supported by this build (only 'dir')", status: 2)
+        }
+        let nodeName = node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
+        return try VolumeStore.directory(path, node: nodeName)
+    }
+}
+
+/// `key = value` lines under `[section]` headers; `#` and `;` start comments.
+enum ConfigFile {
+    static func load(_ path: String, required: Bool) throws -> [String: String] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            if required { throw CLIError(message: "cannot read configuration file \(path)", status: 2) }
+            return [:]
+        }
+        var out: [String: String] = [:]
+        var section = ""
+        for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
+            if line.hasPrefix("[") && line.hasSuffix("]") {
+                section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw CLIError(message: "\(path):\(n + 1): expected 'key = value'", status: 2)
+            }
+            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
+            let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            out[section.isEmpty ? key : "\(section).\(key)"] = value
+        }
+        return out
+    }
+}
+
+func volumeName(_ text: String) throws -> VolumeName { try VolumeName(text) }
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    e.dateEncodingStrategy = .iso8601
+    FileHandle.standardOutput.write(try e.encode(value))
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}
+
+func parseSize(_ text: String) throws -> ByteCount {
+    try ByteCount(parsing: text).validatedVolumeSize(text)
+}
+
+func parseBlockSize(_ text: String) throws -> UInt32 {
+    let b = try ByteCount(parsing: text)
+    guard b.bytes <= UInt64(UInt32.max) else { throw StoreError(.invalidSize, "invalid block size '\(text)'") }
+    return UInt32(b.bytes)
+}
+
+func parseMetadata(_ pairs: [String]) throws -> [String: String] {
+    var out: [String: String] = [:]
+    for p in pairs {
+        guard let eq = p.firstIndex(of: "="), eq != p.startIndex else {
+            throw CLIError(message: "metadata '\(p)' is not KEY=VALUE", status: 2)
+        }
+        out[String(p[..<eq])] = String(p[p.index(after: eq)...])
+    }
+    return out
+}
+
+/// A one-line progress display on a terminal; silent otherwise.
+final class Progress {
+    let total: UInt64
+    let label: String
+    let enabled: Bool
+    let start = Date()
+    var last = Date.distantPast
+
+    init(label: String, total: UInt64) {
+        self.label = label
+        self.total = total
+        enabled = isatty(2) != 0
+    }
+
+    func update(_ done: UInt64) {
+        guard enabled else { return }
+        let now = Date()
+        guard now.timeIntervalSince(last) > 0.2 || done == total else { return }
+        last = now
+        let elapsed = max(now.timeIntervalSince(start), 0.001)
+        let rate = Double(done) / elapsed
+        let pct = total == 0 ? 100 : Int(Double(done) * 100 / Double(total))
+        let eta = rate > 0 ? Int(Double(total - done) / rate) : 0
+        let line = String(format: "\r%@ %3d%% %@/%@ %.0f MiB/s ETA %ds ", label, pct,
+                          ByteCount.format(done & ~0xFFFFF), ByteCount.format(total), rate / 1048576, eta)
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    func finish() {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\n".utf8))
+    }
+}
