@@ -16,11 +16,11 @@ struct GlobalOptions: ParsableArguments {
         let env = ProcessInfo.processInfo.environment
         let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
         let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
-        guard let path = store ?? env["ARCHIP_STORE"] ?? conf["store.path"] else {
-            throw CLIError(message: "no store given: use --store DIR, set ARCHIP_STORE, or set 'path' in the [store] section of \(configPath)", status: 2)
-        }
         if let backend = conf["store.backend"], backend != "dir", store == nil, env["ARCHIP_STORE"] == nil {
             throw CLIError(message: "\(configPath): store backend '\(backend)' is not supported by this build (only 'dir')", status: 2)
+        }
+        guard let path = store ?? env["ARCHIP_STORE"] ?? conf["store.path"] else {
+            throw CLIError(message: "no store given: use --store DIR, set ARCHIP_STORE, or set 'path' in the [store] section of \(configPath)", status: 2)
         }
         let nodeName = node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
         return try VolumeStore.directory(path, node: nodeName)

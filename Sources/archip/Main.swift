@@ -12,6 +12,9 @@ enum Main {
             try command.run()
         } catch let e as StoreError {
             fail("\(e)", status: isUsage(e) ? 2 : 1)
+        } catch let e as ExitCode {
+            // A command that already said everything (e.g. verify's report).
+            exit(e.rawValue)
         } catch let e as CLIError {
             fail(e.message, status: e.status)
         } catch {

@@ -17,9 +17,9 @@ extension VolumeStore {
     public func hash(_ name: VolumeName) throws -> HashResult {
         let rec = try record(name)
         guard rec.kind == .snapshot else {
-            throw StoreError(.invalidArgument, "'\(name)' is a volume, which can still change; snapshot it and hash the snapshot")
+            throw StoreError(.wrongKind, "'\(name)' is a volume, which can still change; snapshot it and hash the snapshot")
         }
-        var layers = [try loadMap(rec.layer)] + (try chain(from: try loadMap(rec.layer).parent))
+        var layers = try chain(from: rec.layer)
         var converted = 0, written = 0
         for i in layers.indices {
             let (c, w, map) = try convertOwned(layers[i])
@@ -84,6 +84,8 @@ extension VolumeStore {
         map.apply(updates)
         map.generation += 1
         try objects.put(StoreLayout.map(map.id), MapFormatV1.encode(map), durable: true)
+        // The new map holds the frozen log's updates; the log is now stale (older generation).
+        try objects.remove(StoreLayout.log(map.id))
         for (b, _) in owned { try objects.remove(StoreLayout.owned(layer.id, b)) }
         return (owned.count, newBlocks.count, map)
     }

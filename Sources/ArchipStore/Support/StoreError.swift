@@ -10,6 +10,8 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         case invalidName
         case invalidSize
         case invalidArgument
+        /// The operation does not apply to this kind of object (a volume where a snapshot is needed, ...).
+        case wrongKind
         case notFound
         case alreadyExists
         case locked

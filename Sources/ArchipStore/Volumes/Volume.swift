@@ -443,13 +443,14 @@ public final class Volume: @unchecked Sendable {
         try checkWritable()
         try io.exclusive {
             guard state.withLock({ $0.record.kind }) == .volume else {
-                throw StoreError(.invalidArgument, "\(name) is a snapshot; snapshot a volume")
+                throw StoreError(.wrongKind, "\(name) is a snapshot; snapshot a volume")
             }
             if try objects.exists(StoreLayout.record(snapshot)) {
                 throw StoreError(.alreadyExists, "'\(snapshot)' already exists")
             }
+            // No compaction: the frozen layer keeps its log (readers apply it),
+            // so a snapshot costs the same whatever the map's size.
             try flushUnlocked()
-            try compactUnlocked()
             let (frozen, record) = state.withLock { ($0.top, $0.record) }
             let next = LayerMap(id: LayerID.random(), parent: frozen.id, kind: .continuation, size: frozen.size,
                                 blockSize: frozen.blockSize, parentBlocks: frozen.blockCount, epoch: frozen.epoch + 1)

@@ -215,7 +215,7 @@ public final class VolumeStore: @unchecked Sendable {
                       metadata: [String: String] = [:]) throws {
         let rec = try record(snapshot)
         guard rec.kind == .snapshot else {
-            throw StoreError(.invalidArgument, "'\(snapshot)' is a volume; clone a snapshot (take one with 'archip snapshot \(snapshot) SNAP')")
+            throw StoreError(.wrongKind, "'\(snapshot)' is a volume; clone a snapshot (take one with 'archip snapshot \(snapshot) SNAP')")
         }
         let parent = try loadMap(rec.layer)
         var newSize = parent.size
@@ -343,7 +343,7 @@ public final class VolumeStore: @unchecked Sendable {
     public func lock(_ name: VolumeName, owner: LockOwner, mode: LockMode) throws {
         let rec = try record(name)
         guard rec.kind == .volume || mode == .shared else {
-            throw StoreError(.invalidArgument, "'\(name)' is a snapshot; snapshots are read-only and need no exclusive lock")
+            throw StoreError(.wrongKind, "'\(name)' is a snapshot; snapshots are read-only and need no exclusive lock")
         }
         try objects.acquireLock(StoreLayout.lock(name), owner: owner, mode: mode)
     }
