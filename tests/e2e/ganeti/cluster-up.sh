@@ -8,7 +8,7 @@
 # Settings: GNT_* (see lib.sh).  Prints how long each step took.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-case ${1:-} in -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0;; esac
+case ${1:-} in -h|--help) gnt_usage "$0"; exit 0;; esac
 gnt_clean_env "$0" "$@"
 need_root
 
@@ -16,7 +16,7 @@ mkdir -p "$GNT_STATE_DIR"
 chmod 700 "$GNT_STATE_DIR"
 
 # --- 1. packages ------------------------------------------------------------
-pkgs=($GNT_PACKAGES)
+read -ra pkgs <<<"$GNT_PACKAGES"
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,7 +25,11 @@ if ((${#missing[@]})); then
   [[ $GNT_APT == yes ]] || die "missing packages: ${missing[*]} (GNT_APT=no)"
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >"$GNT_STATE_DIR/apt.log" 2>&1; then
+  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    log "apt-get update (no package lists yet)"
+    apt-get update -q >"$GNT_STATE_DIR/apt.log" 2>&1 || true
+  fi
+  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$GNT_STATE_DIR/apt.log" 2>&1; then
     log "apt-get install failed; apt-get update and retry"
     apt-get update -q >>"$GNT_STATE_DIR/apt.log" 2>&1 || true
     apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$GNT_STATE_DIR/apt.log" 2>&1 ||
@@ -184,8 +188,12 @@ fi
 chown gnt-rapi:gnt-rapi "$users" 2>/dev/null || true
 chmod 640 "$users"
 
+# ganeti-watcher (cron, if cron runs) would start missing daemons in the
+# main netns: keep it paused while the lab lives (destroy drops the pause).
+nsx gnt-cluster watcher pause 1d >/dev/null
+
 code=000
-for i in $(seq 1 50); do
+for _ in $(seq 1 50); do
   code=$(nsx curl -sk -o /dev/null -w '%{http_code}' -u "$GNT_RAPI_USER:$GNT_RAPI_PASS" \
     "https://127.0.0.1:$GNT_RAPI_PORT/2/info" 2>/dev/null) || true
   [[ $code == 200 ]] && break

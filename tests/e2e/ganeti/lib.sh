@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared settings and helpers for the Ganeti lab scripts (sourced, not run).
 # Every setting can be overridden from the environment as GNT_*.
 
@@ -49,6 +50,9 @@ gnt_clean_env() {
     gnt_t0="$gnt_t0" "${keep[@]}" /bin/bash "$@"
 }
 
+# Print the comment block at the top of a script (its usage).
+gnt_usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$1"; }
+
 need_root() { [[ $(id -u) == 0 ]] || die "run as root"; }
 
 # Run a command inside the lab namespace, with the clean environment.
@@ -66,7 +70,10 @@ ganeti_daemon_pids() {
   for f in /var/run/ganeti/*.pid; do
     [[ -e $f ]] || continue
     pid=$(cat "$f" 2>/dev/null) || continue
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid $(basename "$f" .pid)"
+    [[ $pid =~ ^[0-9]+$ ]] || continue
+    # Only a live process that really is this daemon (pids get reused).
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "$(basename "$f" .pid)" &&
+      echo "$pid $(basename "$f" .pid)"
   done
 }
 
