@@ -37,6 +37,11 @@ let package = Package(
             name: "archip-torture",
             dependencies: ["ArchipStore"]
         ),
+        // make bench: ratios against baselines measured in the same run.
+        .executableTarget(
+            name: "archip-bench",
+            dependencies: ["ArchipStore"]
+        ),
         .testTarget(
             name: "ArchipStoreTests",
             dependencies: ["ArchipStore"]

@@ -12,6 +12,29 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Configuration file (default: /etc/archip/archip.conf).", valueName: "file"))
     var config: String?
 
+    static let names = ["--store", "--node", "--config"]
+
+    /// Lets the global options come before the subcommand too
+    /// (`archip --store /srv/archip list`), as operators type them.
+    static func hoisted(_ args: [String]) -> [String] {
+        var leading: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            if names.contains(a), i + 1 < args.count {
+                leading += [a, args[i + 1]]
+                i += 2
+            } else if names.contains(where: { a.hasPrefix($0 + "=") }) {
+                leading.append(a)
+                i += 1
+            } else {
+                break
+            }
+        }
+        guard !leading.isEmpty, i < args.count, !args[i].hasPrefix("-") else { return args }
+        return [args[i]] + leading + args[(i + 1)...]
+    }
+
     func openStore() throws -> VolumeStore {
         let env = ProcessInfo.processInfo.environment
         let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"

@@ -8,7 +8,7 @@ import Foundation
 enum Main {
     static func main() {
         do {
-            var command = try Archip.parseAsRoot()
+            var command = try Archip.parseAsRoot(GlobalOptions.hoisted(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch let e as StoreError {
             fail("\(e)", status: isUsage(e) ? 2 : 1)

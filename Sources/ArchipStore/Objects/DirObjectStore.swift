@@ -97,7 +97,15 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
 
     /// Writes `data` (zero-extended to `length`) to a fresh temporary file next
     /// to `name`; returns its path.
-    private func writeTemporary(for name: ObjectName, _ data: UnsafeRawBufferPointer, length: UInt64, durable: Bool) throws -> String {
+    /// Replaced objects may later take small in-place writes (a volume's own
+    /// blocks). Written in one 4 MiB call, the kernel caches them in large
+    /// folios, and each later 4 KiB write then costs several times more
+    /// (measured: ext4, Linux 6.18, 134k vs 700k writes/s). Writing them in
+    /// 16 KiB pieces keeps the cache in small folios.
+    static let replaceChunk = 16 << 10
+
+    private func writeTemporary(for name: ObjectName, _ data: UnsafeRawBufferPointer, length: UInt64, durable: Bool,
+                                chunk: Int = Int.max) throws -> String {
         let final = path(name)
         let dir = (final as NSString).deletingLastPathComponent
         let tmp = dir + "/.tmp-" + LockOwner.randomToken()
@@ -114,7 +122,7 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         }
         var done = 0
         while done < data.count {
-            let n = Syscall.retry { Glibc.write(fd, data.baseAddress! + done, data.count - done) }
+            let n = Syscall.retry { Glibc.write(fd, data.baseAddress! + done, min(chunk, data.count - done)) }
             if n < 0 { throw StoreError.posix("write", tmp, errno: errno) }
             done += n
         }
@@ -123,13 +131,17 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         }
         if durable {
             guard Syscall.retry({ fdatasync(fd) }) == 0 else { throw StoreError.posix("fsync", tmp, errno: errno) }
+        } else if data.count >= 1 << 20 {
+            // Whole blocks: start writeback now, so the later sync finds
+            // little left to do and copying overlaps with the disk.
+            _ = archip_start_writeback(fd)
         }
         ok = true
         return tmp
     }
 
     public func put(_ name: ObjectName, _ data: UnsafeRawBufferPointer, length: UInt64, durable: Bool) throws {
-        let tmp = try writeTemporary(for: name, data, length: length, durable: durable)
+        let tmp = try writeTemporary(for: name, data, length: length, durable: durable, chunk: DirObjectStore.replaceChunk)
         let final = path(name)
         guard Glibc.rename(tmp, final) == 0 else {
             let e = errno
@@ -195,6 +207,11 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
             dirs.insert((p as NSString).deletingLastPathComponent)
         }
         for d in dirs { try syncDirectoryPath(d) }
+    }
+
+    public func syncContents(_ name: ObjectName) throws {
+        let fd = try descriptor(name, writable: false)
+        guard Syscall.retry({ fdatasync(fd.fd) }) == 0 else { throw StoreError.posix("fsync", path(name), errno: errno) }
     }
 
     public func remove(_ name: ObjectName) throws -> Bool {

@@ -64,6 +64,7 @@ public final class MemoryObjectStore: ObjectStore, @unchecked Sendable {
     }
 
     public func sync(_ names: [ObjectName]) throws {}
+    public func syncContents(_ name: ObjectName) throws {}
 
     public func remove(_ name: ObjectName) throws -> Bool {
         state.withLock { $0.objects.removeValue(forKey: name.path) != nil }

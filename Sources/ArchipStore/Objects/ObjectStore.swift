@@ -111,8 +111,12 @@ public protocol ObjectStore: AnyObject, Sendable {
     /// Writes in place into an existing object (not durable until `sync`).
     func write(_ name: ObjectName, at offset: UInt64, _ data: UnsafeRawBufferPointer) throws
 
-    /// Makes earlier writes and puts of these objects durable.
+    /// Makes earlier writes and puts of these objects durable (contents and names).
     func sync(_ names: [ObjectName]) throws
+
+    /// Makes in-place writes to one object durable; its name already is
+    /// (it was put or created durably). Cheaper than `sync`: no folder flush.
+    func syncContents(_ name: ObjectName) throws
 
     /// Removes the object; false if it was not there.
     @discardableResult

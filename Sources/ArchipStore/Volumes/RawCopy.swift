@@ -69,6 +69,9 @@ public enum RawCopy {
         let next = Locked(0)
         let done = Locked<UInt64>(0)
         let failure = Locked<Error?>(nil)
+        // Reads run in parallel; writes to the one output file take turns:
+        // concurrent buffered writes to one inode only spin on its lock.
+        let writer = NSLock()
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             var buffer = [UInt8](repeating: 0, count: bs)
             while failure.withLock({ $0 == nil }) {
@@ -81,6 +84,8 @@ public enum RawCopy {
                         let seg = UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
                         try volume.read(at: offset, into: seg)
                         if ZeroScan.isZero(UnsafeRawBufferPointer(seg)) { return }
+                        writer.lock()
+                        defer { writer.unlock() }
                         var put = 0
                         while put < n {
                             let w = pwrite(fd, seg.baseAddress! + put, n - put, off_t(offset) + off_t(put))

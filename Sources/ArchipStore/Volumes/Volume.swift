@@ -297,13 +297,28 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// Blocks whose intents are logged together: one synced append covers a
+    /// whole group, so random writes pay one log sync per group per flush, not
+    /// per block. Over-reporting is harmless: recovery re-hashes a few more blocks.
+    static let intentGroup: UInt32 = 16
+
     private func noteIntent(_ b: UInt32) throws {
         if state.withLock({ $0.intents.contains(b) }) { return }
         logLock.lock()
         defer { logLock.unlock() }
-        if state.withLock({ $0.intents.contains(b) }) { return }
-        try appendLog([.intent(b)])
-        _ = state.withLock { $0.intents.insert(b) }
+        let group = state.withLock { s -> [UInt32] in
+            if s.intents.contains(b) { return [] }
+            let first = b - b % Volume.intentGroup
+            let end = min(UInt64(first) + UInt64(Volume.intentGroup), s.top.blockCount)
+            return (UInt64(first)..<end).map { UInt32($0) }.filter { i in
+                if i == b { return true }
+                guard !s.intents.contains(i), case .owned? = s.top.entry(i) else { return false }
+                return true
+            }
+        }
+        if group.isEmpty { return }
+        try appendLog(group.map { .intent($0) })
+        state.withLock { s in for i in group { s.intents.insert(i) } }
     }
 
     /// Appends one batch and syncs it. Caller holds `logLock` or `io` exclusively.
@@ -317,7 +332,7 @@ public final class Volume: @unchecked Sendable {
         }
         let batch = LayerLog.batch(records)
         try batch.withUnsafeBytes { try objects.write(log, at: UInt64(at), $0) }
-        try objects.sync([log])
+        try objects.syncContents(log)
         state.withLock { $0.logLength = at + batch.count }
     }
 
