@@ -25,6 +25,11 @@ let package = Package(
             dependencies: ["CCrypto", "CArchipSys"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
+        // The node data path: NBD (QEMU), FUSE + loop (kernel block device).
+        .target(
+            name: "ArchipServe",
+            dependencies: ["ArchipStore"]
+        ),
         .executableTarget(
             name: "archip",
             dependencies: [
@@ -45,6 +50,10 @@ let package = Package(
         .testTarget(
             name: "ArchipStoreTests",
             dependencies: ["ArchipStore"]
+        ),
+        .testTarget(
+            name: "ArchipServeTests",
+            dependencies: ["ArchipServe", "ArchipStore"]
         ),
         .testTarget(
             name: "EndToEndTests",
