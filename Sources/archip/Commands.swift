@@ -272,7 +272,7 @@ struct GC: ParsableCommand {
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Copy a raw file into a volume (created with the file's size if missing).",
-        discussion: "A plain copy for operators and tests; 'archip fill' is the verified filler.")
+        discussion: "A plain copy for operators and tests: nothing is verified against the source.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Volume name.") var name: String
     @Argument(help: "Raw image file.") var file: String
