@@ -18,12 +18,23 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
+        // libcurl: HTTP(S) sources of the filler (ranged GETs, retries, TLS).
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
         // Linux calls Swift's Glibc module hides (syncfs, renameat2).
         .target(name: "CArchipSys"),
         .target(
             name: "ArchipStore",
             dependencies: ["CCrypto", "CArchipSys"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        // The data filler: sources (file, HTTP(S), Pithos, snapshot) -> verified, parallel copy.
+        .target(
+            name: "ArchipFill",
+            dependencies: ["ArchipStore", "CCurl"]
         ),
         // The node data path: NBD (QEMU), FUSE + loop (kernel block device).
         .target(
@@ -50,6 +61,10 @@ let package = Package(
         .testTarget(
             name: "ArchipStoreTests",
             dependencies: ["ArchipStore"]
+        ),
+        .testTarget(
+            name: "ArchipFillTests",
+            dependencies: ["ArchipFill", "ArchipStore"]
         ),
         .testTarget(
             name: "ArchipServeTests",
