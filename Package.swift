@@ -45,6 +45,7 @@ let package = Package(
             name: "archip",
             dependencies: [
                 "ArchipStore",
+                "ArchipFill",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,3 +1,4 @@
+import ArchipFill
 import ArchipStore
 import ArgumentParser
 import Foundation
@@ -10,12 +11,27 @@ struct Create: ParsableCommand {
     @Option(name: .customLong("block-size"), help: ArgumentHelp("Block size, a power of two from 64K to 64M.", valueName: "size")) var blockSize: String = "4M"
     @Option(name: .customLong("meta"), help: ArgumentHelp("Metadata to record (repeatable).", valueName: "key=value")) var meta: [String] = []
     @Flag(help: "Print the new volume's info as JSON.") var json = false
+    @Option(help: ArgumentHelp("Fill it from a source, as 'archip fill' does (see 'archip fill --help').", valueName: "source")) var from: String?
+    @OptionGroup var fill: FillArguments
 
     func run() throws {
         let n = try volumeName(name)
         let s = try parseSize(size)
         let bs = try parseBlockSize(blockSize)
         let store = try global.openStore()
+        if let from {
+            guard bs == LayerMap.defaultBlockSize else {
+                throw CLIError(message: "--block-size cannot be combined with --from (the source decides)", status: 2)
+            }
+            if (try? store.info(n)) != nil { throw StoreError(.alreadyExists, "'\(n)' already exists") }
+            var request = try fill.request(target: n, source: from, createSize: s)
+            request.metadata = try parseMetadata(meta)
+            let outcome = try Filler.run(request, store: store)
+            FillProgressDisplay.finishLine(mode: fill.progress)
+            if json { return try printJSON(try store.info(n)) }
+            try fill.report(outcome, target: n, source: from, json: false)
+            return
+        }
         try store.create(n, size: s, blockSize: bs, metadata: try parseMetadata(meta))
         if json { try printJSON(try store.info(n)) }
     }

@@ -59,7 +59,7 @@ struct Archip: ParsableCommand {
         subcommands: [
             Create.self, Remove.self, Rename.self, List.self, Info.self, Resize.self,
             Snapshot.self, Clone.self, Flatten.self, Hash.self, Verify.self,
-            Lock.self, Unlock.self, GC.self, Import.self, Export.self, Write.self, Read.self,
+            Lock.self, Unlock.self, GC.self, Import.self, Export.self, Write.self, Read.self, Fill.self,
             SetInfo.self,
         ]
     )

@@ -91,3 +91,27 @@ enum ZeroScan {
         lengthWithoutTrailingZeros(data) == 0
     }
 }
+
+/// Incremental SHA-256, for a whole-image digest fed block by block in order.
+public final class SHA256Stream: @unchecked Sendable {
+    private let ctx: OpaquePointer
+
+    public init() {
+        ctx = EVP_MD_CTX_new()
+        precondition(EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1, "EVP_DigestInit_ex(sha256) failed")
+    }
+
+    deinit { EVP_MD_CTX_free(ctx) }
+
+    public func update(_ data: UnsafeRawBufferPointer) {
+        if data.isEmpty { return }
+        precondition(EVP_DigestUpdate(ctx, data.baseAddress, data.count) == 1)
+    }
+
+    public func finish() -> ContentHash {
+        var md = [UInt8](repeating: 0, count: 32)
+        var len: UInt32 = 0
+        precondition(EVP_DigestFinal_ex(ctx, &md, &len) == 1 && len == 32)
+        return md.withUnsafeBytes { ContentHash(bytes: $0) }
+    }
+}

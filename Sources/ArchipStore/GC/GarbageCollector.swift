@@ -35,7 +35,8 @@ extension VolumeStore {
         }
         report.busyLayers = busy.map(\.hex).sorted()
 
-        var referenced = Set<ContentHash>()
+        // Blocks of interrupted or running fills are kept for their resume.
+        var referenced = try FillStage.checkpointedHashes(self)
         for m in live.values {
             m.forEachEntry { _, e in if case .content(let h) = e { referenced.insert(h) } }
         }

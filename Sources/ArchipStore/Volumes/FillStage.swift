@@ -1,0 +1,239 @@
+import Foundation
+
+/// A fill in progress: verified blocks go into the store as content blocks as
+/// they arrive; the target switches to them in one step at `commit`, so a
+/// volume never claims data it does not have. A checkpoint (`fills/<name>`)
+/// records the verified blocks, so an interrupted fill resumes where it stopped.
+///
+/// Not for concurrent use by two processes: one fill per target at a time.
+public final class FillStage: @unchecked Sendable {
+    public let store: VolumeStore
+    public let target: VolumeName
+    /// Bytes of the image being filled in.
+    public let imageSize: UInt64
+    public let blockSize: Int
+    /// Identity of the source (e.g. URL, size, expected hashes): a resume must match it.
+    public let sourceID: String
+
+    struct Checkpoint {
+        var sourceID: String
+        var imageSize: UInt64
+        var blockSize: UInt32
+        var done: [UInt32: ContentHash]
+    }
+
+    private let state: Locked<(done: [UInt32: ContentHash], unsynced: [ObjectName], written: Int)>
+
+    static let magic = Array("ARCHFILL".utf8)
+    static func checkpointName(_ n: VolumeName) -> ObjectName { ObjectName("fills", n.value) }
+
+    /// Starts (or with `resume`, continues) a fill of `target`.
+    public static func begin(store: VolumeStore, target: VolumeName, imageSize: UInt64, blockSize: Int,
+                             sourceID: String, resume: Bool) throws -> FillStage {
+        try LayerMap.checkBlockSize(UInt32(blockSize))
+        let cp = checkpointName(target)
+        var done: [UInt32: ContentHash] = [:]
+        if let old = try store.objects.stat(cp) {
+            _ = old
+            guard resume else {
+                throw StoreError(.alreadyExists, "an interrupted fill of '\(target)' exists; continue it with --resume, or drop it with 'archip fill --abort \(target)'")
+            }
+            let c = try decode(try store.objects.readAll(cp), what: "fill checkpoint \(cp)")
+            guard c.sourceID == sourceID, c.imageSize == imageSize, c.blockSize == UInt32(blockSize) else {
+                throw StoreError(.invalidArgument, "the interrupted fill of '\(target)' was from another source (\(c.sourceID)); drop it with 'archip fill --abort \(target)' first")
+            }
+            done = c.done
+        }
+        let stage = FillStage(store: store, target: target, imageSize: imageSize, blockSize: blockSize,
+                              sourceID: sourceID, done: done)
+        if done.isEmpty { try stage.checkpoint() }
+        return stage
+    }
+
+    /// Drops an interrupted fill's checkpoint (its blocks are left to `gc`).
+    public static func abort(store: VolumeStore, target: VolumeName) throws -> Bool {
+        try store.objects.remove(checkpointName(target))
+    }
+
+    private init(store: VolumeStore, target: VolumeName, imageSize: UInt64, blockSize: Int, sourceID: String,
+                 done: [UInt32: ContentHash]) {
+        self.store = store
+        self.target = target
+        self.imageSize = imageSize
+        self.blockSize = blockSize
+        self.sourceID = sourceID
+        state = Locked((done, [], 0))
+    }
+
+    public var blockCount: Int { Int((imageSize + UInt64(blockSize) - 1) / UInt64(blockSize)) }
+
+    /// Blocks already verified and stored (by this run or the one it resumes).
+    public var done: [UInt32: ContentHash] { state.withLock { $0.done } }
+    public var writtenBlocks: Int { state.withLock { $0.written } }
+
+    public func isDone(_ index: Int) -> Bool { state.withLock { $0.done[UInt32(index)] != nil } }
+
+    /// True if the store already holds a content block with this hash.
+    public func hasContent(_ hash: ContentHash) throws -> Bool {
+        if hash == ContentHash.ofEmpty { return true }
+        return try store.objects.exists(StoreLayout.content(hash))
+    }
+
+    /// Records a block whose content the store already holds (nothing is read or written).
+    public func recordExisting(_ index: Int, _ hash: ContentHash) throws {
+        let obj = StoreLayout.content(hash)
+        if hash != ContentHash.ofEmpty {
+            // Refresh its age so a concurrent gc spares it, and make sure it is still there.
+            guard try !store.objects.create(obj, [], durable: false) else {
+                _ = try store.objects.remove(obj)
+                throw StoreError(.notFound, "content block \(hash.hex) vanished while filling")
+            }
+        }
+        state.withLock { $0.done[UInt32(index)] = hash }
+    }
+
+    /// Stores one verified block (the last may be short); `hash` is its block hash.
+    /// Returns true if a new content object was written (false: deduplicated or zero).
+    @discardableResult
+    public func storeBlock(_ index: Int, _ data: UnsafeRawBufferPointer, hash: ContentHash) throws -> Bool {
+        precondition(data.count <= blockSize)
+        var wrote = false
+        if hash != ContentHash.ofEmpty {
+            let obj = StoreLayout.content(hash)
+            let n = ZeroScan.lengthWithoutTrailingZeros(data)
+            wrote = try store.objects.create(obj, UnsafeRawBufferPointer(rebasing: data[0..<n]), durable: false)
+            if wrote { state.withLock { $0.unsynced.append(obj); $0.written += 1 } }
+        }
+        state.withLock { $0.done[UInt32(index)] = hash }
+        return wrote
+    }
+
+    /// Makes the stored blocks durable and records them, so a resume skips them.
+    public func checkpoint() throws {
+        let (unsynced, done) = state.withLock { s -> ([ObjectName], [UInt32: ContentHash]) in
+            defer { s.unsynced = [] }
+            return (s.unsynced, s.done)
+        }
+        try store.objects.sync(unsynced)
+        let c = Checkpoint(sourceID: sourceID, imageSize: imageSize, blockSize: UInt32(blockSize), done: done)
+        try store.objects.put(FillStage.checkpointName(target), FillStage.encode(c), durable: true)
+    }
+
+    /// Reads a block back from the store (for a whole-image digest on resume).
+    public func readStored(_ index: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard let h = state.withLock({ $0.done[UInt32(index)] }) else {
+            throw StoreError(.notFound, "block \(index) of the fill of '\(target)' is not stored yet")
+        }
+        let length = Int(min(UInt64(blockSize), imageSize - UInt64(index) * UInt64(blockSize)))
+        let out = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+        if h == ContentHash.ofEmpty {
+            out.initializeMemory(as: UInt8.self, repeating: 0)
+            return length
+        }
+        let n = try store.objects.read(StoreLayout.content(h), at: 0, into: out)
+        if n < length { UnsafeMutableRawBufferPointer(rebasing: out[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
+        return length
+    }
+
+    /// The image's Pithos hashmap, from the stored blocks' hashes.
+    public func hashmap() throws -> PithosHashmap {
+        let done = self.done
+        var hashes: [ContentHash] = []
+        hashes.reserveCapacity(blockCount)
+        for i in 0..<blockCount {
+            guard let h = done[UInt32(i)] else { throw StoreError(.invalidArgument, "block \(i) was not filled") }
+            hashes.append(h)
+        }
+        return PithosHashmap(blockSize: UInt64(blockSize), bytes: imageSize, hashes: hashes)
+    }
+
+    /// Switches `target` to the filled blocks in one step. A missing target is
+    /// created with `volumeSize` (at least the image's size); an existing one
+    /// keeps its size (grown to `volumeSize` if larger), is taken exclusively
+    /// for the switch, and its old layers are dropped.
+    public func commit(volumeSize: UInt64, metadata: [String: String] = [:], owner: LockOwner? = nil) throws {
+        let done = self.done
+        guard done.count == blockCount else {
+            throw StoreError(.invalidArgument, "fill of '\(target)' is incomplete: \(done.count) of \(blockCount) blocks")
+        }
+        try checkpoint()
+        let existing = try store.recordIfPresent(target)
+        var size = max(volumeSize, imageSize)
+        let o = owner ?? LockOwner.forThisProcess(node: store.node)
+        if let existing {
+            guard existing.kind == .volume else {
+                throw StoreError(.wrongKind, "'\(target)' is a snapshot; fill a volume")
+            }
+            try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+            let current = try store.loadCommitted(existing.layer).map
+            guard current.blockSize == UInt32(blockSize) else {
+                try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
+                throw StoreError(.invalidArgument, "'\(target)' has \(ByteCount(UInt64(current.blockSize))) blocks, the fill \(ByteCount(UInt64(blockSize)))")
+            }
+            size = max(size, current.size)
+        }
+        _ = try ByteCount(size).validatedVolumeSize()
+        var map = LayerMap(id: LayerID.random(), parent: .none, kind: .base, size: size,
+                           blockSize: UInt32(blockSize), parentBlocks: 0, epoch: 1)
+        var updates: [UInt32: BlockEntry?] = [:]
+        for (i, h) in done where h != ContentHash.ofEmpty { updates[i] = .some(.content(h)) }
+        map.apply(updates)
+        try store.objects.put(StoreLayout.map(map.id), MapFormatV1.encode(map), durable: true)
+        if let existing {
+            defer { try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false) }
+            var rec = existing
+            rec.layer = map.id
+            rec.metadata.merge(metadata) { $1 }
+            try store.objects.put(StoreLayout.record(target), rec.encode(), durable: true)
+            try store.removeUnreferencedLayers(startingAt: existing.layer, remaining: try store.allRecords())
+        } else {
+            let rec = VolumeRecord(kind: .volume, layer: map.id, metadata: metadata)
+            guard try store.objects.create(StoreLayout.record(target), rec.encode(), durable: true) else {
+                try store.objects.removeAll(prefix: StoreLayout.layerPrefix(map.id))
+                throw StoreError(.alreadyExists, "'\(target)' was created by someone else during the fill")
+            }
+        }
+        try store.objects.remove(FillStage.checkpointName(target))
+    }
+
+    // MARK: checkpoint format
+
+    static func encode(_ c: Checkpoint) -> [UInt8] {
+        var w = BinaryWriter(capacity: 64 + c.done.count * 36)
+        w.string(c.sourceID)
+        w.u64(c.imageSize)
+        w.u32(c.blockSize)
+        w.u64(UInt64(c.done.count))
+        for k in c.done.keys.sorted() {
+            w.u32(k)
+            w.hash(c.done[k]!)
+        }
+        return Frame.seal(magic: magic, version: 1, body: w.bytes)
+    }
+
+    static func decode(_ bytes: [UInt8], what: String) throws -> Checkpoint {
+        let (v, body) = try Frame.open(bytes, magic: magic, what: what)
+        guard v == 1 else { throw StoreError(.unsupported, "\(what): version \(v) is not supported") }
+        var r = body
+        let id = try r.string()
+        let size = try r.u64()
+        let bs = try r.u32()
+        let n = try r.u64()
+        guard n <= (size / UInt64(max(bs, 1))) + 1 else { throw StoreError(.corrupt, "\(what): \(n) entries") }
+        var done: [UInt32: ContentHash] = [:]
+        for _ in 0..<n { done[try r.u32()] = try r.hash() }
+        return Checkpoint(sourceID: id, imageSize: size, blockSize: bs, done: done)
+    }
+
+    /// Content hashes every checkpoint names: roots for `gc`.
+    static func checkpointedHashes(_ store: VolumeStore) throws -> Set<ContentHash> {
+        var out = Set<ContentHash>()
+        var names: [ObjectName] = []
+        try store.objects.enumerate(prefix: "fills/") { names.append($0); return true }
+        for n in names {
+            guard let bytes = try? store.objects.readAll(n), let c = try? decode(bytes, what: n.path) else { continue }
+            out.formUnion(c.done.values)
+        }
+        return out
+    }
+}
