@@ -49,7 +49,8 @@ demo: release
 	scripts/demo.sh
 
 bench:
-	$(SWIFT) build -c release --product archip --product archip-bench
+	$(SWIFT) build -c release --product archip
+	$(SWIFT) build -c release --product archip-bench
 	.build/release/archip-bench
 
 install: release

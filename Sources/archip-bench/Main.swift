@@ -73,6 +73,7 @@ struct Bench {
         if only == "all" || only == "snapshot" { try snapshotAndClone() }
         if only == "all" || only == "map" { try mapLoad() }
         if only == "all" || only == "seq" { try sequential() }
+        if only == "all" || only == "fill" { try fill() }
         if only == "all" || only == "random" || only == "writes" {
             if only != "writes" && only != "all" { try sequential() }
             try randomWrites()
@@ -151,6 +152,58 @@ struct Bench {
                       sizeMiB, mb / imp, mb / cp, mb / cpSync, cp / imp, cpSync / imp))
         report(String(format: "export (%d MiB): %.0f MB/s; cp of the same file %.0f MB/s: ratio %.2f (goal >= 0.8)",
                       sizeMiB, mb / exp, mb / cpOut, cpOut / exp))
+    }
+
+    // MARK: fill from a local image vs cp and qemu-img convert
+
+    /// Runs a command under /usr/bin/time; returns (seconds, peak RSS KiB).
+    func timed(_ cmd: String) throws -> (Double, Int) {
+        let rss = work + "/rss.txt"
+        let t = try sh("/usr/bin/time -f %M -o \(rss) \(cmd)")
+        let kib = Int((try String(contentsOfFile: rss, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").last ?? "0") ?? 0
+        return (t, kib)
+    }
+
+    mutating func fill() throws {
+        let mib = Int(ProcessInfo.processInfo.environment["BENCH_FILL_MIB"] ?? "2048") ?? 2048
+        let img = work + "/fill-image.raw"
+        _ = try sh("head -c \(mib)M /dev/urandom > \(img) && cat \(img) > /dev/null")
+        let store = work + "/fill-store"
+        func quiet(_ cleanup: String) throws { _ = try sh("\(cleanup); sync; sleep 0.5") }
+        var fillT: [Double] = [], cpT: [Double] = [], qemuT: [Double] = [], refillT: [Double] = [], cpSyncT: [Double] = []
+        var rss = 0
+        let hasQemu = (try? sh("command -v qemu-img >/dev/null")) != nil
+        let jobs = ProcessInfo.processInfo.activeProcessorCount + 2
+        for i in 0..<3 {
+            try quiet("rm -rf \(store) \(work)/fill-copy.raw")
+            let (t, r) = try timed("\(archip) --store \(store) fill v\(i) --from file:\(img) --hashmap-out \(work)/fill.hashmap --progress none > /dev/null")
+            fillT.append(t)
+            rss = max(rss, r)
+            try quiet("true")
+            // The image's blocks are all in the store now: with its hashmap nothing is read.
+            refillT.append(try sh("\(archip) --store \(store) fill again\(i) --from file:\(img) --hashmap \(work)/fill.hashmap --progress none > /dev/null"))
+            try quiet("rm -f \(work)/fill-copy.raw")
+            cpT.append(try sh("cp \(img) \(work)/fill-copy.raw"))
+            try quiet("rm -f \(work)/fill-copy.raw")
+            cpSyncT.append(try sh("cp \(img) \(work)/fill-copy.raw && sync -f \(work)/fill-copy.raw"))
+            if hasQemu {
+                try quiet("rm -f \(work)/fill-copy.raw")
+                qemuT.append(try sh("qemu-img convert -f raw -O raw \(img) \(work)/fill-copy.raw"))
+            }
+        }
+        try quiet("rm -f \(work)/fill-copy.raw")
+        let mb = Double(mib) * 1048576 / 1e6
+        let f = median(fillT), cp = median(cpT), cps = median(cpSyncT), rf = median(refillT)
+        report(String(format: "fill from a local %d MiB image (hashed, verified, durable): %.0f MB/s; cp %.0f MB/s, cp+sync %.0f MB/s: ratio %.2f vs cp (goal >= 1.0), %.2f vs cp+sync",
+                      mib, mb / f, mb / cp, mb / cps, cp / f, cps / f))
+        if hasQemu {
+            let q = median(qemuT)
+            report(String(format: "fill vs qemu-img convert -O raw (%.0f MB/s): ratio %.2f (goal >= 1.2)", mb / q, q / f))
+        }
+        report(String(format: "re-fill of an image whose blocks are in the store (with its hashmap): %.2f s = %.0f MB/s; vs cp: ratio %.1f (goal >= 3)",
+                      rf, mb / rf, cp / rf))
+        let limit = 64 * 1024 + jobs * 4096
+        report("fill peak RSS: \(rss / 1024) MiB (limit 64 MiB + \(jobs) jobs x 4 MiB = \(limit / 1024) MiB)\(rss <= limit ? "" : " OVER")")
     }
 
     // MARK: 4 KiB random writes through the library
