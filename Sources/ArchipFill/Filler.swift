@@ -116,7 +116,7 @@ public enum Filler {
         let volumeSize: UInt64
         if let existing {
             if source.size > existing.size && !r.grow {
-                throw StoreError(.invalidSize, "\(source.description) is \(ByteCount(source.size).bytes) bytes, larger than '\(r.target)' (\(existing.size) bytes); pass --grow to grow the volume")
+                throw StoreError(.outOfRange, "\(source.description) is \(source.size) bytes, larger than '\(r.target)' (\(existing.size) bytes); pass --grow to grow the volume")
             }
             volumeSize = max(existing.size, (source.size + 511) / 512 * 512)
         } else {
