@@ -64,7 +64,6 @@ public enum Copier {
         let resumedCount = stage.done.count
         let digest = options.sha256 == nil ? nil : OrderedDigest()
         let counters = Locked((next: 0, done: resumedCount, bytes: UInt64(0), fetched: 0, reused: 0))
-        let failure = Locked<Error?>(nil)
         let checkpointLock = NSLock()
         let lastCheckpoint = Locked(Date())
         let started = Date()
@@ -78,30 +77,23 @@ public enum Copier {
                                 bytesPerSecond: elapsed > 0 ? Double(c.bytes) / elapsed : 0)
         }
 
-        let workers = min(options.jobs, max(1, total))
-        DispatchQueue.concurrentPerform(iterations: workers) { _ in
-            var buffer = [UInt8](repeating: 0, count: bs)
-            while failure.withLock({ $0 == nil }) {
-                let index = counters.withLock { c -> Int in defer { c.next += 1 }; return c.next }
-                if index >= total { break }
+        do {
+            try BlockWorkers.run(blocks: total, workers: options.jobs, bufferSize: bs) { index, buf in
                 do {
-                    try buffer.withUnsafeMutableBytes { buf in
-                        try copyBlock(index, source: source, stage: stage, buffer: buf, digest: digest, counters: counters)
-                    }
-                    if Date().timeIntervalSince(lastCheckpoint.withLock { $0 }) > options.checkpointInterval,
-                       checkpointLock.try() {
-                        defer { checkpointLock.unlock() }
-                        try stage.checkpoint()
-                        lastCheckpoint.withLock { $0 = Date() }
-                    }
-                    options.progress?(snapshot())
+                    try copyBlock(index, source: source, stage: stage, buffer: buf, digest: digest, counters: counters)
                 } catch {
-                    failure.withLock { if $0 == nil { $0 = error } }
-                    digest?.fail()
+                    digest?.fail()   // release blocks waiting for their turn in the digest
+                    throw error
                 }
+                if Date().timeIntervalSince(lastCheckpoint.withLock { $0 }) > options.checkpointInterval,
+                   checkpointLock.try() {
+                    defer { checkpointLock.unlock() }
+                    try stage.checkpoint()
+                    lastCheckpoint.withLock { $0 = Date() }
+                }
+                options.progress?(snapshot())
             }
-        }
-        if let error = failure.withLock({ $0 }) {
+        } catch {
             // Keep what was verified, so --resume starts from there.
             try? stage.checkpoint()
             throw error

@@ -15,45 +15,28 @@ public enum RawCopy {
         }
         let bs = volume.blockSize
         let blocks = Int((length + UInt64(bs) - 1) / UInt64(bs))
-        let workers = max(1, min(blocks, jobs > 0 ? jobs : ProcessInfo.processInfo.activeProcessorCount + 1))
-        let next = Locked(0)
         let done = Locked<UInt64>(0)
-        let failure = Locked<Error?>(nil)
-        DispatchQueue.concurrentPerform(iterations: workers) { _ in
-            var buffer = [UInt8](repeating: 0, count: bs)
-            while failure.withLock({ $0 == nil }) {
-                let b = next.withLock { n -> Int in defer { n += 1 }; return n }
-                if b >= blocks { break }
-                let offset = UInt64(b) * UInt64(bs)
-                let want = Int(min(UInt64(bs), length - offset))
-                do {
-                    try buffer.withUnsafeMutableBytes { buf in
-                        var got = 0
-                        while got < want {
-                            let n = pread(fd, buf.baseAddress! + got, want - got, off_t(offset) + off_t(got))
-                            if n < 0 && errno == EINTR { continue }
-                            if n < 0 { throw StoreError.posix("read", "input", errno: errno) }
-                            if n == 0 { throw StoreError(.io, "input ended early at byte \(offset + UInt64(got)) (expected \(length))") }
-                            got += n
-                        }
-                        let data = UnsafeRawBufferPointer(rebasing: buf[0..<want])
-                        if want == bs || UInt64(want) + offset == volume.size {
-                            try volume.write(at: offset, data)
-                        } else {
-                            // Short tail inside a longer volume: the rest of the block is zero.
-                            UnsafeMutableRawBufferPointer(rebasing: buf[want...]).initializeMemory(as: UInt8.self, repeating: 0)
-                            let end = min(UInt64(bs), volume.size - offset)
-                            try volume.write(at: offset, UnsafeRawBufferPointer(rebasing: buf[0..<Int(end)]))
-                        }
-                    }
-                    let total = done.withLock { d -> UInt64 in d += UInt64(want); return d }
-                    progress?(total)
-                } catch {
-                    failure.withLock { $0 = error }
-                }
+        try BlockWorkers.run(blocks: blocks, workers: BlockWorkers.defaultWorkers(jobs), bufferSize: bs) { b, buf in
+            let offset = UInt64(b) * UInt64(bs)
+            let want = Int(min(UInt64(bs), length - offset))
+            var got = 0
+            while got < want {
+                let n = pread(fd, buf.baseAddress! + got, want - got, off_t(offset) + off_t(got))
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 { throw StoreError.posix("read", "input", errno: errno) }
+                if n == 0 { throw StoreError(.io, "input ended early at byte \(offset + UInt64(got)) (expected \(length))") }
+                got += n
             }
+            if want == bs || UInt64(want) + offset == volume.size {
+                try volume.write(at: offset, UnsafeRawBufferPointer(rebasing: buf[0..<want]))
+            } else {
+                // Short tail inside a longer volume: the rest of the block is zero.
+                UnsafeMutableRawBufferPointer(rebasing: buf[want...]).initializeMemory(as: UInt8.self, repeating: 0)
+                let end = min(UInt64(bs), volume.size - offset)
+                try volume.write(at: offset, UnsafeRawBufferPointer(rebasing: buf[0..<Int(end)]))
+            }
+            progress?(done.withLock { d -> UInt64 in d += UInt64(want); return d })
         }
-        if let e = failure.withLock({ $0 }) { throw e }
         try volume.flush()
     }
 
@@ -65,42 +48,27 @@ public enum RawCopy {
         guard ftruncate(fd, off_t(size)) == 0 else { throw StoreError.posix("truncate", "output", errno: errno) }
         let bs = volume.blockSize
         let blocks = Int((size + UInt64(bs) - 1) / UInt64(bs))
-        let workers = max(1, min(blocks, jobs > 0 ? jobs : ProcessInfo.processInfo.activeProcessorCount + 1))
-        let next = Locked(0)
         let done = Locked<UInt64>(0)
-        let failure = Locked<Error?>(nil)
         // Reads run in parallel; writes to the one output file take turns:
         // concurrent buffered writes to one inode only spin on its lock.
         let writer = NSLock()
-        DispatchQueue.concurrentPerform(iterations: workers) { _ in
-            var buffer = [UInt8](repeating: 0, count: bs)
-            while failure.withLock({ $0 == nil }) {
-                let b = next.withLock { n -> Int in defer { n += 1 }; return n }
-                if b >= blocks { break }
-                let offset = UInt64(b) * UInt64(bs)
-                let n = Int(min(UInt64(bs), size - offset))
-                do {
-                    try buffer.withUnsafeMutableBytes { buf in
-                        let seg = UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
-                        try volume.read(at: offset, into: seg)
-                        if ZeroScan.isZero(UnsafeRawBufferPointer(seg)) { return }
-                        writer.lock()
-                        defer { writer.unlock() }
-                        var put = 0
-                        while put < n {
-                            let w = pwrite(fd, seg.baseAddress! + put, n - put, off_t(offset) + off_t(put))
-                            if w < 0 && errno == EINTR { continue }
-                            if w < 0 { throw StoreError.posix("write", "output", errno: errno) }
-                            put += w
-                        }
-                    }
-                    let total = done.withLock { d -> UInt64 in d += UInt64(n); return d }
-                    progress?(total)
-                } catch {
-                    failure.withLock { $0 = error }
+        try BlockWorkers.run(blocks: blocks, workers: BlockWorkers.defaultWorkers(jobs), bufferSize: bs) { b, buf in
+            let offset = UInt64(b) * UInt64(bs)
+            let n = Int(min(UInt64(bs), size - offset))
+            let seg = UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
+            try volume.read(at: offset, into: seg)
+            if !ZeroScan.isZero(UnsafeRawBufferPointer(seg)) {
+                writer.lock()
+                defer { writer.unlock() }
+                var put = 0
+                while put < n {
+                    let w = pwrite(fd, seg.baseAddress! + put, n - put, off_t(offset) + off_t(put))
+                    if w < 0 && errno == EINTR { continue }
+                    if w < 0 { throw StoreError.posix("write", "output", errno: errno) }
+                    put += w
                 }
             }
+            progress?(done.withLock { d -> UInt64 in d += UInt64(n); return d })
         }
-        if let e = failure.withLock({ $0 }) { throw e }
     }
 }
