@@ -15,7 +15,7 @@ SOAK_ITERATIONS  ?= 1000
 TMPDIR   ?= /tmp
 
 # Debian packages the build and the tests need.
-DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev pkg-config e2fsprogs nginx-light qemu-utils
+DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config e2fsprogs util-linux nginx-light qemu-utils
 
 .PHONY: all build release deps test unit-test crash-test soak demo bench install uninstall clean
 

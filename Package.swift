@@ -24,6 +24,17 @@ let package = Package(
             pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
+        // libfuse3 (kernel block device path: FUSE file + loop device).
+        .systemLibrary(
+            name: "CFuse3",
+            pkgConfig: "fuse3",
+            providers: [.apt(["libfuse3-dev"])]
+        ),
+        // The FUSE file system and loop ioctls, in C: libfuse's API is macros and varargs.
+        .target(
+            name: "CArchipFuse",
+            dependencies: ["CFuse3"]
+        ),
         // Linux calls Swift's Glibc module hides (syncfs, renameat2).
         .target(name: "CArchipSys"),
         .target(
@@ -39,7 +50,7 @@ let package = Package(
         // The node data path: NBD (QEMU), FUSE + loop (kernel block device).
         .target(
             name: "ArchipServe",
-            dependencies: ["ArchipStore"]
+            dependencies: ["ArchipStore", "CArchipFuse"]
         ),
         .executableTarget(
             name: "archip",

@@ -1,0 +1,135 @@
+import ArchipStore
+import CArchipFuse
+import Foundation
+
+/// A block device as one file in a FUSE file system: the kernel's way in
+/// (a loop device goes on top). Requests are served on several threads; the
+/// file is opened with direct I/O so blocks are not cached twice.
+public final class FUSEExport: @unchecked Sendable {
+    public let device: any BlockDevice
+    public let mountpoint: String
+    public let fileName: String
+    private var handle: OpaquePointer?
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+    private var context: Unmanaged<FUSEExport>?
+
+    /// The path of the volume's file.
+    public var path: String { mountpoint + "/" + fileName }
+
+    public init(device: any BlockDevice, mountpoint: String, fileName: String = "volume", fsName: String = "archip",
+                threads: Int = 8) throws {
+        self.device = device
+        self.mountpoint = mountpoint
+        self.fileName = fileName
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        let ctx = Unmanaged.passRetained(self)
+        context = ctx
+        var cb = archip_fuse_callbacks()
+        cb.ctx = ctx.toOpaque()
+        cb.readonly = device.isReadOnly ? 1 : 0
+        cb.size = { ctx in FUSEExport.from(ctx).device.size }
+        cb.read = { ctx, buf, len, off in
+            FUSEExport.errno {
+                try FUSEExport.from(ctx).device.read(at: off, into: UnsafeMutableRawBufferPointer(start: buf, count: len))
+            }
+        }
+        cb.write = { ctx, buf, len, off in
+            FUSEExport.errno {
+                try FUSEExport.from(ctx).device.write(at: off, UnsafeRawBufferPointer(start: buf, count: len))
+            }
+        }
+        cb.flush = { ctx in FUSEExport.errno { try FUSEExport.from(ctx).device.flush() } }
+        cb.trim = { ctx, off, len in FUSEExport.errno { try FUSEExport.from(ctx).device.trim(at: off, length: len) } }
+        var err = [CChar](repeating: 0, count: 256)
+        guard let h = archip_fuse_mount(mountpoint, fileName, fsName, cb, &err, err.count) else {
+            ctx.release()
+            context = nil
+            throw StoreError(.io, "FUSE mount at \(mountpoint): \(String(cString: err))")
+        }
+        handle = h
+        let running = UncheckedPointer(h)
+        let t = Thread { [finished] in
+            _ = archip_fuse_run(running.pointer, Int32(threads))
+            finished.signal()
+        }
+        t.name = "archip-fuse"
+        t.start()
+        thread = t
+    }
+
+    private static func from(_ ctx: UnsafeMutableRawPointer?) -> FUSEExport {
+        Unmanaged<FUSEExport>.fromOpaque(ctx!).takeUnretainedValue()
+    }
+
+    /// Maps store errors to the errno the kernel passes on to the reader or writer.
+    static func errno(_ body: () throws -> Void) -> Int32 {
+        do {
+            try body()
+            return 0
+        } catch let e as StoreError {
+            switch e.code {
+            case .readOnly: return -EROFS
+            case .outOfRange: return -ENOSPC
+            case .invalidArgument, .invalidSize: return -EINVAL
+            default: return -EIO
+            }
+        } catch {
+            return -EIO
+        }
+    }
+
+    /// Unmounts and waits for the serving threads to finish.
+    public func stop() {
+        guard let h = handle else { return }
+        handle = nil
+        archip_fuse_unmount(h)
+        finished.wait()
+        archip_fuse_destroy(h)
+        context?.release()
+        context = nil
+    }
+}
+
+/// libfuse's handle crosses to the serving thread once; libfuse itself is thread-safe.
+struct UncheckedPointer: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ p: OpaquePointer) { pointer = p }
+}
+
+/// A kernel loop device over a file (here: a FUSE export's file).
+public struct LoopDevice: Sendable, CustomStringConvertible {
+    public let minor: Int32
+    public var path: String { "/dev/loop\(minor)" }
+    public var description: String { path }
+
+    /// Attaches `file`; direct I/O keeps the page cache out of the way.
+    public static func attach(file: String, readOnly: Bool, directIO: Bool = true) throws -> LoopDevice {
+        var minor: Int32 = -1
+        let r = archip_loop_attach(file, readOnly ? 1 : 0, directIO ? 1 : 0, &minor)
+        guard r == 0 else {
+            throw StoreError(.io, "loop device for \(file)", cause: String(cString: strerror(-r)))
+        }
+        return LoopDevice(minor: minor)
+    }
+
+    public init(minor: Int32) { self.minor = minor }
+
+    public func detach() throws {
+        let r = archip_loop_detach(minor)
+        guard r == 0 || r == -ENXIO else { throw StoreError(.io, "detach \(path)", cause: String(cString: strerror(-r))) }
+    }
+
+    /// Makes the device see its file's new size (after a grow).
+    public func refreshCapacity() throws {
+        let r = archip_loop_set_capacity(minor)
+        guard r == 0 else { throw StoreError(.io, "resize \(path)", cause: String(cString: strerror(-r))) }
+    }
+
+    public func backingFile() throws -> String {
+        var buf = [CChar](repeating: 0, count: 128)
+        let r = archip_loop_backing_file(minor, &buf, buf.count)
+        guard r == 0 else { throw StoreError(.io, "status of \(path)", cause: String(cString: strerror(-r))) }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

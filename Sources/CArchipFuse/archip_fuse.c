@@ -1,0 +1,248 @@
+#define _GNU_SOURCE
+#define FUSE_USE_VERSION 314
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <linux/falloc.h>
+#include <linux/loop.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "archip_fuse.h"
+
+struct archip_fuse {
+    struct fuse *fuse;
+    struct archip_fuse_callbacks cb;
+    char path[256]; /* "/<filename>" */
+    int mounted;
+};
+
+static struct archip_fuse *self(void) { return (struct archip_fuse *)fuse_get_context()->private_data; }
+
+static int af_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+    (void)fi;
+    struct archip_fuse *f = self();
+    memset(st, 0, sizeof *st);
+    if (strcmp(path, "/") == 0) {
+        st->st_mode = S_IFDIR | 0700;
+        st->st_nlink = 2;
+        return 0;
+    }
+    if (strcmp(path, f->path) != 0) return -ENOENT;
+    st->st_mode = S_IFREG | (f->cb.readonly ? 0400 : 0600);
+    st->st_nlink = 1;
+    st->st_size = (off_t)f->cb.size(f->cb.ctx);
+    st->st_blksize = 4096;
+    st->st_blocks = st->st_size / 512;
+    return 0;
+}
+
+static int af_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off, struct fuse_file_info *fi,
+                      enum fuse_readdir_flags flags) {
+    (void)off; (void)fi; (void)flags;
+    if (strcmp(path, "/") != 0) return -ENOENT;
+    fill(buf, ".", NULL, 0, 0);
+    fill(buf, "..", NULL, 0, 0);
+    fill(buf, self()->path + 1, NULL, 0, 0);
+    return 0;
+}
+
+static int af_open(const char *path, struct fuse_file_info *fi) {
+    struct archip_fuse *f = self();
+    if (strcmp(path, f->path) != 0) return -ENOENT;
+    if (f->cb.readonly && (fi->flags & O_ACCMODE) != O_RDONLY) return -EROFS;
+    /* The store has its own cache; the page cache on top would hold every block twice. */
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    return 0;
+}
+
+static int af_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+    (void)path; (void)fi;
+    struct archip_fuse *f = self();
+    uint64_t size = f->cb.size(f->cb.ctx);
+    if ((uint64_t)off >= size) return 0;
+    if ((uint64_t)off + len > size) len = size - (uint64_t)off;
+    int r = f->cb.read(f->cb.ctx, buf, len, (uint64_t)off);
+    return r < 0 ? r : (int)len;
+}
+
+static int af_write(const char *path, const char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+    (void)path; (void)fi;
+    struct archip_fuse *f = self();
+    if (f->cb.readonly) return -EROFS;
+    uint64_t size = f->cb.size(f->cb.ctx);
+    if ((uint64_t)off >= size) return -ENOSPC;
+    if ((uint64_t)off + len > size) len = size - (uint64_t)off;
+    int r = f->cb.write(f->cb.ctx, buf, len, (uint64_t)off);
+    return r < 0 ? r : (int)len;
+}
+
+static int af_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
+    (void)path; (void)datasync; (void)fi;
+    struct archip_fuse *f = self();
+    return f->cb.readonly ? 0 : f->cb.flush(f->cb.ctx);
+}
+
+static int af_flush(const char *path, struct fuse_file_info *fi) {
+    /* close(): nothing to do; durability is fsync's job. */
+    (void)path; (void)fi;
+    return 0;
+}
+
+static int af_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi) {
+    (void)path; (void)fi;
+    struct archip_fuse *f = self();
+    if (f->cb.readonly) return -EROFS;
+    uint64_t size = f->cb.size(f->cb.ctx);
+    if ((uint64_t)off >= size) return 0;
+    if ((uint64_t)(off + len) > size) len = (off_t)(size - (uint64_t)off);
+    if (mode & FALLOC_FL_PUNCH_HOLE) return f->cb.trim(f->cb.ctx, (uint64_t)off, (uint64_t)len);
+    if (mode & FALLOC_FL_ZERO_RANGE) return f->cb.trim(f->cb.ctx, (uint64_t)off, (uint64_t)len);
+    if (mode == 0) return 0; /* thin: space is allocated on write */
+    return -EOPNOTSUPP;
+}
+
+static int af_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
+    (void)path; (void)fi;
+    /* The size is the volume's; resize the volume instead. Opening with O_TRUNC
+       at the same size is harmless. */
+    return (uint64_t)size == self()->cb.size(self()->cb.ctx) ? 0 : -EPERM;
+}
+
+static const struct fuse_operations ops = {
+    .getattr = af_getattr,
+    .readdir = af_readdir,
+    .open = af_open,
+    .read = af_read,
+    .write = af_write,
+    .fsync = af_fsync,
+    .flush = af_flush,
+    .fallocate = af_fallocate,
+    .truncate = af_truncate,
+};
+
+struct archip_fuse *archip_fuse_mount(const char *mountpoint, const char *filename, const char *fsname,
+                                      struct archip_fuse_callbacks cb, char *err, size_t errlen) {
+    struct archip_fuse *f = calloc(1, sizeof *f);
+    if (!f) { snprintf(err, errlen, "out of memory"); return NULL; }
+    f->cb = cb;
+    snprintf(f->path, sizeof f->path, "/%s", filename);
+    char opt[512];
+    snprintf(opt, sizeof opt, "fsname=%s,subtype=archip,default_permissions%s", fsname, cb.readonly ? ",ro" : "");
+    char *argv[] = {"archip-serve", "-o", opt, NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+    f->fuse = fuse_new(&args, &ops, sizeof ops, f);
+    if (!f->fuse) {
+        snprintf(err, errlen, "fuse_new failed (is /dev/fuse there?)");
+        free(f);
+        return NULL;
+    }
+    if (fuse_mount(f->fuse, mountpoint) != 0) {
+        snprintf(err, errlen, "cannot mount FUSE at %s", mountpoint);
+        fuse_destroy(f->fuse);
+        free(f);
+        return NULL;
+    }
+    f->mounted = 1;
+    return f;
+}
+
+int archip_fuse_run(struct archip_fuse *f, int threads) {
+    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+    if (!cfg) return -ENOMEM;
+    fuse_loop_cfg_set_max_threads(cfg, (unsigned)threads);
+    fuse_loop_cfg_set_idle_threads(cfg, (unsigned)(threads / 2 > 0 ? threads / 2 : 1));
+    int r = fuse_loop_mt(f->fuse, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    return r < 0 ? r : 0;
+}
+
+void archip_fuse_unmount(struct archip_fuse *f) {
+    if (f->mounted) {
+        fuse_exit(f->fuse);
+        fuse_unmount(f->fuse);
+        f->mounted = 0;
+    }
+}
+
+void archip_fuse_destroy(struct archip_fuse *f) {
+    archip_fuse_unmount(f);
+    fuse_destroy(f->fuse);
+    free(f);
+}
+
+static int open_loop(int minor, int flags) {
+    char dev[32];
+    snprintf(dev, sizeof dev, "/dev/loop%d", minor);
+    int fd = open(dev, flags | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        /* Containers often lack nodes past the first few loop devices. */
+        if (mknod(dev, S_IFBLK | 0660, makedev(7, minor)) != 0 && errno != EEXIST) return -errno;
+        fd = open(dev, flags | O_CLOEXEC);
+    }
+    return fd < 0 ? -errno : fd;
+}
+
+int archip_loop_attach(const char *path, int readonly, int direct_io, int *minor_out) {
+    int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (ctl < 0) return -errno;
+    int backing = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct_io ? O_DIRECT : 0));
+    if (backing < 0) { int e = errno; close(ctl); return -e; }
+    int result = -EBUSY;
+    for (int attempt = 0; attempt < 16; attempt++) {
+        int minor = ioctl(ctl, LOOP_CTL_GET_FREE);
+        if (minor < 0) { result = -errno; break; }
+        int lfd = open_loop(minor, readonly ? O_RDONLY : O_RDWR);
+        if (lfd < 0) { result = lfd; break; }
+        struct loop_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.fd = (unsigned)backing;
+        cfg.block_size = direct_io ? 4096 : 512;
+        cfg.info.lo_flags = (readonly ? LO_FLAGS_READ_ONLY : 0) | (direct_io ? LO_FLAGS_DIRECT_IO : 0);
+        strncpy((char *)cfg.info.lo_file_name, path, LO_NAME_SIZE - 1);
+        int r = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+        int e = errno;
+        close(lfd);
+        if (r == 0) { *minor_out = minor; result = 0; break; }
+        if (e != EBUSY) { result = -e; break; }  /* another attach won the race: try the next */
+    }
+    close(backing);
+    close(ctl);
+    return result;
+}
+
+int archip_loop_detach(int minor) {
+    int fd = open_loop(minor, O_RDONLY);
+    if (fd < 0) return fd;
+    int r = ioctl(fd, LOOP_CLR_FD, 0);
+    int e = errno;
+    close(fd);
+    return r == 0 ? 0 : -e;
+}
+
+int archip_loop_set_capacity(int minor) {
+    int fd = open_loop(minor, O_RDONLY);
+    if (fd < 0) return fd;
+    int r = ioctl(fd, LOOP_SET_CAPACITY, 0);
+    int e = errno;
+    close(fd);
+    return r == 0 ? 0 : -e;
+}
+
+int archip_loop_backing_file(int minor, char *out, size_t outlen) {
+    int fd = open_loop(minor, O_RDONLY);
+    if (fd < 0) return fd;
+    struct loop_info64 info;
+    int r = ioctl(fd, LOOP_GET_STATUS64, &info);
+    int e = errno;
+    close(fd);
+    if (r != 0) return -e;
+    snprintf(out, outlen, "%s", (const char *)info.lo_file_name);
+    return 0;
+}
