@@ -57,6 +57,7 @@ let package = Package(
             dependencies: [
                 "ArchipStore",
                 "ArchipFill",
+                "ArchipServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,4 +1,5 @@
 import ArchipFill
+import ArchipServe
 import ArchipStore
 import ArgumentParser
 import Foundation
@@ -128,9 +129,20 @@ struct Resize: ParsableCommand {
     @Option(help: ArgumentHelp("New size.", valueName: "size")) var size: String
     @Flag(name: .customLong("allow-shrink"), help: "Allow a smaller size (data past the new end is lost).") var allowShrink = false
 
+    @OptionGroup var runtime: RuntimeOptions
+
     func run() throws {
         let n = try volumeName(name)
         let s = try parseSize(size)
+        if let client = try daemonClient(global, runtime, start: false),
+           let a = try client.call(ControlRequest(op: .list)).attachments?.first(where: { $0.name == n.value }) {
+            // Attached here: the daemon grows it and tells the loop device.
+            guard s.bytes >= a.size else {
+                throw StoreError(.invalidSize, "\(n) is attached; detach it before shrinking")
+            }
+            _ = try client.call(ControlRequest(op: .grow, name: n.value, size: s.bytes))
+            return
+        }
         try global.openStore().withVolume(n) { try $0.resize(to: s, allowShrink: allowShrink) }
     }
 }
@@ -141,8 +153,17 @@ struct Snapshot: ParsableCommand {
     @Argument(help: "Volume name.") var volume: String
     @Argument(help: "Snapshot name.") var snapshot: String
 
+    @OptionGroup var runtime: RuntimeOptions
+
     func run() throws {
         let v = try volumeName(volume), s = try volumeName(snapshot)
+        // Attached on this node: the daemon holds the writes, so it takes the
+        // snapshot, consistent with every write it acknowledged.
+        if let client = try daemonClient(global, runtime, start: false),
+           try client.call(ControlRequest(op: .list)).attachments?.contains(where: { $0.name == v.value }) == true {
+            _ = try client.call(ControlRequest(op: .snapshot, name: v.value, snapshot: s.value))
+            return
+        }
         try global.openStore().snapshot(v, as: s)
     }
 }

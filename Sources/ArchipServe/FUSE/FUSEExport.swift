@@ -115,6 +115,16 @@ public struct LoopDevice: Sendable, CustomStringConvertible {
 
     public init(minor: Int32) { self.minor = minor }
 
+    /// Loop devices that have a backing file now.
+    public static func attachedMinors() -> [Int32] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
+        return names.compactMap { n -> Int32? in
+            guard n.hasPrefix("loop"), let m = Int32(n.dropFirst(4)),
+                  FileManager.default.fileExists(atPath: "/sys/block/\(n)/loop/backing_file") else { return nil }
+            return m
+        }
+    }
+
     public func detach() throws {
         let r = archip_loop_detach(minor)
         guard r == 0 || r == -ENXIO else { throw StoreError(.io, "detach \(path)", cause: String(cString: strerror(-r))) }

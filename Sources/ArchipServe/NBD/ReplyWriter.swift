@@ -1,0 +1,45 @@
+import Foundation
+
+/// Sends one connection's simple replies as requests complete, one at a time:
+/// a reply (header and payload) is never interleaved with another.
+///
+/// Workers call `send` directly instead of handing replies to a writer thread:
+/// the lock is the serialisation, and a 4 KiB read saves a thread hop.
+/// If the client stops accepting data the writer marks the connection broken,
+/// shuts the socket down (so the reader sees the end too) and drops the rest.
+final class ReplyWriter: @unchecked Sendable {
+    private let socket: ConnectionSocket
+    private let logger: ServeLogger
+    private let lock = NSLock()
+    private var broken = false
+
+    init(socket: ConnectionSocket, logger: ServeLogger) {
+        self.socket = socket
+        self.logger = logger
+    }
+
+    var isBroken: Bool { lock.withLock { broken } }
+
+    func send(handle: UInt64, error: NBDErrno, payload: UnsafeRawBufferPointer? = nil) {
+        withUnsafeTemporaryAllocation(byteCount: NBDProtocol.simpleReplyHeaderBytes, alignment: 8) { header in
+            BigEndian.store(NBDProtocol.simpleReplyMagic, into: header, at: 0)
+            BigEndian.store(error.rawValue, into: header, at: 4)
+            BigEndian.store(handle, into: header, at: 8)
+            lock.lock()
+            defer { lock.unlock() }
+            if broken { return }
+            do {
+                // A payload only with success: a failed read sends no data (simple replies).
+                if let payload, error == .success {
+                    try socket.sendAll([UnsafeRawBufferPointer(header), payload])
+                } else {
+                    try socket.sendAll([UnsafeRawBufferPointer(header)])
+                }
+            } catch {
+                broken = true
+                socket.shutdown(.both)
+                logger.info("\(socket.name): cannot send replies any more, dropping the rest: \(error)")
+            }
+        }
+    }
+}

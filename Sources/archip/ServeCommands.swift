@@ -1,0 +1,157 @@
+import ArchipServe
+import ArchipStore
+import ArgumentParser
+import Foundation
+
+struct RuntimeOptions: ParsableArguments {
+    @Option(name: .customLong("runtime-dir"), help: ArgumentHelp("The node daemon's folder: control socket, mounts, NBD sockets (default /run/archip).", valueName: "dir"))
+    var runtimeDir: String?
+
+    var path: String {
+        runtimeDir ?? ProcessInfo.processInfo.environment["ARCHIP_RUNTIME_DIR"] ?? "/run/archip"
+    }
+}
+
+/// Starts `archip serve` in its own session, logging to <runtime>/serve.log.
+func startDaemon(store: VolumeStore, runtime: String) throws {
+    try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    let args = [exe, "serve", "--runtime-dir", runtime, "--store", store.objects.location, "--node", store.node]
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    posix_spawnattr_setflags(&attr, 0x80)   // POSIX_SPAWN_SETSID (glibc; not exported to Swift): outlive this command
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, runtime + "/serve.log", O_WRONLY | O_CREAT | O_APPEND, 0o600)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    // The daemon outlives this command: it must not keep our callers' pipes
+    // (or any other descriptor) open, or they would wait for it forever.
+    if let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
+        for case let fd? in fds.map({ Int32($0) }) where fd > 2 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    }
+    var cargs = args.map { strdup($0) } + [nil]
+    defer { for a in cargs { free(a) } }
+    var pid: pid_t = 0
+    let r = posix_spawn(&pid, exe, &actions, &attr, &cargs, environ)
+    guard r == 0 else { throw CLIError(message: "cannot start archip serve: \(String(cString: strerror(r)))") }
+}
+
+func daemonClient(_ global: GlobalOptions, _ runtime: RuntimeOptions, start: Bool) throws -> ControlClient? {
+    if let c = ControlClient.connect(runtimeDir: runtime.path) { return c }
+    guard start else { return nil }
+    let store = try global.openStore()
+    return try ControlClient.connectOrStart(runtimeDir: runtime.path) { try startDaemon(store: store, runtime: runtime.path) }
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the node daemon that holds this node's attached volumes (foreground).",
+        discussion: """
+        For each attached volume it offers a kernel block device (a FUSE file with a loop device over
+        it) and an NBD export on a unix socket for QEMU, and holds the volume's lock. 'archip attach'
+        starts it when it is not running. SIGTERM or SIGINT detach everything (flushing) and stop it.
+        After a crash, a new daemon cleans up the dead mounts and loop devices and releases the holds
+        the dead one recorded.
+        """)
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let store = try global.openStore()
+        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path) { line in
+            let stamp = ISO8601DateFormatter().string(from: Date())
+            FileHandle.standardError.write(Data("\(stamp) archip-serve[\(getpid())]: \(line)\n".utf8))
+        }
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { daemon.shutdown() }
+            s.resume()
+            sources.append(s)
+        }
+        try daemon.run()
+        _ = sources
+    }
+}
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach a volume on this node: prints the block device, then the NBD URI for QEMU.",
+        discussion: "Idempotent: attaching an attached volume prints the same lines. Starts 'archip serve' if needed.")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var runtime: RuntimeOptions
+    @Argument(help: "Volume or snapshot (snapshots attach read-only).") var name: String
+    @Flag(help: "Shared lock, for live migration.") var shared = false
+    @Flag(help: "Output JSON.") var json = false
+
+    func run() throws {
+        let n = try volumeName(name)
+        let client = try daemonClient(global, runtime, start: true)!
+        let reply = try client.call(ControlRequest(op: .attach, name: n.value, mode: shared ? "shared" : "exclusive"))
+        guard let a = reply.attachment else { throw CLIError(message: "archip serve returned no device") }
+        if json { return try printJSON(a) }
+        print(a.device)
+        print(a.uri)
+    }
+}
+
+struct Open: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Attach and hold a volume (exclusive, or --shared for live migration).")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var runtime: RuntimeOptions
+    @Argument(help: "Volume name.") var name: String
+    @Flag(help: "Shared lock, for live migration.") var shared = false
+
+    func run() throws {
+        let n = try volumeName(name)
+        let client = try daemonClient(global, runtime, start: true)!
+        _ = try client.call(ControlRequest(op: .open, name: n.value, mode: shared ? "shared" : "exclusive"))
+    }
+}
+
+struct Detach: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Detach a volume from this node: flush, remove its devices, release its lock. Idempotent.")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var runtime: RuntimeOptions
+    @Argument(help: "Volume name.") var name: String
+
+    func run() throws {
+        let n = try volumeName(name)
+        guard let client = try daemonClient(global, runtime, start: false) else { return }   // nothing attached here
+        _ = try client.call(ControlRequest(op: .detach, name: n.value))
+    }
+}
+
+struct Close: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Release this node's hold on a volume (as detach).")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var runtime: RuntimeOptions
+    @Argument(help: "Volume name.") var name: String
+
+    func run() throws {
+        let n = try volumeName(name)
+        guard let client = try daemonClient(global, runtime, start: false) else { return }
+        _ = try client.call(ControlRequest(op: .close, name: n.value))
+    }
+}
+
+struct Attached: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the volumes attached on this node.")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var runtime: RuntimeOptions
+    @Flag(help: "Output JSON.") var json = false
+
+    func run() throws {
+        let list = try daemonClient(global, runtime, start: false)?.call(ControlRequest(op: .list)).attachments ?? []
+        if json { return try printJSON(list) }
+        printTable(["NAME", "DEVICE", "MODE", "SIZE", "URI"], list.map {
+            [$0.name, $0.device, $0.mode + ($0.readOnly ? ",ro" : ""), ByteCount.format($0.size), $0.uri]
+        })
+    }
+}
