@@ -185,7 +185,7 @@ struct Harness {
         let store = try VolumeStore.directory(opts.store, node: "torture-check")
         try store.create(Plan.volume, size: ByteCount(Plan.volumeSize), blockSize: Plan.blockSize)
         let journalPath = opts.store + ".journal"
-        FileManager.default.createFile(atPath: journalPath, contents: nil)
+        guard FileManager.default.createFile(atPath: journalPath, contents: nil) else { throw TortureError("cannot create \(journalPath)") }
         var history = History(writes: Array(repeating: [], count: Plan.slots))
         var snapshotDigests: [String: ContentHash] = [:]
         var rng = Plan.RNG(state: opts.seed &+ 77)

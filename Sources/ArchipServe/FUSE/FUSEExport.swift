@@ -70,7 +70,8 @@ public final class FUSEExport: @unchecked Sendable {
         } catch let e as StoreError {
             switch e.code {
             case .readOnly: return -EROFS
-            case .outOfRange: return -ENOSPC
+            case .outOfRange, .noSpace: return -ENOSPC
+            case .closed: return -ESHUTDOWN
             case .invalidArgument, .invalidSize: return -EINVAL
             default: return -EIO
             }

@@ -48,6 +48,8 @@ public struct NBDErrno: RawRepresentable, Hashable, Sendable, CustomStringConver
             case .readOnly: self = .notPermitted
             case .outOfRange, .invalidArgument: self = .invalid
             case .unsupported: self = .notSupported
+            case .noSpace: self = .noSpace
+            case .closed: self = .shutdown
             case .invalidName, .invalidSize, .wrongKind, .notFound, .alreadyExists, .locked, .notLocked,
                  .hasChildren, .corrupt, .io:
                 self = .io

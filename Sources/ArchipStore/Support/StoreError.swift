@@ -21,6 +21,11 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         case corrupt
         case outOfRange
         case io
+        /// The file system or pool is full (ENOSPC, EDQUOT, EFBIG): QEMU pauses
+        /// a guest on this (werror=enospc) instead of failing its I/O.
+        case noSpace
+        /// The volume was closed (detached) while the request was on its way.
+        case closed
         case unsupported
     }
 
@@ -52,6 +57,7 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         case ENOENT: code = .notFound
         case EEXIST: code = .alreadyExists
         case EROFS, EACCES, EPERM: code = .readOnly
+        case ENOSPC, EDQUOT, EFBIG: code = .noSpace
         default: code = .io
         }
         return StoreError(code, "\(call): \(path)", cause: String(cString: strerror(err)),

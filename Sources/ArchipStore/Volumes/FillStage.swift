@@ -167,7 +167,7 @@ public final class FillStage: @unchecked Sendable {
             try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
             let current = try store.loadCommitted(existing.layer).map
             guard current.blockSize == UInt32(blockSize) else {
-                try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
+                _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // the size error wins
                 throw StoreError(.invalidArgument, "'\(target)' has \(ByteCount(UInt64(current.blockSize))) blocks, the fill \(ByteCount(UInt64(blockSize)))")
             }
             size = max(size, current.size)
@@ -180,12 +180,17 @@ public final class FillStage: @unchecked Sendable {
         map.apply(updates)
         try store.objects.put(StoreLayout.map(map.id), MapFormatV1.encode(map), durable: true)
         if let existing {
-            defer { try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false) }
-            var rec = existing
-            rec.layer = map.id
-            rec.metadata.merge(metadata) { $1 }
-            try store.objects.put(StoreLayout.record(target), rec.encode(), durable: true)
-            try store.removeUnreferencedLayers(startingAt: existing.layer, remaining: try store.allRecords())
+            do {
+                var rec = existing
+                rec.layer = map.id
+                rec.metadata.merge(metadata) { $1 }
+                try store.objects.put(StoreLayout.record(target), rec.encode(), durable: true)
+                try store.removeUnreferencedLayers(startingAt: existing.layer, remaining: try store.allRecords())
+            } catch {
+                _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // report the switch's error
+                throw error
+            }
+            try store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
         } else {
             let rec = VolumeRecord(kind: .volume, layer: map.id, metadata: metadata)
             guard try store.objects.create(StoreLayout.record(target), rec.encode(), durable: true) else {

@@ -70,7 +70,7 @@ public final class Volume: @unchecked Sendable {
     var top: LayerMap { state.withLock { $0.top } }
 
     private func checkOpen(_ s: State) throws {
-        if s.closed { throw StoreError(.invalidArgument, "volume '\(name)' is closed") }
+        if s.closed { throw StoreError(.closed, "volume '\(name)' is closed") }
     }
 
     private func checkRange(_ offset: UInt64, _ length: Int, size: UInt64) throws {
@@ -206,22 +206,35 @@ public final class Volume: @unchecked Sendable {
     public func zero(at offset: UInt64, length: UInt64) throws {
         try checkWritable()
         try io.shared {
+            try refreshIfShared()
             let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
-            try checkRange(offset, Int(length), size: size)
+            let (end, overflow) = offset.addingReportingOverflow(length)
+            guard !overflow, end <= size else {
+                throw StoreError(.outOfRange, "\(name): range \(offset)+\(length) is beyond the end (size \(size) bytes)")
+            }
             try zeroUnlocked(at: offset, length: length)
         }
     }
+
+    /// One shared block of zeros for partial-block zeroing (never written to).
+    private lazy var zeros = [UInt8](repeating: 0, count: blockSize)
 
     private func zeroUnlocked(at offset: UInt64, length: UInt64) throws {
         let bs = UInt64(blockSize)
         var pos = offset
         let end = offset + length
-        let zeros = [UInt8](repeating: 0, count: blockSize)
         while pos < end {
             let b = UInt32(pos / bs)
             let inBlock = pos % bs
             let n = min(bs - inBlock, end - pos)
-            try zeros.withUnsafeBytes { z in
+            // Part of a block that reads as zeros already: nothing to do
+            // (and no 4 MiB copy-on-write object for a 4 KiB trim).
+            if n < bs, case .zero = resolve(b) {
+                pos += n
+                continue
+            }
+            let z = state.withLock { _ in zeros }
+            try z.withUnsafeBytes { z in
                 try writeSegment(b, inBlock: Int(inBlock), UnsafeRawBufferPointer(rebasing: z[0..<Int(n)]))
             }
             pos += n
@@ -471,7 +484,8 @@ public final class Volume: @unchecked Sendable {
                                 blockSize: frozen.blockSize, parentBlocks: frozen.blockCount, epoch: frozen.epoch + 1)
             let nextBytes = MapFormatV1.encode(next)
             try objects.put(StoreLayout.map(next.id), nextBytes, durable: true)
-            var moved = record
+            // Re-read: metadata may have changed since the volume was opened (setinfo).
+            var moved = try store.record(name)
             moved.layer = next.id
             try objects.put(StoreLayout.record(name), moved.encode(), durable: true)
             state.withLock { s in

@@ -149,7 +149,8 @@ public final class VolumeStore: @unchecked Sendable {
                                      logLength: committed.logLength, mapBytes: committed.mapBytes)
             return Volume(store: self, name: name, mode: effectiveMode, owner: lockOwner, state: state)
         } catch {
-            if let lockOwner { try? objects.releaseLock(StoreLayout.lock(name), owner: lockOwner, force: false) }
+                // The open failed; that error is the one to report.
+            if let lockOwner { _ = try? objects.releaseLock(StoreLayout.lock(name), owner: lockOwner, force: false) }
             throw error
         }
     }
@@ -197,7 +198,8 @@ public final class VolumeStore: @unchecked Sendable {
         do {
             result = try body(v)
         } catch {
-            try? v.close()
+            // `body`'s error is the one to report; close failing too changes nothing for the caller.
+            _ = try? v.close()
             throw error
         }
         try v.close()
@@ -274,10 +276,9 @@ public final class VolumeStore: @unchecked Sendable {
         if try objects.exists(StoreLayout.record(to)) {
             throw StoreError(.alreadyExists, "'\(to)' already exists")
         }
-        let o = owner ?? LockOwner.forThisProcess(node: node)
-        try objects.acquireLock(StoreLayout.lock(from), owner: o, mode: .exclusive)
-        defer { try? objects.releaseLock(StoreLayout.lock(from), owner: o, force: false) }
-        try objects.rename(StoreLayout.record(from), to: StoreLayout.record(to))
+        try holdingLock(from, owner: owner ?? LockOwner.forThisProcess(node: node)) {
+            try objects.rename(StoreLayout.record(from), to: StoreLayout.record(to))
+        }
     }
 
     /// Removes a volume (not while anyone holds it) or a snapshot (not while
@@ -299,15 +300,15 @@ public final class VolumeStore: @unchecked Sendable {
                 throw StoreError(.hasChildren, "snapshot '\(name)' has clones (\(clones.joined(separator: ", "))); remove or flatten them first")
             }
         }
-        let lockName = StoreLayout.lock(name)
-        let o = owner ?? LockOwner.forThisProcess(node: node)
-        if rec.kind == .volume {
-            try objects.acquireLock(lockName, owner: o, mode: .exclusive)
+        let drop = {
+            try self.objects.remove(StoreLayout.record(name))
+            try self.removeUnreferencedLayers(startingAt: rec.layer, remaining: records.filter { $0.0 != name })
         }
-        defer { if rec.kind == .volume { try? objects.releaseLock(lockName, owner: o, force: false) } }
-        try objects.remove(StoreLayout.record(name))
-        let remaining = records.filter { $0.0 != name }
-        try removeUnreferencedLayers(startingAt: rec.layer, remaining: remaining)
+        if rec.kind == .volume {
+            try holdingLock(name, owner: owner ?? LockOwner.forThisProcess(node: node), drop)
+        } else {
+            try drop()
+        }
     }
 
     /// Deletes `layer` and its ancestors up to the first one still in use.
@@ -323,14 +324,33 @@ public final class VolumeStore: @unchecked Sendable {
 
     // MARK: metadata, locks
 
+    /// Runs `body` holding `name`'s lock. If `body` fails, its error is the
+    /// one reported (a failed release then only leaves a lock an operator can
+    /// break); if it succeeds, a failed release is reported.
+    func holdingLock<R>(_ name: VolumeName, owner: LockOwner, _ body: () throws -> R) throws -> R {
+        try objects.acquireLock(StoreLayout.lock(name), owner: owner, mode: .exclusive)
+        let result: R
+        do {
+            result = try body()
+        } catch {
+            _ = try? objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+            throw error
+        }
+        try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+        return result
+    }
+
     public func setMetadata(_ name: VolumeName, _ values: [String: String], replace: Bool = false) throws {
         let lockName = StoreLayout.lock(name)
         let o = LockOwner.forThisProcess(node: node)
         // Short hold on the name so two writers of metadata do not lose updates;
         // if a node holds the volume open, its record's layer can still move, so
         // re-read right before writing.
+        // Serialise with other metadata writers when nobody holds the volume;
+        // when a node holds it open (Ganeti's setinfo comes after open), write
+        // anyway: that holder re-reads the record before it rewrites it.
         let held = (try? objects.acquireLock(lockName, owner: o, mode: .exclusive)) != nil
-        defer { if held { try? objects.releaseLock(lockName, owner: o, force: false) } }
+        defer { if held { _ = try? objects.releaseLock(lockName, owner: o, force: false) } }
         var rec = try record(name)
         if replace { rec.metadata = values } else { rec.metadata.merge(values) { $1 } }
         let size = rec.metadata.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
