@@ -23,6 +23,10 @@ enum Main {
                 print(Archip.fullMessage(for: error))
                 exit(0)
             }
+            guard code == .validationFailure else {
+                // An error from the operation itself (e.g. HTTPError from a source).
+                fail("\(error)", status: 1)
+            }
             let message = Archip.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             fail("\(message) (see 'archip --help')", status: 2)
         }
