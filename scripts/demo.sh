@@ -44,7 +44,23 @@ debugfs -R "cat /data/blob" "$WORK/vm-disk0.raw" 2>/dev/null | sha256sum | cut -
 cmp -s "$WORK/blob.sha256" "$WORK/blob.out" && echo "file /data/blob in the clone: checksum matches the image"
 cmp -s <($ARCHIP read image-snap --length 1M) <(head -c 1M "$WORK/image.raw") && echo "snapshot: first MiB equals the image (the later write did not reach it)"
 
-step "attach"
-echo "attach (block device + NBD URI) comes with 'archip serve' (issue 4); not part of this build yet."
+step "attach the clone on this node: a kernel block device and an NBD URI for QEMU"
+if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ] && [ -e /dev/loop-control ]; then
+    export ARCHIP_RUNTIME_DIR=$WORK/run
+    stop_daemon() {
+        [ -f "$WORK/run/serve.pid" ] && kill "$(cat "$WORK/run/serve.pid")" 2>/dev/null || true
+    }
+    trap 'stop_daemon; rm -rf "$WORK"' EXIT
+    mapfile -t lines < <($ARCHIP attach vm-disk0)
+    echo "block device: ${lines[0]}"
+    echo "QEMU drive:   ${lines[1]}"
+    fsck.ext4 -fn "${lines[0]}" >/dev/null && echo "fsck.ext4 -fn ${lines[0]}: clean"
+    if command -v qemu-img >/dev/null; then qemu-img info "${lines[1]}" | sed -n '1,3p'; fi
+    $ARCHIP attached
+    $ARCHIP detach vm-disk0
+    stop_daemon
+else
+    echo "(skipped: attaching needs root, /dev/fuse and loop devices)"
+fi
 
 printf '\ndemo: OK (store left in %s)\n' "$STORE"
