@@ -71,6 +71,8 @@ let package = Package(
             name: "archip-bench",
             dependencies: ["ArchipStore"]
         ),
+        // Helpers shared by the test targets (running commands, prerequisites).
+        .target(name: "ArchipTestSupport"),
         .testTarget(
             name: "ArchipStoreTests",
             dependencies: ["ArchipStore"]
@@ -81,11 +83,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ArchipServeTests",
-            dependencies: ["ArchipServe", "ArchipStore"]
+            dependencies: ["ArchipServe", "ArchipStore", "ArchipTestSupport"]
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ArchipStore", "archip", "archip-torture"]
+            dependencies: ["ArchipStore", "ArchipTestSupport", "archip", "archip-torture"]
         ),
     ]
 )

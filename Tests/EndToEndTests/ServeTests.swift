@@ -1,29 +1,10 @@
+import ArchipTestSupport
 import Foundation
 import Testing
 
-@discardableResult
-func shell(_ cmd: String) throws -> (status: Int32, out: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/sh")
-    p.arguments = ["-c", cmd]
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-}
-
 /// Why the node data path cannot be tested here, or nil.
-let dataPathUnavailable: String? = {
-    if getuid() != 0 { return "not root" }
-    for path in ["/dev/fuse", "/dev/loop-control"] where !FileManager.default.fileExists(atPath: path) { return "\(path) is missing" }
-    for tool in ["qemu-io", "qemu-img", "mkfs.ext4", "fsck.ext4", "blockdev"] {
-        if (try? shell("command -v \(tool)"))?.status != 0 { return "\(tool) is not installed" }
-    }
-    return nil
-}()
+let dataPathUnavailable = missingPrerequisite(devices: ["/dev/fuse", "/dev/loop-control"],
+                                              tools: ["qemu-io", "qemu-img", "mkfs.ext4", "fsck.ext4", "blockdev"])
 
 /// One node: a runtime folder and a node name over a shared store.
 struct Node {
