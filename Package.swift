@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "ArchipStore", targets: ["ArchipStore"]),
         .executable(name: "archip", targets: ["archip"]),
+        .executable(name: "archip-extstorage", targets: ["archip-extstorage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -51,6 +52,16 @@ let package = Package(
         .target(
             name: "ArchipServe",
             dependencies: ["ArchipStore", "CArchipFuse"]
+        ),
+        // Ganeti's ExtStorage contract: environment -> store and node-daemon operations.
+        .target(
+            name: "ExtStorage",
+            dependencies: ["ArchipStore", "ArchipFill", "ArchipServe"]
+        ),
+        // The provider binary every script of extstorage/archipelago runs.
+        .executableTarget(
+            name: "archip-extstorage",
+            dependencies: ["ExtStorage", "ArchipStore"]
         ),
         .executableTarget(
             name: "archip",

@@ -53,25 +53,50 @@ extension BlockDevice {
 }
 
 /// A store volume as a block device.
+///
+/// The volume handle behind it can be replaced while it is served: the node
+/// daemon reopens a volume when Ganeti changes its hold (none, shared for live
+/// migration, exclusive) without tearing down the loop device and NBD socket
+/// that the hypervisor already uses. I/O shares `swap`; a replacement waits
+/// for the I/O in flight and runs alone.
 public final class VolumeDevice: BlockDevice, @unchecked Sendable {
-    public let volume: Volume
-    public init(_ volume: Volume) { self.volume = volume }
+    private var current: Volume
+    private let swap = ReadWriteLock()
+    /// Whether the device is writable at all (a volume, not a snapshot): a
+    /// volume attached without a hold is still exported writable, and its
+    /// writes fail (read-only) until a hold is taken.
+    public let isReadOnly: Bool
+
+    public init(_ volume: Volume, readOnly: Bool? = nil) {
+        current = volume
+        isReadOnly = readOnly ?? !volume.isWritable
+    }
+
+    public var volume: Volume { swap.shared { current } }
+
+    /// Runs `body` with no I/O in flight; the volume it returns serves from then on.
+    public func replaceVolume(_ body: (Volume) throws -> Volume) rethrows {
+        try swap.exclusive { current = try body(current) }
+    }
 
     public var size: UInt64 { volume.size }
-    public var isReadOnly: Bool { !volume.isWritable }
     /// A `Volume` is one object shared by all its users: its overlay of
     /// unflushed writes is the only cache, so many connections are safe.
     public var capabilities: BlockDeviceCapabilities { .all }
 
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try volume.read(at: offset, into: buffer)
+        try swap.shared { try current.read(at: offset, into: buffer) }
     }
     public func write(at offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
-        try volume.write(at: offset, data)
+        try swap.shared { try current.write(at: offset, data) }
     }
-    public func flush() throws { try volume.flush() }
-    public func trim(at offset: UInt64, length: UInt64) throws { try volume.zero(at: offset, length: length) }
-    public func writeZeroes(at offset: UInt64, length: UInt64) throws { try volume.zero(at: offset, length: length) }
+    public func flush() throws { try swap.shared { try current.flush() } }
+    public func trim(at offset: UInt64, length: UInt64) throws {
+        try swap.shared { try current.zero(at: offset, length: length) }
+    }
+    public func writeZeroes(at offset: UInt64, length: UInt64) throws {
+        try swap.shared { try current.zero(at: offset, length: length) }
+    }
 }
 
 /// A block device in memory: the seam's reference implementation, for tests

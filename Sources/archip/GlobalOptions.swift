@@ -50,30 +50,14 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
-/// `key = value` lines under `[section]` headers; `#` and `;` start comments.
+/// The shared configuration file, with the CLI's exit status for a bad one.
 enum ConfigFile {
     static func load(_ path: String, required: Bool) throws -> [String: String] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            if required { throw CLIError(message: "cannot read configuration file \(path)", status: 2) }
-            return [:]
+        do {
+            return try ArchipStore.ConfigFile.load(path, required: required)
+        } catch let e as StoreError {
+            throw CLIError(message: e.description, status: 2)
         }
-        var out: [String: String] = [:]
-        var section = ""
-        for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespaces)
-            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
-            if line.hasPrefix("[") && line.hasSuffix("]") {
-                section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
-                continue
-            }
-            guard let eq = line.firstIndex(of: "=") else {
-                throw CLIError(message: "\(path):\(n + 1): expected 'key = value'", status: 2)
-            }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
-            let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
-            out[section.isEmpty ? key : "\(section).\(key)"] = value
-        }
-        return out
     }
 }
 

@@ -14,29 +14,8 @@ struct RuntimeOptions: ParsableArguments {
 
 /// Starts `archip serve` in its own session, logging to <runtime>/serve.log.
 func startDaemon(store: VolumeStore, runtime: String) throws {
-    try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-    let args = [exe, "serve", "--runtime-dir", runtime, "--store", store.objects.location, "--node", store.node]
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    posix_spawnattr_setflags(&attr, 0x80)   // POSIX_SPAWN_SETSID (glibc; not exported to Swift): outlive this command
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, runtime + "/serve.log", O_WRONLY | O_CREAT | O_APPEND, 0o600)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    // The daemon outlives this command: it must not keep our callers' pipes
-    // (or any other descriptor) open, or they would wait for it forever.
-    if let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
-        for case let fd? in fds.map({ Int32($0) }) where fd > 2 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-    }
-    var cargs = args.map { strdup($0) } + [nil]
-    defer { for a in cargs { free(a) } }
-    var pid: pid_t = 0
-    let r = posix_spawn(&pid, exe, &actions, &attr, &cargs, environ)
-    guard r == 0 else { throw CLIError(message: "cannot start archip serve: \(String(cString: strerror(r)))") }
+    try DaemonLauncher.start(executable: DaemonLauncher.siblingExecutable(), runtimeDir: runtime,
+                             store: store.objects.location, node: store.node)
 }
 
 func daemonClient(_ global: GlobalOptions, _ runtime: RuntimeOptions, start: Bool) throws -> ControlClient? {
@@ -129,7 +108,7 @@ struct Detach: ParsableCommand {
 }
 
 struct Close: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Release this node's hold on a volume (as detach).")
+    static let configuration = CommandConfiguration(abstract: "Release this node's hold on a volume (flushed); its devices stay until detach. Idempotent.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var runtime: RuntimeOptions
     @Argument(help: "Volume name.") var name: String

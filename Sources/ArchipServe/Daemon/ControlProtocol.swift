@@ -8,7 +8,8 @@ public struct ControlRequest: Codable, Sendable {
     }
     public var op: Op
     public var name: String?
-    /// attach/open: "exclusive" (default) or "shared" (live migration).
+    /// attach/open: "exclusive" (default), "shared" (live migration) or "none"
+    /// (the device only, no hold: Ganeti's attach; `open` takes the hold).
     public var mode: String?
     /// snapshot: the snapshot's name.
     public var snapshot: String?

@@ -21,13 +21,14 @@ public final class NodeDaemon: @unchecked Sendable {
     private let log: (String) -> Void
 
     final class Attachment {
-        let volume: Volume
+        let device: VolumeDevice
         let fuse: FUSEExport
         let loop: LoopDevice
         let nbd: NBDServer
-        let info: AttachmentInfo
-        init(volume: Volume, fuse: FUSEExport, loop: LoopDevice, nbd: NBDServer, info: AttachmentInfo) {
-            self.volume = volume; self.fuse = fuse; self.loop = loop; self.nbd = nbd; self.info = info
+        var info: AttachmentInfo
+        var volume: Volume { device.volume }
+        init(device: VolumeDevice, fuse: FUSEExport, loop: LoopDevice, nbd: NBDServer, info: AttachmentInfo) {
+            self.device = device; self.fuse = fuse; self.loop = loop; self.nbd = nbd; self.info = info
         }
     }
 
@@ -103,10 +104,14 @@ public final class NodeDaemon: @unchecked Sendable {
             reply.node = store.node
             reply.pid = getpid()
             return reply
-        case .attach, .open:
-            let mode: OpenMode = r.mode == "shared" ? .shared : .exclusive
-            return .success(try attach(try name(), mode: mode))
-        case .detach, .close:
+        case .attach:
+            return .success(try attach(try name(), hold: try Hold(r.mode)))
+        case .open:
+            return .success(try open(try name(), hold: try Hold(r.mode)))
+        case .close:
+            try close(try name())
+            return .success()
+        case .detach:
             try detach(try name())
             return .success()
         case .list:
@@ -127,21 +132,53 @@ public final class NodeDaemon: @unchecked Sendable {
 
     // MARK: operations
 
-    /// Attaches (idempotent: an attached volume's device is returned again).
+    /// What this node holds on an attached volume. Ganeti separates the two:
+    /// `attach` only makes the device appear (it is called on a migration's
+    /// target while the source still writes), `open` takes the hold that
+    /// allows writes, exclusive or shared during live migration.
+    public enum Hold: String, Sendable {
+        case none, shared, exclusive
+
+        /// The protocol's `mode`: absent means exclusive (what `archip attach` wants).
+        public init(_ mode: String?) throws {
+            guard let h = Hold(rawValue: mode ?? "exclusive") else {
+                throw StoreError(.invalidArgument, "unknown mode '\(mode ?? "")': use exclusive, shared or none")
+            }
+            self = h
+        }
+
+        var openMode: OpenMode {
+            switch self {
+            case .none: return .readOnly
+            case .shared: return .shared
+            case .exclusive: return .exclusive
+            }
+        }
+    }
+
+    /// Attaches (idempotent: an attached volume's device is returned again,
+    /// whatever its hold; `open` changes the hold).
     public func attach(_ name: VolumeName, mode: OpenMode) throws -> AttachmentInfo {
+        try attach(name, hold: mode == .shared ? .shared : mode == .readOnly ? .none : .exclusive)
+    }
+
+    public func attach(_ name: VolumeName, hold: Hold) throws -> AttachmentInfo {
         lock.lock()
         defer { lock.unlock() }
         if let a = attached[name.value] { return a.info }
         let started = Date()
-        let volume = try store.open(name, mode: mode, owner: owner)
+        let volume = try store.open(name, mode: hold.openMode, owner: owner)
+        // A volume stays a writable device whatever its hold: the loop device
+        // cannot change from read-only to read-write later.
+        let isSnapshot = (try? store.info(name).kind) == "snapshot"
         do {
             try recordHolds(adding: name.value)
-            let device = VolumeDevice(volume)
+            let device = VolumeDevice(volume, readOnly: isSnapshot)
             let mnt = runtimeDir + "/mnt/" + name.value
             let fuse = try FUSEExport(device: device, mountpoint: mnt, fileName: name.value, fsName: "archip:" + name.value)
             let loop: LoopDevice
             do {
-                loop = try LoopDevice.attach(file: fuse.path, readOnly: !volume.isWritable)
+                loop = try LoopDevice.attach(file: fuse.path, readOnly: isSnapshot)
             } catch {
                 fuse.stop()
                 throw error
@@ -159,9 +196,9 @@ public final class NodeDaemon: @unchecked Sendable {
                 throw error
             }
             let info = AttachmentInfo(name: name.value, device: loop.path, uri: "nbd:unix:\(socket):exportname=\(name.value)",
-                                      mode: mode.rawValue, readOnly: !volume.isWritable, size: volume.size)
-            attached[name.value] = Attachment(volume: volume, fuse: fuse, loop: loop, nbd: nbd, info: info)
-            log(String(format: "attach %@: %@ %@ (%@) in %.0f ms", name.value, info.device, info.uri, mode.rawValue,
+                                      mode: isSnapshot ? "read-only" : hold.rawValue, readOnly: isSnapshot, size: volume.size)
+            attached[name.value] = Attachment(device: device, fuse: fuse, loop: loop, nbd: nbd, info: info)
+            log(String(format: "attach %@: %@ %@ (%@) in %.0f ms", name.value, info.device, info.uri, info.mode,
                        Date().timeIntervalSince(started) * 1000))
             return info
         } catch {
@@ -169,6 +206,58 @@ public final class NodeDaemon: @unchecked Sendable {
             try? recordHolds(removing: name.value)
             throw error
         }
+    }
+
+    /// Ganeti's open: attaches if needed, then takes `hold` (exclusive, or
+    /// shared while a live migration runs on two nodes). Changing the hold of
+    /// a held volume converts its lock in one step, so no other node can take
+    /// the volume in between; a conversion another holder prevents fails and
+    /// changes nothing.
+    public func open(_ name: VolumeName, hold: Hold) throws -> AttachmentInfo {
+        _ = try attach(name, hold: hold)
+        lock.lock()
+        defer { lock.unlock() }
+        guard let a = attached[name.value] else { throw StoreError(.closed, "\(name) was detached while being opened") }
+        try changeHold(a, name, to: hold)
+        return a.info
+    }
+
+    /// Ganeti's close: releases the hold (flushing first); the devices stay
+    /// until detach. Idempotent.
+    public func close(_ name: VolumeName) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let a = attached[name.value] else { return }
+        try changeHold(a, name, to: .none)
+    }
+
+    /// Caller holds `lock`.
+    private func changeHold(_ a: Attachment, _ name: VolumeName, to hold: Hold) throws {
+        guard !a.info.readOnly, a.info.mode != hold.rawValue else { return }
+        let from = a.info.mode
+        switch hold {
+        case .none:
+            try a.device.replaceVolume { old in
+                try old.close()   // flush, then release the lock
+                return try store.open(name, mode: .readOnly)
+            }
+        case .shared, .exclusive:
+            if from == Hold.none.rawValue {
+                let fresh = try store.open(name, mode: hold.openMode, owner: owner)
+                a.device.replaceVolume { old in
+                    try? old.close()   // a read-only view: nothing to flush, no lock
+                    return fresh
+                }
+            } else {
+                try store.lock(name, owner: owner, mode: hold == .shared ? .shared : .exclusive)
+                try a.device.replaceVolume { old in
+                    try old.close(keepingLock: true)
+                    return try store.open(name, mode: hold.openMode, owner: owner)
+                }
+            }
+        }
+        a.info.mode = hold.rawValue
+        log("\(name.value): hold \(from) -> \(hold.rawValue)")
     }
 
     /// Detaches (idempotent): flushes everything and releases the lock.
@@ -188,7 +277,9 @@ public final class NodeDaemon: @unchecked Sendable {
     /// A snapshot consistent with every write acknowledged so far.
     public func snapshot(_ name: VolumeName, as snap: VolumeName) throws {
         let a = lock.withLock { attached[name.value] }
-        guard let a else {
+        guard let a, a.info.mode != Hold.none.rawValue else {
+            // Not held here: the store takes the volume's lock for the snapshot
+            // (an unheld attachment's read-only view still reads the same data).
             try store.snapshot(name, as: snap, owner: nil)
             return
         }
@@ -197,17 +288,25 @@ public final class NodeDaemon: @unchecked Sendable {
     }
 
     public func grow(_ name: VolumeName, to size: ByteCount) throws -> AttachmentInfo? {
-        let a = lock.withLock { attached[name.value] }
-        guard let a else {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let a = attached[name.value] else {
             try store.withVolume(name) { try $0.resize(to: size, allowShrink: false) }
             return nil
         }
-        try a.volume.resize(to: size, allowShrink: false)
+        if a.info.mode == Hold.none.rawValue {
+            try store.withVolume(name) { try $0.resize(to: size, allowShrink: false) }
+            try a.device.replaceVolume { old in
+                try old.close()
+                return try store.open(name, mode: .readOnly)
+            }
+        } else {
+            try a.volume.resize(to: size, allowShrink: false)
+        }
         try a.loop.refreshCapacity()
-        var info = a.info
-        info.size = a.volume.size
+        a.info.size = a.volume.size
         log("grow \(name.value) to \(size.bytes) bytes")
-        return info
+        return a.info
     }
 
     /// Detaches everything and stops serving.

@@ -16,19 +16,19 @@ public final class Locked<Value>: @unchecked Sendable {
 }
 
 /// Readers-writer lock: data I/O shares it, flush/snapshot/resize take it alone.
-final class ReadWriteLock: @unchecked Sendable {
+public final class ReadWriteLock: @unchecked Sendable {
     private var rw = pthread_rwlock_t()
 
-    init() { pthread_rwlock_init(&rw, nil) }
+    public init() { pthread_rwlock_init(&rw, nil) }
     deinit { pthread_rwlock_destroy(&rw) }
 
-    func shared<R>(_ body: () throws -> R) rethrows -> R {
+    public func shared<R>(_ body: () throws -> R) rethrows -> R {
         pthread_rwlock_rdlock(&rw)
         defer { pthread_rwlock_unlock(&rw) }
         return try body()
     }
 
-    func exclusive<R>(_ body: () throws -> R) rethrows -> R {
+    public func exclusive<R>(_ body: () throws -> R) rethrows -> R {
         pthread_rwlock_wrlock(&rw)
         defer { pthread_rwlock_unlock(&rw) }
         return try body()

@@ -596,6 +596,14 @@ public final class Volume: @unchecked Sendable {
 
     /// Flushes, folds the log into the map, and releases the lock.
     public func close() throws {
+        try close(keepingLock: false)
+    }
+
+    /// As `close`, but the lock stays with its owner when `keepingLock`: the
+    /// node daemon switches a held volume between exclusive and shared (live
+    /// migration) by converting the lock first and then reopening, so no other
+    /// node can take the volume in between.
+    public func close(keepingLock: Bool) throws {
         if state.withLock({ $0.closed }) { return }
         if isWritable {
             try io.exclusive {
@@ -604,7 +612,7 @@ public final class Volume: @unchecked Sendable {
             }
         }
         state.withLock { $0.closed = true }
-        if let owner {
+        if let owner, !keepingLock {
             try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
         }
     }

@@ -59,3 +59,37 @@ extension VolumeStore {
                           created: Date(timeIntervalSince1970: TimeInterval(rec.createdAt)))
     }
 }
+
+/// What a caller on a hot path needs to know about a name (the Ganeti
+/// provider runs for every disk operation): read from the name's record and
+/// its top map only, whatever the number of volumes in the store.
+public struct VolumeSummary: Sendable {
+    public var name: String
+    public var kind: String
+    public var size: UInt64
+    public var metadata: [String: String]
+    public var lock: LockState?
+}
+
+extension VolumeStore {
+    /// nil when the name does not exist.
+    public func summary(_ name: VolumeName) throws -> VolumeSummary? {
+        guard let rec = try recordIfPresent(name) else { return nil }
+        let top = try loadCommitted(rec.layer).map
+        return VolumeSummary(name: name.value, kind: rec.kind.name, size: top.size, metadata: rec.metadata,
+                             lock: try objects.lockState(StoreLayout.lock(name)))
+    }
+
+    /// Opens an existing store in a folder; unlike `directory`, never
+    /// initialises one (a mistyped path must not become an empty store).
+    public static func existingDirectory(_ path: String, node: String) throws -> VolumeStore {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+            throw StoreError(.notFound, "store \(path) is not reachable (no such folder; is the shared file system mounted?)")
+        }
+        guard FileManager.default.fileExists(atPath: path + "/" + StoreLayout.marker.path) else {
+            throw StoreError(.notFound, "\(path) is not an archip store (no \(StoreLayout.marker.path) marker; an empty folder becomes a store at the first archip command on it)")
+        }
+        return try directory(path, node: node)
+    }
+}

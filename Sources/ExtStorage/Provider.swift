@@ -1,0 +1,235 @@
+import ArchipFill
+import ArchipServe
+import ArchipStore
+import Foundation
+
+/// The `archipelago` ExtStorage provider: one Ganeti call, from its
+/// environment to store and node-daemon operations. Returns the lines for
+/// stdout (only `attach` has any).
+///
+/// Rules Ganeti imposes beyond its man page (see ganeti-extstorage.md and
+/// tests/e2e/ganeti/README.md): attach is called around nearly every
+/// operation and on a migration's target while the source still writes, so
+/// it takes no hold; `EXTP_ORIGIN` arrives on every call and is applied at
+/// create only; create may meet its own volume again (recreate-disks);
+/// remove is retried, so a missing volume is success; the export snapshot
+/// `VOL_NAME.snap` is attached, opened and removed like a volume.
+public struct Provider {
+    public let env: GanetiEnvironment
+    public let config: ProviderConfig
+    let openStore: () throws -> VolumeStore
+    let node: NodeAttachments
+    /// Progress and notes, one line each (the call's log in Ganeti).
+    let note: @Sendable (String) -> Void
+
+    /// Metadata keys the provider records with a volume.
+    public enum Key {
+        public static let uuid = "ganeti.uuid"
+        public static let cname = "ganeti.cname"
+        public static let info = "ganeti.info"
+    }
+
+    public init(env: GanetiEnvironment, config: ProviderConfig, node: NodeAttachments,
+                openStore: @escaping () throws -> VolumeStore, note: @escaping @Sendable (String) -> Void) {
+        self.env = env
+        self.config = config
+        self.node = node
+        self.openStore = openStore
+        self.note = note
+    }
+
+    public func run(_ action: Action) throws -> [String] {
+        do {
+            switch action {
+            case .create: try create()
+            case .attach: return try attach()
+            case .detach: try node.detach(try env.volumeName())
+            case .remove: try remove()
+            case .grow: try grow()
+            case .setinfo: try setInfo()
+            case .verify: try verify()
+            case .snapshot: try snapshot()
+            case .open: try open()
+            case .close: try node.close(try env.volumeName())
+            }
+            return []
+        } catch let e as StoreError {
+            throw ExtStorageError(e)
+        }
+    }
+
+    // MARK: actions
+
+    private func create() throws {
+        try env.checkParameters()
+        let name = try env.volumeName()
+        let size = try env.mebibytes("VOL_SIZE")
+        let store = try openStore()
+        if let existing = try store.summary(name) {
+            // recreate-disks calls create on a volume that still exists: the
+            // same disk (VOL_UUID) finds its data untouched; anything else is
+            // someone else's volume.
+            if existing.kind == "volume", let uuid = env.uuid, existing.metadata[Key.uuid] == uuid {
+                note("\(name) exists for disk \(uuid) (recreate-disks); its data is left as it is")
+                return
+            }
+            let owner = existing.metadata[Key.uuid].map { " (disk \($0))" } ?? ""
+            throw ExtStorageError(.failed, "\(existing.kind) \(name) already exists\(owner); not touching it")
+        }
+        var metadata: [String: String] = [:]
+        if let uuid = env.uuid { metadata[Key.uuid] = uuid }
+        if let cname = env.cname { metadata[Key.cname] = cname }
+        guard let origin = env.origin else {
+            try store.create(name, size: size, metadata: metadata)
+            return
+        }
+        var request = FillRequest(target: name, source: try parseOrigin(origin))
+        request.createSize = size
+        request.metadata = metadata
+        // A create Ganeti retries after a crash continues the fill it began.
+        request.resume = true
+        request.blocks = config.pithosBlocks
+        switch request.source {
+        case .url, .pithos:
+            request.remote = try HTTPRemoteOpener(options: HTTPOptions(caCertificatePath: config.caCertificate, insecure: false))
+        default:
+            break
+        }
+        request.options.jobs = config.fillJobs
+        request.options.progress = progressNotes()
+        switch try Filler.run(request, store: store) {
+        case .cloned(let from):
+            note("\(name): cloned from \(from) (O(1), nothing copied)")
+        case .filled(let r):
+            let p = r.progress
+            note(String(format: "%@: filled from %@: %d blocks in %.1f s (fetched %d, already in the store %d, resumed %d), top hash %@",
+                        name.value, origin, p.blocksTotal, p.elapsedSeconds, p.fetched, p.reused, p.resumed, r.topHash.hex))
+        }
+    }
+
+    private func attach() throws -> [String] {
+        let name = try env.volumeName()
+        let a = try node.attach(name)
+        // Ganeti: the block device on the first line, userspace URIs after it.
+        return [a.device, "kvm:" + a.uri]
+    }
+
+    private func remove() throws {
+        let name = try env.volumeName()
+        let store = try openStore()
+        guard let existing = try store.summary(name) else {
+            // Ganeti retries removes; a fill that never finished leaves only its checkpoint.
+            if try FillStage.abort(store: store, target: name) { note("\(name): dropped an unfinished fill") }
+            note("\(name) does not exist; nothing to remove")
+            return
+        }
+        if let a = try node.attachment(name) {
+            throw ExtStorageError(.failed, "\(name) is attached on this node (\(a.device)); detach it first")
+        }
+        if let lock = existing.lock, !lock.holders.isEmpty {
+            let holders = lock.holders.map(\.description).joined(separator: ", ")
+            throw ExtStorageError(.failed, "\(name) is in use (\(lock.mode.rawValue) hold by \(holders)); detach it there first")
+        }
+        try store.remove(name)
+        _ = try? FillStage.abort(store: store, target: name)
+    }
+
+    private func grow() throws {
+        try env.checkParameters()
+        let name = try env.volumeName()
+        let newSize = try env.mebibytes("VOL_NEW_SIZE")
+        if env.variables["VOL_SIZE"] != nil { _ = try env.mebibytes("VOL_SIZE") }
+        let store = try openStore()
+        guard let existing = try store.summary(name) else {
+            throw ExtStorageError(.failed, "'\(name)' does not exist in store \(config.storePath)")
+        }
+        if existing.size >= newSize.bytes {
+            // A retried grow that already happened.
+            note("\(name) is already \(ByteCount(existing.size)); nothing to grow")
+            return
+        }
+        if try node.grow(name, to: newSize) { return }
+        try store.withVolume(name) { try $0.resize(to: newSize, allowShrink: false) }
+    }
+
+    private func setInfo() throws {
+        try env.checkParameters()
+        let name = try env.volumeName()
+        let text = try env.metadata()
+        try openStore().setMetadata(name, [Key.info: text])
+    }
+
+    private func snapshot() throws {
+        try env.checkParameters()
+        let name = try env.volumeName()
+        let snap = try env.snapshotName()
+        if env.variables["VOL_SNAPSHOT_SIZE"] != nil { _ = try env.mebibytes("VOL_SNAPSHOT_SIZE") }
+        let store = try openStore()
+        guard try store.summary(name) != nil else {
+            throw ExtStorageError(.failed, "'\(name)' does not exist in store \(config.storePath)")
+        }
+        if try node.snapshot(name, as: snap) { return }
+        try store.snapshot(name, as: snap)
+    }
+
+    private func open() throws {
+        try env.checkParameters()
+        try node.open(try env.volumeName(), exclusive: try env.openExclusive())
+    }
+
+    /// Checks what a create would use, without changing anything.
+    private func verify() throws {
+        try env.checkParameters()
+        if env.variables["VOL_NAME"] != nil { _ = try env.volumeName() }
+        let store = try openStore()
+        guard let origin = env.origin else { return }
+        let spec = try parseOrigin(origin)
+        switch spec {
+        case .snapshot(let n), .volume(let n):
+            guard let s = try store.summary(n) else {
+                throw ExtStorageError(.badInput, "origin \(origin): '\(n)' does not exist in store \(config.storePath)")
+            }
+            if case .snapshot = spec, s.kind != "snapshot" {
+                throw ExtStorageError(.badInput, "origin \(origin): '\(n)' is a volume; use volume:\(n)")
+            }
+        case .file(let path):
+            guard access(path, R_OK) == 0 else {
+                throw ExtStorageError(.badInput, "origin \(origin): cannot read \(path): \(String(cString: strerror(errno)))")
+            }
+        case .pithos(let hashmap):
+            if !hashmap.hasPrefix("http://") && !hashmap.hasPrefix("https://") && access(hashmap, R_OK) != 0 {
+                throw ExtStorageError(.badInput, "origin \(origin): cannot read the hashmap \(hashmap)")
+            }
+            guard config.pithosBlocks != nil else {
+                throw ExtStorageError(.badInput, "origin \(origin): pithos origins need 'blocks' in the [fill] section of \(config.path)")
+            }
+        case .url:
+            break   // reachability is the fill's to check: verify must stay fast and side-effect free
+        }
+    }
+
+    // MARK: helpers
+
+    private func parseOrigin(_ origin: String) throws -> SourceSpec {
+        do {
+            return try SourceSpec(parsing: origin)
+        } catch let e as StoreError {
+            throw ExtStorageError(.badInput, "EXTP_ORIGIN: \(e.description)")
+        }
+    }
+
+    /// One progress line every 10 s: Ganeti keeps the call's output in its log.
+    private func progressNotes() -> (@Sendable (FillProgress) -> Void) {
+        let last = Locked(Date())
+        let note = self.note
+        return { p in
+            let now = Date()
+            guard last.withLock({ l in
+                guard now.timeIntervalSince(l) >= 10 else { return false }
+                l = now
+                return true
+            }) else { return }
+            note(String(format: "fill: %d/%d blocks, %.0f MiB/s", p.blocksDone, p.blocksTotal, p.bytesPerSecond / 1048576))
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import ArchipStore
+import Foundation
+
+/// The provider's settings, all from the configuration file: Ganeti passes
+/// scripts nothing but its own variables, so the store's location, this
+/// node's name and the daemon's folder cannot come from the environment.
+public struct ProviderConfig: Sendable {
+    public var path: String
+    public var storePath: String
+    public var node: String
+    public var runtimeDir: String
+    /// The `archip` executable that serves attached volumes (started on demand).
+    public var serveExecutable: String
+    /// Where `pithos:` origins fetch blocks (a folder or a URL template).
+    public var pithosBlocks: String?
+    /// CA bundle for https origins.
+    public var caCertificate: String?
+    public var fillJobs: Int
+    public var syslog: Bool
+
+    public static func load(_ path: String) throws -> ProviderConfig {
+        let conf: [String: String]
+        do {
+            conf = try ConfigFile.load(path, required: true)
+        } catch let e as StoreError {
+            throw ExtStorageError(.failed, e.description)
+        }
+        return try ProviderConfig(conf, path: path)
+    }
+
+    public init(_ conf: [String: String], path: String) throws {
+        self.path = path
+        if let backend = conf["store.backend"], backend != "dir" {
+            throw ExtStorageError(.failed, "\(path): store backend '\(backend)' is not supported by this build (only 'dir')")
+        }
+        guard let store = conf["store.path"], !store.isEmpty else {
+            throw ExtStorageError(.failed, "\(path): no 'path' in the [store] section")
+        }
+        storePath = store
+        node = conf["node.name"].flatMap { $0.isEmpty ? nil : $0 } ?? ProcessInfo.processInfo.hostName
+        runtimeDir = conf["node.runtime_dir"] ?? "/run/archip"
+        serveExecutable = conf["node.archip"] ?? DaemonPaths.defaultServeExecutable
+        pithosBlocks = conf["fill.blocks"]
+        caCertificate = conf["fill.cacert"]
+        if let j = conf["fill.jobs"] {
+            guard let n = Int(j), (1...256).contains(n) else {
+                throw ExtStorageError(.failed, "\(path): [fill] jobs '\(j)' is not a number from 1 to 256")
+            }
+            fillJobs = n
+        } else {
+            fillJobs = ProcessInfo.processInfo.activeProcessorCount + 2
+        }
+        switch (conf["log.syslog"] ?? "no").lowercased() {
+        case "yes", "true", "on", "1": syslog = true
+        case "no", "false", "off", "0": syslog = false
+        case let v: throw ExtStorageError(.failed, "\(path): [log] syslog '\(v)' is neither yes nor no")
+        }
+    }
+}
+
+enum DaemonPaths {
+    /// `archip` beside this executable (both go to the same bin folder).
+    static var defaultServeExecutable: String {
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return me.deletingLastPathComponent().appendingPathComponent("archip").path
+    }
+}

@@ -1,0 +1,114 @@
+#!/bin/bash
+# End-to-end test of the archipelago provider in a real single-node Ganeti 3.0
+# cluster (fake hypervisor, ext template, network namespace; see README.md):
+#   instance add from an in-store snapshot (O(1) clone), grow-disk while
+#   running, modify --disk add (snf-vol-N) and remove, shutdown /
+#   deactivate-disks / activate-disks / startup, gnt-backup export (compared
+#   with the store's own export), instance remove; every step checked in the
+#   store (volumes, metadata, holds) and on the node (loop devices).
+# Root. Needs the debug or release build: GNT_ARCHIP_BIN=DIR holding archip and
+# archip-extstorage (default: the repo's .build/debug).
+# Ends with "N passed, N failed"; exit 1 on any failure. GNT_KEEP=yes leaves the
+# cluster up.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+case ${1:-} in -h|--help) gnt_usage "$0"; exit 0;; esac
+gnt_clean_env "$0" "$@"
+need_root
+cd /
+
+HERE=$GNT_LAB_DIR
+REPO=$(cd "$HERE/../../.." && pwd)
+BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
+[[ -x $BIN/archip && -x $BIN/archip-extstorage ]] || die "no archip / archip-extstorage in $BIN (swift build first)"
+W=$(mktemp -d /var/tmp/gnt-archip.XXXXXX)
+STORE=$W/store RUN=$W/run CONF=$W/archip.conf PDIR=$W/extstorage/archipelago
+I1=arch1.$GNT_DOMAIN
+passed=0 failed=0
+ok()   { passed=$((passed + 1)); log "ok   - $*"; }
+bad()  { failed=$((failed + 1)); log "FAIL - $*"; }
+run() {
+  local name=$1; shift
+  local f="$W/$(printf '%02d' $((passed + failed)))-${name//[^A-Za-z0-9_.-]/_}.log"
+  if "$@" >"$f" 2>&1; then ok "$name"; else bad "$name (exit $?), last lines of $f:"; tail -n 15 "$f" | sed 's/^/      /' >&2; return 1; fi
+}
+check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok "$name"; else bad "$name"; fi; }
+gnt() { nsx "$@"; }
+archip() { "$BIN/archip" --store "$STORE" "$@"; }
+vols() { archip list --json | python3 -c "import json,sys; print(' '.join(sorted(v['name'] for v in json.load(sys.stdin) if v['kind']=='volume' and v['name'].count('.ext.disk'))))"; }
+attached_dev() { "$BIN/archip" attached --runtime-dir "$RUN" --json 2>/dev/null | python3 -c "import json,sys; print(next((a['device'] for a in json.load(sys.stdin) if a['name']=='$1'),''))"; }
+
+log "archipelago provider in a Ganeti cluster; work folder $W"
+mkdir -p "$STORE"
+printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n' "$STORE" "$GNT_NODE_NAME" "$RUN" > "$CONF"
+run "install the provider (scripts/install-extstorage.sh)" "$REPO/scripts/install-extstorage.sh" "$PDIR" "$BIN" "$CONF" || exit 1
+# An image in the store: 24 MiB of a pattern, snapshot debian-img-v1.
+python3 -c "import sys,hashlib; sys.stdout.buffer.write(b''.join(hashlib.sha256(str(i).encode()).digest()*128 for i in range(6144)))" > "$W/image.raw"
+run "import the image and snapshot it" bash -c "'$BIN/archip' --store '$STORE' import debian-img '$W/image.raw' && '$BIN/archip' --store '$STORE' snapshot debian-img debian-img-v1" || exit 1
+
+run "cluster-up.sh archipelago=$PDIR" "$HERE/cluster-up.sh" "archipelago=$PDIR" || { echo "$passed passed, $failed failed"; exit 1; }
+gnt gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "$I1" && gnt gnt-instance remove -f "$I1" >/dev/null 2>&1
+gnt gnt-backup remove "$I1" >/dev/null 2>&1
+check "gnt-storage diagnose: archipelago valid" \
+  bash -c "ip netns exec $GNT_NETNS gnt-storage diagnose | grep -A2 '^Provider: archipelago\$' | grep -q 'status: valid'"
+
+# --- add from a snapshot ----------------------------------------------------------
+run "gnt-instance add -t ext --disk 0:size=1G,provider=archipelago,origin=snapshot:debian-img-v1" \
+  gnt gnt-instance add -t ext --disk "0:size=1G,provider=archipelago,origin=snapshot:debian-img-v1" \
+  -o "$GNT_OS_NAME" --no-name-check --no-ip-check -H fake -n "$GNT_NODE_NAME" "$I1"
+V0=$(vols | tr ' ' '\n' | grep 'ext.disk0$' | head -n1)
+check "disk 0 is a volume UUID.ext.disk0 in the store" grep -Eq '^[0-9a-f-]{36}\.ext\.disk0$' <<<"$V0"
+check "disk 0 is a 1 GiB clone of debian-img-v1" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[\"size\"], d[\"parent\"])') == '1073741824 debian-img-v1' ]]"
+DUUID=$(gnt gnt-instance info --static "$I1" | awk '/^ *- disk\/0/{f=1} f && /UUID:/ {print $2; exit}')
+check "disk 0 records Ganeti's disk UUID ($DUUID)" bash -c "[[ -n '$DUUID' && \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"metadata\"].get(\"ganeti.uuid\",\"\"))') == '$DUUID' ]]"
+check "setinfo stored originstname+$I1" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"metadata\"].get(\"ganeti.info\",\"\"))') == 'originstname+$I1' ]]"
+check "the running instance holds disk 0 exclusively" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; l=json.load(sys.stdin)[\"lock\"]; print(l[\"mode\"])') == exclusive ]]"
+D0=$(attached_dev "$V0")
+check "disk 0 is attached as a loop device ($D0)" test -b "$D0"
+# The noop OS stamped the start of disk 0; the rest is the image's.
+check "the OS stamp and the image's bytes are on the device" bash -c "head -c 64 '$D0' | grep -aq 'ganeti-noop:$I1' && cmp -s <(tail -c +1048577 '$W/image.raw') <(dd if='$D0' bs=1M skip=1 count=23 status=none)"
+
+# --- grow while running ---------------------------------------------------------
+run "gnt-instance grow-disk $I1 0 1G (running)" gnt gnt-instance grow-disk "$I1" 0 1G
+check "disk 0 is 2 GiB in the store" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"size\"])') == 2147483648 ]]"
+check "the loop device sees 2 GiB without a reattach" bash -c "[[ \$(blockdev --getsize64 '$D0') == 2147483648 ]]"
+
+# --- add and remove a named disk ------------------------------------------------
+run "gnt-instance modify --disk add:size=512M,provider=archipelago,name=snf-vol-7" \
+  gnt gnt-instance modify --disk add:size=512M,provider=archipelago,name=snf-vol-7 "$I1"
+V1=$(vols | tr ' ' '\n' | grep -v "^$V0\$" | head -n1)
+check "the new disk ($V1) is recorded as snf-vol-7" bash -c "[[ -n '$V1' && \$('$BIN/archip' --store '$STORE' info '$V1' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"metadata\"].get(\"ganeti.cname\",\"\"))') == snf-vol-7 ]]"
+
+# --- stop, deactivate, activate, start ------------------------------------------
+run "gnt-instance shutdown" gnt gnt-instance shutdown "$I1"
+check "after shutdown no hold is left on disk 0" bash -c "'$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; l=json.load(sys.stdin).get(\"lock\"); sys.exit(1 if l and l.get(\"holders\") else 0)'"
+check "after shutdown disk 0 is detached" bash -c "[[ -z \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(\" \".join(a[\"name\"] for a in json.load(sys.stdin) if a[\"name\"]==\"$V0\"))') ]]"
+run "gnt-instance modify --disk snf-vol-7:remove" gnt gnt-instance modify --disk snf-vol-7:remove "$I1"
+check "snf-vol-7's volume is gone from the store" bash -c "! '$BIN/archip' --store '$STORE' info '$V1' >/dev/null 2>&1"
+run "gnt-instance activate-disks" gnt gnt-instance activate-disks "$I1"
+check "activate-disks holds disk 0" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; l=json.load(sys.stdin)[\"lock\"]; print(l[\"mode\"])') == exclusive ]]"
+run "gnt-instance deactivate-disks" gnt gnt-instance deactivate-disks "$I1"
+run "gnt-instance startup" gnt gnt-instance startup "$I1"
+
+# --- export: snapshot, read VOL_NAME.snap, remove it ----------------------------
+run "gnt-backup export (instance running)" gnt gnt-backup export --noshutdown -n "$GNT_NODE_NAME" "$I1"
+EXP=/var/lib/ganeti/export/$I1
+DUMP=$(ls "$EXP" 2>/dev/null | grep -v config.ini | head -n1)
+run "archip export of disk 0" "$BIN/archip" --store "$STORE" export "$V0" "$W/disk0.raw"
+check "the exported disk equals the volume" cmp -s "$EXP/$DUMP" "$W/disk0.raw"
+check "the export snapshot $V0.snap was removed" bash -c "! '$BIN/archip' --store '$STORE' info '$V0.snap' >/dev/null 2>&1"
+gnt gnt-backup remove "$I1" >/dev/null 2>&1
+
+# --- remove -----------------------------------------------------------------------
+run "gnt-instance remove -f" gnt gnt-instance remove -f "$I1"
+check "no instance volume is left in the store" bash -c "[[ -z \$('$BIN/archip' --store '$STORE' list --json | python3 -c 'import json,sys; print(\" \".join(v[\"name\"] for v in json.load(sys.stdin) if \".ext.disk\" in v[\"name\"]))') ]]"
+check "nothing is attached on the node" bash -c "[[ \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') == 0 ]]"
+check "the image snapshot is intact (archip verify)" "$BIN/archip" --store "$STORE" verify debian-img-v1
+
+if [[ ${GNT_KEEP:-no} != yes ]]; then
+  run "cluster-down.sh" "$HERE/cluster-down.sh"
+  check "no loop device over the store is left" bash -c "! losetup -a | grep -q '$RUN'"
+fi
+echo "$passed passed, $failed failed"
+if [[ $failed == 0 ]]; then rm -rf "$W"; exit 0; fi
+log "logs kept in $W"; exit 1
