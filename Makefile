@@ -9,6 +9,7 @@ PREFIX   ?= /usr
 DESTDIR  ?=
 BINDIR   ?= $(PREFIX)/bin
 MANDIR   ?= $(PREFIX)/share/man
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
 CRASH_ITERATIONS ?= 100
 SOAK_ITERATIONS  ?= 1000
@@ -58,9 +59,12 @@ install: release
 	install -m 0755 .build/release/archip $(DESTDIR)$(BINDIR)/archip
 	install -m 0644 docs/man/archip.8 $(DESTDIR)$(MANDIR)/man8/archip.8
 	[ -e $(DESTDIR)$(SYSCONFDIR)/archip/archip.conf ] || install -m 0644 docs/archip.conf.sample $(DESTDIR)$(SYSCONFDIR)/archip/archip.conf
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/bin/archip|$(BINDIR)/archip|' packaging/systemd/archip-serve.service > $(DESTDIR)$(UNITDIR)/archip-serve.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/archip-serve.service
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(MANDIR)/man8/archip.8
+	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(MANDIR)/man8/archip.8 $(DESTDIR)$(UNITDIR)/archip-serve.service
 
 clean:
 	$(SWIFT) package clean
