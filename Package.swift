@@ -98,7 +98,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ArchipStore", "ArchipTestSupport", "archip", "archip-torture"]
+            dependencies: ["ArchipStore", "ArchipTestSupport", "archip", "archip-torture", "archip-extstorage"]
         ),
     ]
 )

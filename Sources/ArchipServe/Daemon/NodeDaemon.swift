@@ -183,7 +183,7 @@ public final class NodeDaemon: @unchecked Sendable {
                 fuse.stop()
                 throw error
             }
-            let socket = runtimeDir + "/nbd/" + name.value + ".sock"
+            let socket = nbdSocketPath(name)
             try FileManager.default.createDirectory(atPath: runtimeDir + "/nbd", withIntermediateDirectories: true)
             let nbd: NBDServer
             do {
@@ -206,6 +206,17 @@ public final class NodeDaemon: @unchecked Sendable {
             try? recordHolds(removing: name.value)
             throw error
         }
+    }
+
+    /// `nbd/<name>.sock`, or, when that would not fit in a unix socket
+    /// address (108 bytes; Ganeti's names are 46+ characters and runtime
+    /// folders can be deep), `nbd/h-<hash of name>.sock`.
+    func nbdSocketPath(_ name: VolumeName) -> String {
+        let plain = runtimeDir + "/nbd/" + name.value + ".sock"
+        if plain.utf8.count <= 107 { return plain }
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a: stable across runs, unlike Hasher
+        for b in name.value.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return runtimeDir + "/nbd/h-" + String(h, radix: 16) + ".sock"
     }
 
     /// Ganeti's open: attaches if needed, then takes `hold` (exclusive, or
