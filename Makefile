@@ -11,14 +11,17 @@ BINDIR   ?= $(PREFIX)/bin
 MANDIR   ?= $(PREFIX)/share/man
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
+# Where Ganeti looks for ExtStorage providers (its last search folder; packagers' choice).
+ESDIR    ?= $(PREFIX)/share/ganeti/extstorage
 CRASH_ITERATIONS ?= 100
 SOAK_ITERATIONS  ?= 1000
 TMPDIR   ?= /tmp
 
 # Debian packages the build and the tests need.
-DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config e2fsprogs util-linux nginx-light qemu-utils
+DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config e2fsprogs util-linux nginx-light qemu-utils \
+                  ganeti curl iproute2
 
-.PHONY: all build release deps test unit-test crash-test soak demo bench install uninstall clean
+.PHONY: all build release deps test unit-test crash-test ganeti-test soak demo bench install uninstall clean
 
 all: build
 
@@ -27,13 +30,14 @@ build:
 
 release:
 	$(SWIFT) build -c release --product archip
+	$(SWIFT) build -c release --product archip-extstorage
 
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install $(DEBIAN_PACKAGES))"; exit 1; fi
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: unit-test crash-test
+test: unit-test crash-test ganeti-test
 
 unit-test:
 	$(SWIFT) test
@@ -41,6 +45,15 @@ unit-test:
 crash-test:
 	$(SWIFT) build -c release --product archip-torture
 	.build/release/archip-torture crash --store $(TMPDIR)/archip-crash-$$$$ --iterations $(CRASH_ITERATIONS)
+
+# The provider in a real single-node Ganeti 3.0 cluster (network namespace; root).
+ganeti-test:
+	@if [ "$$(id -u)" != 0 ]; then echo "SKIP ganeti-test: not root"; \
+	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP ganeti-test: ganeti is not installed (make deps)"; \
+	elif ! ip netns add archip-probe-$$$$ 2>/dev/null; then echo "SKIP ganeti-test: cannot create network namespaces here"; \
+	else ip netns delete archip-probe-$$$$; \
+	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && \
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/ganeti/archipelago.sh; fi
 
 soak:
 	$(SWIFT) build -c release --product archip-torture
@@ -57,6 +70,9 @@ bench:
 install: release
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/archip
 	install -m 0755 .build/release/archip $(DESTDIR)$(BINDIR)/archip
+	install -m 0755 .build/release/archip-extstorage $(DESTDIR)$(BINDIR)/archip-extstorage
+	scripts/install-extstorage.sh $(DESTDIR)$(ESDIR)/archipelago $(BINDIR) $(SYSCONFDIR)/archip/archip.conf
+	install -m 0644 docs/man/archip-extstorage.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8
 	install -m 0644 docs/man/archip.8 $(DESTDIR)$(MANDIR)/man8/archip.8
 	[ -e $(DESTDIR)$(SYSCONFDIR)/archip/archip.conf ] || install -m 0644 docs/archip.conf.sample $(DESTDIR)$(SYSCONFDIR)/archip/archip.conf
 	install -d $(DESTDIR)$(UNITDIR)
@@ -64,7 +80,8 @@ install: release
 	chmod 0644 $(DESTDIR)$(UNITDIR)/archip-serve.service
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(MANDIR)/man8/archip.8 $(DESTDIR)$(UNITDIR)/archip-serve.service
+	rm -rf $(DESTDIR)$(ESDIR)/archipelago
+	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(BINDIR)/archip-extstorage $(DESTDIR)$(MANDIR)/man8/archip.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8 $(DESTDIR)$(UNITDIR)/archip-serve.service
 
 clean:
 	$(SWIFT) package clean

@@ -8,7 +8,11 @@ struct RuntimeOptions: ParsableArguments {
     var runtimeDir: String?
 
     var path: String {
-        runtimeDir ?? ProcessInfo.processInfo.environment["ARCHIP_RUNTIME_DIR"] ?? "/run/archip"
+        let env = ProcessInfo.processInfo.environment
+        if let d = runtimeDir ?? env["ARCHIP_RUNTIME_DIR"] { return d }
+        // The same folder the Ganeti provider uses: [node] runtime_dir.
+        let conf = (try? ArchipStore.ConfigFile.load(env["ARCHIP_CONFIG"] ?? ArchipStore.ConfigFile.defaultPath, required: false)) ?? [:]
+        return conf["node.runtime_dir"] ?? "/run/archip"
     }
 }
 
