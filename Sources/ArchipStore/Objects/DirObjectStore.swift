@@ -58,6 +58,10 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         cache.withLock { $0.remove(name.path) }
     }
 
+    /// A cached descriptor outlives a rename over its name by another node:
+    /// it would read (and write) the replaced file.
+    public func forgetCached(_ name: ObjectName) { invalidate(name) }
+
     // MARK: ObjectStore
 
     public func read(_ name: ObjectName, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {

@@ -146,6 +146,17 @@ public protocol ObjectStore: AnyObject, Sendable {
 
     /// Removes leftovers of interrupted writes older than `date`.
     func removeStaleTemporaries(olderThan date: Date) throws -> Int
+
+    /// Forgets anything kept open or cached for this object, so the next
+    /// `read` or `write` sees what another process (another node) put there
+    /// since. Volumes opened shared, for live migration, call it before each
+    /// object access: the other holder may have replaced the object.
+    func forgetCached(_ name: ObjectName)
+}
+
+extension ObjectStore {
+    /// Backends that keep nothing between calls have nothing to forget.
+    public func forgetCached(_ name: ObjectName) {}
 }
 
 extension ObjectStore {

@@ -138,6 +138,8 @@ public final class Volume: @unchecked Sendable {
         case .zero:
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
         case .object(let obj, let fromAncestor):
+            // Shared (migration): the other holder may have replaced the object.
+            if mode == .shared { objects.forgetCached(obj) }
             do {
                 let n = try objects.read(obj, at: UInt64(offset), into: buffer)
                 if n < buffer.count {
@@ -259,6 +261,8 @@ public final class Volume: @unchecked Sendable {
             let whole = inBlock == 0 && data.count == blockSize
             let (pending, committed, topID) = state.withLock { ($0.overlay[b], $0.top.entry(b), $0.top.id) }
             let obj = StoreLayout.owned(topID, b)
+            // Shared (migration): never write into a file the other holder replaced.
+            if mode == .shared { objects.forgetCached(obj) }
             if whole && ZeroScan.isZero(data) {
                 // Nothing to store; a committed object is dropped at flush.
                 state.withLock { $0.overlay[b] = .zero }
