@@ -134,7 +134,11 @@ struct archip_fuse *archip_fuse_mount(const char *mountpoint, const char *filena
     f->cb = cb;
     snprintf(f->path, sizeof f->path, "/%s", filename);
     char opt[512];
-    snprintf(opt, sizeof opt, "fsname=%s,subtype=archip,default_permissions%s", fsname, cb.readonly ? ",ro" : "");
+    /* attr_timeout=0: a grow must reach the kernel's idea of the file's size
+       (the loop driver reads it at LOOP_SET_CAPACITY) at the next stat, not a
+       second later. Data I/O is direct and does not ask for attributes. */
+    snprintf(opt, sizeof opt, "fsname=%s,subtype=archip,default_permissions,attr_timeout=0%s", fsname,
+             cb.readonly ? ",ro" : "");
     char *argv[] = {"archip-serve", "-o", opt, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
     f->fuse = fuse_new(&args, &ops, sizeof ops, f);
@@ -227,6 +231,21 @@ int archip_loop_detach(int minor) {
 }
 
 int archip_loop_set_capacity(int minor) {
+    /* The loop driver takes the backing file's size from its inode as the
+       kernel has it; a stat first makes FUSE ask the daemon for the new one. */
+    char sys[64], backing[4096];
+    snprintf(sys, sizeof sys, "/sys/block/loop%d/loop/backing_file", minor);
+    int sfd = open(sys, O_RDONLY | O_CLOEXEC);
+    if (sfd >= 0) {
+        ssize_t n = read(sfd, backing, sizeof backing - 1);
+        close(sfd);
+        if (n > 0) {
+            backing[n] = 0;
+            if (backing[n - 1] == '\n') backing[n - 1] = 0;
+            struct stat st;
+            (void)stat(backing, &st);
+        }
+    }
     int fd = open_loop(minor, O_RDONLY);
     if (fd < 0) return fd;
     int r = ioctl(fd, LOOP_SET_CAPACITY, 0);

@@ -138,7 +138,8 @@ struct Resize: ParsableCommand {
            let a = try client.call(ControlRequest(op: .list)).attachments?.first(where: { $0.name == n.value }) {
             // Attached here: the daemon grows it and tells the loop device.
             guard s.bytes >= a.size else {
-                throw StoreError(.invalidSize, "\(n) is attached; detach it before shrinking")
+                // An operation refused (exit 1), not a malformed size (exit 2).
+                throw StoreError(.locked, "\(n) is attached on this node; detach it before shrinking")
             }
             _ = try client.call(ControlRequest(op: .grow, name: n.value, size: s.bytes))
             return

@@ -91,7 +91,7 @@ import Testing
         env["ARCHIP_CONFIG"] = nil
         p.environment = env
         // A file, not a pipe: nothing here waits for the daemon's descriptors.
-        FileManager.default.createFile(atPath: runtime + ".log", contents: nil)
+        _ = FileManager.default.createFile(atPath: runtime + ".log", contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: runtime + ".log"))
         p.standardOutput = log
         p.standardError = log
