@@ -64,6 +64,7 @@ demo: release
 
 bench:
 	$(SWIFT) build -c release --product archip
+	$(SWIFT) build -c release --product archip-extstorage
 	$(SWIFT) build -c release --product archip-bench
 	.build/release/archip-bench
 
