@@ -5,6 +5,7 @@
 #include <fuse.h>
 #include <linux/falloc.h>
 #include <linux/loop.h>
+#include <linux/nbd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,4 +265,13 @@ int archip_loop_backing_file(int minor, char *out, size_t outlen) {
     if (r != 0) return -e;
     snprintf(out, outlen, "%s", (const char *)info.lo_file_name);
     return 0;
+}
+
+int archip_nbd_set_size(const char *device, uint64_t bytes) {
+    int fd = open(device, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int r = ioctl(fd, NBD_SET_SIZE, (unsigned long)bytes);
+    int e = errno;
+    close(fd);
+    return r == 0 ? 0 : -e;
 }

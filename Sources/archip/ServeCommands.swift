@@ -71,12 +71,26 @@ struct Attach: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
     @Argument(help: "Volume or snapshot (snapshots attach read-only).") var name: String
     @Flag(help: "Shared lock, for live migration.") var shared = false
+    @Option(help: ArgumentHelp("The kernel block device: loop (a FUSE file with a loop device over it) or nbd (nbd-client on the volume's NBD socket; needs the nbd kernel module).",
+                               valueName: "loop|nbd"))
+    var device = "loop"
     @Flag(help: "Output JSON.") var json = false
+
+    func validate() throws {
+        guard KernelDeviceKind(rawValue: device) != nil else {
+            throw ValidationError("--device must be loop or nbd, not '\(device)'")
+        }
+    }
 
     func run() throws {
         let n = try volumeName(name)
+        if device == KernelDeviceKind.nbd.rawValue, let why = KernelNBDDevice.unavailableReason() {
+            // Refused here too, before a daemon is started for nothing.
+            throw StoreError(.unsupported, why)
+        }
         let client = try daemonClient(global, runtime, start: true)!
-        let reply = try client.call(ControlRequest(op: .attach, name: n.value, mode: shared ? "shared" : "exclusive"))
+        let reply = try client.call(ControlRequest(op: .attach, name: n.value, mode: shared ? "shared" : "exclusive",
+                                                   device: device == "loop" ? nil : device))
         guard let a = reply.attachment else { throw CLIError(message: "archip serve returned no device") }
         if json { return try printJSON(a) }
         print(a.device)

@@ -15,13 +15,18 @@ public struct ControlRequest: Codable, Sendable {
     public var snapshot: String?
     /// grow: the new size in bytes.
     public var size: UInt64?
+    /// attach: the kernel block device, "loop" (default: FUSE file + loop
+    /// device) or "nbd" (nbd-client on the volume's NBD socket).
+    public var device: String?
 
-    public init(op: Op, name: String? = nil, mode: String? = nil, snapshot: String? = nil, size: UInt64? = nil) {
+    public init(op: Op, name: String? = nil, mode: String? = nil, snapshot: String? = nil, size: UInt64? = nil,
+                device: String? = nil) {
         self.op = op
         self.name = name
         self.mode = mode
         self.snapshot = snapshot
         self.size = size
+        self.device = device
     }
 }
 
@@ -35,6 +40,8 @@ public struct AttachmentInfo: Codable, Sendable, Equatable {
     public var mode: String
     public var readOnly: Bool
     public var size: UInt64
+    /// "loop" or "nbd": what `device` is (absent from daemons before --device=nbd: loop).
+    public var deviceKind: String?
 }
 
 public struct ControlReply: Codable, Sendable {

@@ -22,13 +22,17 @@ public final class NodeDaemon: @unchecked Sendable {
 
     final class Attachment {
         let device: VolumeDevice
-        let fuse: FUSEExport
-        let loop: LoopDevice
+        /// The kernel device: FUSE file + loop device, or (--device=nbd) nbd-client's /dev/nbdN.
+        let fuse: FUSEExport?
+        let loop: LoopDevice?
+        let kernelNBD: KernelNBDDevice?
         let nbd: NBDServer
         var info: AttachmentInfo
         var volume: Volume { device.volume }
-        init(device: VolumeDevice, fuse: FUSEExport, loop: LoopDevice, nbd: NBDServer, info: AttachmentInfo) {
-            self.device = device; self.fuse = fuse; self.loop = loop; self.nbd = nbd; self.info = info
+        init(device: VolumeDevice, fuse: FUSEExport?, loop: LoopDevice?, kernelNBD: KernelNBDDevice? = nil,
+             nbd: NBDServer, info: AttachmentInfo) {
+            self.device = device; self.fuse = fuse; self.loop = loop; self.kernelNBD = kernelNBD; self.nbd = nbd
+            self.info = info
         }
     }
 
@@ -105,7 +109,7 @@ public final class NodeDaemon: @unchecked Sendable {
             reply.pid = getpid()
             return reply
         case .attach:
-            return .success(try attach(try name(), hold: try Hold(r.mode)))
+            return .success(try attach(try name(), hold: try Hold(r.mode), device: try KernelDeviceKind(r.device)))
         case .open:
             return .success(try open(try name(), hold: try Hold(r.mode)))
         case .close:
@@ -162,10 +166,17 @@ public final class NodeDaemon: @unchecked Sendable {
         try attach(name, hold: mode == .shared ? .shared : mode == .readOnly ? .none : .exclusive)
     }
 
-    public func attach(_ name: VolumeName, hold: Hold) throws -> AttachmentInfo {
+    public func attach(_ name: VolumeName, hold: Hold, device kind: KernelDeviceKind = .loop) throws -> AttachmentInfo {
         lock.lock()
         defer { lock.unlock() }
-        if let a = attached[name.value] { return a.info }
+        if let a = attached[name.value] {
+            guard (a.info.deviceKind ?? "loop") == kind.rawValue else {
+                throw StoreError(.alreadyExists, "\(name) is attached on this node with its \(a.info.deviceKind ?? "loop") device \(a.info.device); detach it first")
+            }
+            return a.info
+        }
+        // Before anything is opened: a missing nbd module is a one-line refusal.
+        if kind == .nbd, let why = KernelNBDDevice.unavailableReason() { throw StoreError(.unsupported, why) }
         let started = Date()
         let volume = try store.open(name, mode: hold.openMode, owner: owner)
         // A volume stays a writable device whatever its hold: the loop device
@@ -174,14 +185,18 @@ public final class NodeDaemon: @unchecked Sendable {
         do {
             try recordHolds(adding: name.value)
             let device = VolumeDevice(volume, readOnly: isSnapshot)
-            let mnt = runtimeDir + "/mnt/" + name.value
-            let fuse = try FUSEExport(device: device, mountpoint: mnt, fileName: name.value, fsName: "archip:" + name.value)
-            let loop: LoopDevice
-            do {
-                loop = try LoopDevice.attach(file: fuse.path, readOnly: isSnapshot)
-            } catch {
-                fuse.stop()
-                throw error
+            var fuse: FUSEExport?
+            var loop: LoopDevice?
+            if kind == .loop {
+                let mnt = runtimeDir + "/mnt/" + name.value
+                let f = try FUSEExport(device: device, mountpoint: mnt, fileName: name.value, fsName: "archip:" + name.value)
+                do {
+                    loop = try LoopDevice.attach(file: f.path, readOnly: isSnapshot)
+                } catch {
+                    f.stop()
+                    throw error
+                }
+                fuse = f
             }
             let socket = nbdSocketPath(name)
             try FileManager.default.createDirectory(atPath: runtimeDir + "/nbd", withIntermediateDirectories: true)
@@ -191,13 +206,25 @@ public final class NodeDaemon: @unchecked Sendable {
                                     defaultExport: name.value)
                 try nbd.start()
             } catch {
-                try? loop.detach()
-                fuse.stop()
+                try? loop?.detach()
+                fuse?.stop()
                 throw error
             }
-            let info = AttachmentInfo(name: name.value, device: loop.path, uri: "nbd:unix:\(socket):exportname=\(name.value)",
+            var kernelNBD: KernelNBDDevice?
+            if kind == .nbd {
+                do {
+                    kernelNBD = try KernelNBDDevice.connect(socket: socket, export: name.value, size: volume.size,
+                                                            readOnly: isSnapshot, logFile: runtimeDir + "/nbd-client.log")
+                } catch {
+                    try? nbd.stop(gracePeriod: .seconds(1))
+                    throw error
+                }
+            }
+            var info = AttachmentInfo(name: name.value, device: kernelNBD?.path ?? loop?.path ?? "",
+                                      uri: "nbd:unix:\(socket):exportname=\(name.value)",
                                       mode: isSnapshot ? "read-only" : hold.rawValue, readOnly: isSnapshot, size: volume.size)
-            attached[name.value] = Attachment(device: device, fuse: fuse, loop: loop, nbd: nbd, info: info)
+            info.deviceKind = kind.rawValue
+            attached[name.value] = Attachment(device: device, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
             log(String(format: "attach %@: %@ %@ (%@) in %.0f ms", name.value, info.device, info.uri, info.mode,
                        Date().timeIntervalSince(started) * 1000))
             return info
@@ -276,9 +303,11 @@ public final class NodeDaemon: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let a = attached[name.value] else { return }
+        // The kernel's NBD client first: it is a client of the server stopped next.
+        try a.kernelNBD?.disconnect(logFile: runtimeDir + "/nbd-client.log")
         try a.nbd.stop(gracePeriod: .seconds(10))
-        try a.loop.detach()
-        a.fuse.stop()
+        try a.loop?.detach()
+        a.fuse?.stop()
         try a.volume.close()
         attached[name.value] = nil
         try recordHolds(removing: name.value)
@@ -314,7 +343,8 @@ public final class NodeDaemon: @unchecked Sendable {
         } else {
             try a.volume.resize(to: size, allowShrink: false)
         }
-        try a.loop.refreshCapacity()
+        try a.loop?.refreshCapacity()
+        try a.kernelNBD?.refreshCapacity(size: a.volume.size)
         a.info.size = a.volume.size
         log("grow \(name.value) to \(size.bytes) bytes")
         return a.info

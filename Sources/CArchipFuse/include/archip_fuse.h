@@ -35,4 +35,8 @@ int archip_loop_detach(int minor);
 int archip_loop_set_capacity(int minor);
 /* The backing file of /dev/loopN, or -errno. */
 int archip_loop_backing_file(int minor, char *out, size_t outlen);
+
+/* A connected kernel NBD device (nbd-client without netlink): its new size
+   after a grow (NBD_SET_SIZE). Returns 0 or -errno. */
+int archip_nbd_set_size(const char *device, uint64_t bytes);
 #endif
