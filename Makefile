@@ -21,6 +21,9 @@ TMPDIR   ?= /tmp
 DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config e2fsprogs util-linux nginx-light qemu-utils \
                   ganeti curl iproute2
 
+# The data path's bench (fio, with its nbd engine) and attach --device=nbd (nbd-client).
+DEBIAN_PACKAGES += fio nbd-client
+
 .PHONY: all build release deps test unit-test crash-test ganeti-test soak demo bench install uninstall clean
 
 all: build
@@ -67,6 +70,7 @@ bench:
 	$(SWIFT) build -c release --product archip-extstorage
 	$(SWIFT) build -c release --product archip-bench
 	.build/release/archip-bench
+	scripts/bench-datapath.sh .build/release/archip
 
 install: release
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/archip

@@ -98,7 +98,7 @@ public struct KernelNBDDevice: Sendable, CustomStringConvertible {
             let r = try runClient(args, logFile: logFile)
             if r.status == 0, dev.waitConnected(size: size) { return dev }
             lastError = r.output.split(separator: "\n").last.map(String.init) ?? "nbd-client exited with status \(r.status)"
-            _ = try? runClient(["-d", dev.path], logFile: logFile)
+            _ = try? runClient(["-nonetlink", "-d", dev.path], logFile: logFile)
         }
         throw StoreError(.io, "cannot connect a kernel NBD device to \(socket)", cause: lastError)
     }
@@ -118,7 +118,7 @@ public struct KernelNBDDevice: Sendable, CustomStringConvertible {
     /// Disconnects (flushing through the NBD server first, as the kernel does
     /// on NBD_DISCONNECT). Idempotent.
     public func disconnect(logFile: String) throws {
-        let r = try KernelNBDDevice.runClient(["-d", path], logFile: logFile)
+        let r = try KernelNBDDevice.runClient(["-nonetlink", "-d", path], logFile: logFile)
         guard r.status == 0 || access("/sys/block/nbd\(index)/pid", F_OK) != 0 else {
             throw StoreError(.io, "disconnect \(path)", cause: r.output.split(separator: "\n").last.map(String.init) ?? "")
         }
