@@ -19,12 +19,12 @@ TMPDIR   ?= /tmp
 
 # Debian packages the build and the tests need.
 DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config e2fsprogs util-linux nginx-light qemu-utils \
-                  ganeti curl iproute2
+                  ganeti curl iproute2 libsqlite3-dev sqlite3
 
 # The data path's bench (fio, with its nbd engine) and attach --device=nbd (nbd-client).
 DEBIAN_PACKAGES += fio nbd-client
 
-.PHONY: all build release deps test unit-test crash-test ganeti-test soak demo bench install uninstall clean
+.PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test soak demo bench install uninstall clean
 
 all: build
 
@@ -34,13 +34,14 @@ build:
 release:
 	$(SWIFT) build -c release --product archip
 	$(SWIFT) build -c release --product archip-extstorage
+	$(SWIFT) build -c release --product snf-manage
 
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install $(DEBIAN_PACKAGES))"; exit 1; fi
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: unit-test crash-test ganeti-test
+test: unit-test crash-test ganeti-test cyclades-test
 
 unit-test:
 	$(SWIFT) test
@@ -57,6 +58,15 @@ ganeti-test:
 	else ip netns delete archip-probe-$$$$; \
 	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && \
 	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/ganeti/archipelago.sh; fi
+
+# snf-manage against a real single-node Ganeti cluster with the provider (root).
+cyclades-test:
+	@if [ "$$(id -u)" != 0 ]; then echo "SKIP cyclades-test: not root"; \
+	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP cyclades-test: ganeti is not installed (make deps)"; \
+	elif ! ip netns add archip-probe-$$$$ 2>/dev/null; then echo "SKIP cyclades-test: cannot create network namespaces here"; \
+	else ip netns delete archip-probe-$$$$; \
+	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && $(SWIFT) build --product snf-manage && \
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/cyclades.sh; fi
 
 soak:
 	$(SWIFT) build -c release --product archip-torture
@@ -76,6 +86,7 @@ install: release
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/archip
 	install -m 0755 .build/release/archip $(DESTDIR)$(BINDIR)/archip
 	install -m 0755 .build/release/archip-extstorage $(DESTDIR)$(BINDIR)/archip-extstorage
+	install -m 0755 .build/release/snf-manage $(DESTDIR)$(BINDIR)/snf-manage
 	scripts/install-extstorage.sh $(DESTDIR)$(ESDIR)/archipelago $(BINDIR) $(SYSCONFDIR)/archip/archip.conf
 	install -m 0644 docs/man/archip-extstorage.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8
 	install -m 0644 docs/man/archip.8 $(DESTDIR)$(MANDIR)/man8/archip.8
@@ -86,7 +97,7 @@ install: release
 
 uninstall:
 	rm -rf $(DESTDIR)$(ESDIR)/archipelago
-	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(BINDIR)/archip-extstorage $(DESTDIR)$(MANDIR)/man8/archip.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8 $(DESTDIR)$(UNITDIR)/archip-serve.service
+	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(BINDIR)/archip-extstorage $(DESTDIR)$(BINDIR)/snf-manage $(DESTDIR)$(MANDIR)/man8/archip.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8 $(DESTDIR)$(UNITDIR)/archip-serve.service
 
 clean:
 	$(SWIFT) package clean

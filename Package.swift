@@ -8,9 +8,12 @@ let package = Package(
         .library(name: "ArchipStore", targets: ["ArchipStore"]),
         .executable(name: "archip", targets: ["archip"]),
         .executable(name: "archip-extstorage", targets: ["archip-extstorage"]),
+        .executable(name: "snf-manage", targets: ["snf-manage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // The Cyclades registration layer's database (SQLite, migrations, WAL).
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // OpenSSL's libcrypto: SHA-256 for content addresses and map checksums.
@@ -63,6 +66,16 @@ let package = Package(
             name: "archip-extstorage",
             dependencies: ["ExtStorage", "ArchipStore"]
         ),
+        // The Cyclades registration layer: volumes, servers, quotas, Ganeti through RAPI.
+        .target(
+            name: "Cyclades",
+            dependencies: ["ArchipStore", "CCurl", "CCrypto", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        // The operators' commands of the registration layer.
+        .executableTarget(
+            name: "snf-manage",
+            dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "archip",
             dependencies: [
@@ -84,6 +97,10 @@ let package = Package(
         ),
         // Helpers shared by the test targets (running commands, prerequisites).
         .target(name: "ArchipTestSupport"),
+        .testTarget(
+            name: "CycladesTests",
+            dependencies: ["Cyclades", "ArchipStore"]
+        ),
         .testTarget(
             name: "ArchipStoreTests",
             dependencies: ["ArchipStore"]

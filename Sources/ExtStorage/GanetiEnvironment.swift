@@ -12,7 +12,7 @@ public struct GanetiEnvironment: Sendable {
 
     /// Parameters the provider declares in `parameters.list`, plus the two
     /// Ganeti adds to every call itself.
-    public static let declaredParameters = ["origin"]
+    public static let declaredParameters = ["origin", "origin_size"]
     public static let ganetiParameters = ["provider", "access"]
 
     /// `EXTP_ORIGIN=x` as `["origin": "x"]`.
@@ -23,6 +23,8 @@ public struct GanetiEnvironment: Sendable {
     }
 
     public var origin: String? { nonEmpty("EXTP_ORIGIN") }
+    /// Cyclades sends the origin's size in bytes with it (`origin_size`).
+    public var originSize: UInt64? { nonEmpty("EXTP_ORIGIN_SIZE").flatMap { UInt64($0) } }
 
     /// Unknown parameters are an error: Ganeti passes only what the operator
     /// set on the disk, so an unknown one is a typo that would be silently ignored.
@@ -32,6 +34,9 @@ public struct GanetiEnvironment: Sendable {
         if !unknown.isEmpty {
             let list = unknown.map { "EXTP_\($0.uppercased())" }.joined(separator: ", ")
             throw ExtStorageError(.badInput, "unknown parameter\(unknown.count > 1 ? "s" : "") \(list): this provider knows only \(Self.declaredParameters.joined(separator: ", ")) (see parameters.list)")
+        }
+        if let size = variables["EXTP_ORIGIN_SIZE"], !size.isEmpty, UInt64(size) == nil {
+            throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE '\(size)' is not a size in bytes")
         }
         if let access = variables["EXTP_ACCESS"], !["kernelspace", "userspace"].contains(access) {
             throw ExtStorageError(.badInput, "EXTP_ACCESS '\(access)' is neither kernelspace nor userspace")

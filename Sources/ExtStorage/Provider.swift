@@ -83,6 +83,9 @@ public struct Provider {
             try store.create(name, size: size, metadata: metadata)
             return
         }
+        if let originSize = env.originSize, originSize > size.bytes {
+            throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE \(originSize) bytes is larger than VOL_SIZE (\(size.bytes) bytes)")
+        }
         var request = FillRequest(target: name, source: try parseOrigin(origin))
         request.createSize = size
         request.metadata = metadata

@@ -91,6 +91,10 @@ struct GanetiNode {
         #expect(try a.ganeti("attach", ["--vol", vol, "--uuid", "u-1"]).device == dev)
         #expect(try a.provider.info(vol)?["lock"] == nil)
         #expect(try a.ganeti("open", ["--vol", vol, "--uuid", "u-1"]).ok)
+        // The remove script alone (Ganeti detaches first) refuses an attached volume.
+        let held = try a.provider.call("remove", ProviderRun.vars(vol))
+        expectProviderFailure(held, status: 1, mentioning: "attached on this node", "remove while attached")
+        #expect(try a.provider.info(vol) != nil)
         let p1 = pattern(1, 4 << 20)
         try write(p1, to: dev, atMiB: 0, scratch: scratch)
         // QEMU's view: the NBD URI after "kvm:".

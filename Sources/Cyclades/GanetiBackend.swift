@@ -1,0 +1,66 @@
+import Foundation
+
+/// One disk as Ganeti is asked to create it.
+public struct DiskSpec: Sendable, Equatable {
+    public var name: String              // snf-vol-N
+    public var sizeMiB: Int
+    public var provider: String?
+    public var origin: String?
+    public var originSize: Int64?        // bytes
+
+    public init(name: String, sizeMiB: Int, provider: String?, origin: String?, originSize: Int64?) {
+        self.name = name; self.sizeMiB = sizeMiB; self.provider = provider; self.origin = origin; self.originSize = originSize
+    }
+
+    /// RAPI's disk dict.
+    var json: [String: Any] {
+        var d: [String: Any] = ["name": name, "size": sizeMiB]
+        if let provider { d["provider"] = provider }
+        if let origin { d["origin"] = origin }
+        if let originSize { d["origin_size"] = originSize }
+        return d
+    }
+}
+
+public struct InstanceSpec: Sendable {
+    public var name: String
+    public var diskTemplate: String
+    public var disks: [DiskSpec]
+    public var os: String
+    public var node: String
+    public var hypervisor: String?
+    public var start: Bool
+    public var memoryMiB: Int
+    public var vcpus: Int
+}
+
+/// What Ganeti says about an instance's disks (matched to volumes by name).
+public struct InstanceDisks: Sendable, Equatable {
+    public struct Disk: Sendable, Equatable {
+        public var name: String?
+        public var sizeMiB: Int
+        public var uuid: String?
+        public var index: Int
+    }
+    public var instance: String
+    public var running: Bool
+    public var disks: [Disk]
+}
+
+public enum JobState: Sendable, Equatable {
+    case pending
+    case success
+    case failed(String)
+}
+
+/// The seam to a Ganeti cluster: RAPI in production, a recorded or scripted
+/// backend in unit tests. One job per change.
+public protocol GanetiBackend: Sendable {
+    func createInstance(_ spec: InstanceSpec) throws -> Int64
+    func addDisk(instance: String, _ disk: DiskSpec) throws -> Int64
+    func removeDisk(instance: String, name: String) throws -> Int64
+    func removeInstance(_ name: String) throws -> Int64
+    /// nil when Ganeti does not know the instance.
+    func instanceDisks(_ name: String) throws -> InstanceDisks?
+    func job(_ id: Int64) throws -> JobState
+}

@@ -1,0 +1,110 @@
+import ArchipServe
+import ArchipStore
+import ArgumentParser
+import Cyclades
+import Foundation
+import GRDB
+
+struct SnapshotCreate: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "snapshot-create", abstract: "Snapshot a volume in the store (O(1)); usable as snapshot:UUID.",
+        discussion: "The volume must not be held by a running server's node: snapshots of attached volumes go through that node's daemon (archip snapshot there).")
+    @OptionGroup var common: Common
+    @Option(help: "The archip store (default: $ARCHIP_STORE or [store] path).") var store: String?
+    @Option(name: .customLong("runtime-dir"), help: ArgumentHelp("This node's archip serve folder, for volumes attached here (default [node] runtime_dir or /run/archip).", valueName: "dir"))
+    var runtimeDir: String?
+    @Argument var volume: Int64
+    @Option var name: String
+    func run() throws {
+        let c = try common.open()
+        guard let st = try common.store(store) else { throw CycladesError(.badRequest, "no store: give --store, $ARCHIP_STORE or [store] path") }
+        let v = try c.db.read { db -> Volume in
+            guard let v = try Volume.fetchOne(db, key: volume), !v.deleted, v.status == .inUse else {
+                throw CycladesError(.badRequest, "volume \(volume) does not exist or is not IN_USE")
+            }
+            return v
+        }
+        guard let info = try st.list().first(where: { $0.metadata["ganeti.cname"] == v.diskName && $0.kind == "volume" }) else {
+            throw CycladesError(.badRequest, "no store volume records \(v.diskName)")
+        }
+        let count = try c.db.read { db in try Snapshot.filter(Column("volumeID") == volume).fetchCount(db) }
+        let storeName = "snf-snap-\(volume)-\(count + 1)"
+        let source = try VolumeName(info.name), target = try VolumeName(storeName)
+        do {
+            try st.snapshot(source, as: target)
+        } catch let e as StoreError where e.code == .locked {
+            // Held by a node: the snapshot must go through that node's daemon, so
+            // it holds every write the guest saw acknowledged.
+            let rt = try runtimeDir ?? common.conf()["node.runtime_dir"] ?? "/run/archip"
+            guard let client = ControlClient.connect(runtimeDir: rt),
+                  try client.call(ControlRequest(op: .list)).attachments?.contains(where: { $0.name == info.name }) == true else {
+                throw CycladesError(.conflict, "\(e.description); it is attached on another node: run this there (--runtime-dir of its archip serve)")
+            }
+            _ = try client.call(ControlRequest(op: .snapshot, name: info.name, snapshot: storeName))
+        }
+        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: volume, userid: v.userid, name: name, size: v.size,
+                            status: "AVAILABLE", storeName: storeName, created: Date())
+        try c.db.write { db in try snap.insert(db) }
+        print(snap.id)
+    }
+}
+
+struct SnapshotRegister: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "snapshot-register", abstract: "Record an existing store snapshot for a user.")
+    @OptionGroup var common: Common
+    @Argument var storeName: String
+    @Option var name: String
+    @Option var user: String
+    @Option(help: "Size in GB.") var size: Int
+    func run() throws {
+        let c = try common.open()
+        _ = try VolumeName(storeName)
+        let u = try c.findUser(user)
+        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: nil, userid: u.id, name: name, size: size,
+                            status: "AVAILABLE", storeName: storeName, created: Date())
+        try c.db.write { db in try snap.insert(db) }
+        print(snap.id)
+    }
+}
+
+struct SnapshotList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "snapshot-list", abstract: "List snapshots.")
+    @OptionGroup var common: Common
+    func run() throws {
+        let list = try common.open().db.read { db in try Snapshot.order(Column("created")).fetchAll(db) }
+        Rows(columns: ["id", "name", "user", "volume", "size", "status", "store_name"],
+             rows: list.map { [$0.id, $0.name, $0.userid, $0.volumeID.map(String.init) ?? "", "\($0.size)", $0.status, $0.storeName] }).print(common.output)
+    }
+}
+
+struct JobsProcess: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "jobs-process", abstract: "Settle the changes whose Ganeti jobs ended.")
+    @OptionGroup var common: Common
+    func run() throws {
+        for (job, state) in try common.open().processJobs() {
+            print("job \(job.jobID) (\(job.what)): \(state == .success ? "success" : "\(state)")")
+        }
+    }
+}
+
+struct ReconcileServers: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reconcile-servers",
+        abstract: "Compare the database with Ganeti and the store; report every difference, fix the safe ones.",
+        discussion: "Exit status 0 when nothing differs (or everything found was fixed), 1 otherwise.")
+    @OptionGroup var common: Common
+    @Option(help: "The archip store (default: $ARCHIP_STORE or [store] path; skipped if none).") var store: String?
+    @Flag(name: .customLong("fix-unsynced-disks"), help: "Fix disk differences (missing disks, sizes, indexes) and settle ended jobs.") var fixDisks = false
+    @Flag(name: .customLong("fix-all"), help: "Fix everything that is safe to fix.") var fixAll = false
+
+    func run() throws {
+        let c = try common.open()
+        let diffs = try c.reconcile(store: try common.store(store), fix: fixDisks || fixAll)
+        if common.output == .table {
+            if diffs.isEmpty { print("in sync: database, Ganeti\(try common.store(store) == nil ? "" : " and the store") agree") }
+            for d in diffs { print(d.description) }
+        } else {
+            Rows(columns: ["kind", "server", "volume", "detail", "fixed"],
+                 rows: diffs.map { [$0.kind.rawValue, $0.server.map(String.init) ?? "", $0.volume.map(String.init) ?? "", $0.detail, $0.fixed ?? ""] }).print(common.output)
+        }
+        if diffs.contains(where: { $0.fixed == nil }) { throw ExitCode(1) }
+    }
+}

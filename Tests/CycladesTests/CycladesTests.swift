@@ -1,0 +1,240 @@
+@testable import Cyclades
+import Foundation
+import GRDB
+import Testing
+
+@Suite struct RAPIParsing {
+    // Recorded from Ganeti 3.0.2's RAPI (GET /2/instances/NAME, GET /2/jobs/ID), trimmed.
+    let instance = #"""
+    {"admin_state": "up", "admin_state_source": "admin", "beparams": {}, "ctime": 1764110000.1, "disk.sizes": [1024, 2048],
+     "disk.spindles": [null, null], "disk.names": ["snf-vol-1", "snf-vol-2"], "disk.uuids": ["4c7b3a6e-1b1f-4d3e-9a9e-0d3f6e5c2b11", "9f2e1c3d-7a6b-4e5f-8c9d-0a1b2c3d4e5f"],
+     "disk_template": "ext", "name": "snf-1", "nic.bridges": [], "oper_state": true, "os": "noop", "pnode": "vm.ganeti.test", "status": "running"}
+    """#
+    let jobOK = #"{"id": "12", "status": "success", "opresult": [["snf-1"]], "opstatus": ["success"], "summary": ["INSTANCE_CREATE(snf-1)"]}"#
+    let jobError = #"""
+    {"id": "13", "status": "error", "opstatus": ["error"],
+     "opresult": [["OpPrereqError", ["Disk template 'ext' not allowed, allowed templates are: diskless", "wrong_input"]]]}
+    """#
+    let jobRunning = #"{"id": "14", "status": "running", "opresult": [null], "opstatus": ["running"]}"#
+
+    @Test func instanceDisksByName() throws {
+        let i = try RAPIClient.parseInstance(Data(instance.utf8))
+        #expect(i.instance == "snf-1" && i.running)
+        #expect(i.disks.map(\.name) == ["snf-vol-1", "snf-vol-2"])
+        #expect(i.disks.map(\.sizeMiB) == [1024, 2048])
+        #expect(i.disks[1].uuid == "9f2e1c3d-7a6b-4e5f-8c9d-0a1b2c3d4e5f" && i.disks[1].index == 1)
+    }
+
+    @Test func jobStates() throws {
+        #expect(try RAPIClient.parseJob(Data(jobOK.utf8)) == .success)
+        #expect(try RAPIClient.parseJob(Data(jobRunning.utf8)) == .pending)
+        guard case .failed(let m) = try RAPIClient.parseJob(Data(jobError.utf8)) else { Issue.record("not failed"); return }
+        #expect(m.contains("Disk template 'ext' not allowed"), "\(m)")
+        #expect(throws: CycladesError.self) { try RAPIClient.parseJob(Data("<html>".utf8)) }
+    }
+
+    @Test func jobIDs() throws {
+        let c = RAPIClient(baseURL: "https://x:5080/", transport: CurlTransport(username: "", password: "", caFile: nil, insecure: true))
+        #expect(try c.jobID(Data("123\n".utf8)) == 123)
+        #expect(try c.jobID(Data("\"77\"".utf8)) == 77)
+        #expect(throws: CycladesError.self) { try c.jobID(Data("{}".utf8)) }
+        #expect(c.baseURL == "https://x:5080")
+    }
+
+    @Test func diskNames() {
+        #expect(Volume.id(fromDiskName: "snf-vol-42") == 42)
+        #expect(Volume.id(fromDiskName: "snf-vol-x") == nil)
+        #expect(Volume.id(fromDiskName: "vol-1") == nil)
+        #expect(VolumeType(id: 1, name: "a", diskTemplate: "ext_archipelago", deleted: false).provider == "archipelago")
+        #expect(VolumeType(id: 1, name: "a", diskTemplate: "drbd", deleted: false).provider == nil)
+    }
+
+    @Test func volumeRequests() throws {
+        #expect(try VolumeRequest(parsing: "size=10,image=abc") == VolumeRequest(sizeGB: 10, source: "image:abc"))
+        #expect(try VolumeRequest(parsing: "size=3") == VolumeRequest(sizeGB: 3, source: nil))
+        for bad in ["size=x", "size", "size=1,image=a,snapshot=b", "colour=red"] {
+            #expect(throws: CycladesError.self, "\(bad)") { try VolumeRequest(parsing: bad) }
+        }
+    }
+}
+
+@Suite struct Rules {
+    @Test func refusedRequestsChangeNothing() throws {
+        let f = try Fixture(quota: 10 << 30)
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        let sid = s.id!
+        let bob = try r.createUser(name: "bob", diskLimit: 1 << 30).0
+        let big = try r.registerImage(name: "big", location: "file:/srv/big.raw", size: 3 << 30, owner: "system", isPublic: true, checksum: nil)
+        let before = try f.dump()
+        let cases: [(String, () throws -> Void, CycladesError.Kind)] = [
+            ("unknown server", { _ = try r.createVolume(server: 99, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil) }, .badRequest),
+            ("unknown user", { _ = try r.createVolume(server: sid, user: "mallory", sizeGB: 1, source: nil, volumeType: nil, name: nil) }, .itemNotFound),
+            ("another user's server", { _ = try r.createVolume(server: sid, user: bob.id, sizeGB: 1, source: nil, volumeType: nil, name: nil) }, .badRequest),
+            ("unknown type", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: nil, volumeType: "gold", name: nil) }, .badRequest),
+            ("other type", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: nil, volumeType: "drbd", name: nil) }, .badRequest),
+            ("size 0", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 0, source: nil, volumeType: nil, name: nil) }, .badRequest),
+            ("size -1", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: -1, source: nil, volumeType: nil, name: nil) }, .badRequest),
+            ("huge", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1 << 20, source: nil, volumeType: nil, name: nil) }, .badRequest),
+            ("volume source", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "volume:1", volumeType: nil, name: nil) }, .badRequest),
+            ("unknown kind", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "disk:1", volumeType: nil, name: nil) }, .badRequest),
+            ("missing image", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "image:nope", volumeType: nil, name: nil) }, .badRequest),
+            ("source larger", { _ = try r.createServer(name: "v", user: "alice", flavor: "small", image: nil, volumes: [.init(sizeGB: 2, source: "image:\(big.id)")]) }, .badRequest),
+            ("over quota", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 9, source: nil, volumeType: nil, name: nil) }, .overLimit),
+            ("root removal", { _ = try r.removeVolume(1) }, .badRequest),
+            ("blank root", { _ = try r.createServer(name: "v", user: "alice", flavor: "small", image: nil, volumes: [.init(sizeGB: 1, source: nil)]) }, .badRequest),
+            ("nine disks", { _ = try r.createServer(name: "v", user: "alice", flavor: "small", image: f.image.id, volumes: Array(repeating: .init(sizeGB: 1, source: nil), count: 9)) }, .badRequest),
+            ("source on a non-root drbd volume", { _ = try r.createServer(name: "v", user: "alice", flavor: "classic", image: f.image.id, volumes: [.init(sizeGB: 2, source: nil), .init(sizeGB: 2, source: "image:\(f.image.id)")]) }, .badRequest),
+        ]
+        for (what, call, kind) in cases {
+            do {
+                try call()
+                Issue.record("\(what): accepted")
+            } catch let e as CycladesError {
+                #expect(e.kind == kind, "\(what): \(e.kind) \(e.message)")
+                #expect(!e.message.contains("\n"))
+            }
+            #expect(try f.dump() == before, "\(what): the database changed")
+        }
+        #expect(f.ganeti.jobs.count == 1, "only the server create reached Ganeti")
+    }
+
+    @Test func aNinthDiskOnAServerIsRefused() throws {
+        let f = try Fixture()
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id,
+                                   volumes: [.init(sizeGB: 2, source: nil)] + Array(repeating: .init(sizeGB: 1, source: nil), count: 7))
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(throws: CycladesError.self) { _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil) }
+    }
+}
+
+@Suite struct StateMachine {
+    @Test func createSucceedsOrFailsByTheJobOnly() throws {
+        let f = try Fixture()
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
+        #expect(s.status == .build)
+        #expect(try f.usage() == (0, 2 << 30), "charged as pending when the job is sent")
+        try r.processJobs()
+        #expect(try r.db.read { try Server.fetchOne($0, key: s.id!)!.status } == .build, "nothing settles while the job runs")
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Server.fetchOne($0, key: s.id!)!.status } == .active)
+        #expect(try f.usage() == (2 << 30, 0))
+        let spec = f.ganeti.instances["snf-\(s.id!)"]!
+        #expect(spec.map(\.name) == ["snf-vol-1"])
+
+        let v = try r.createVolume(server: s.id!, user: "alice", sizeGB: 3, source: nil, volumeType: nil, name: "data")
+        f.ganeti.finishAll { _ in true }
+        try r.processJobs()
+        #expect(try r.db.read { try Volume.fetchOne($0, key: v.id!)!.status } == .error)
+        #expect(try f.usage() == (2 << 30, 0), "a failed job's charge is rejected")
+
+        let w = try r.createVolume(server: s.id!, user: "alice", sizeGB: 3, source: "image:\(f.image.id)", volumeType: nil, name: nil)
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Volume.fetchOne($0, key: w.id!)!.status } == .inUse)
+        #expect(try f.usage() == (5 << 30, 0))
+        let disk = try #require(f.ganeti.instances["snf-\(s.id!)"]?.last)
+        #expect(disk.name == "snf-vol-\(w.id!)" && disk.sizeMiB == 3072)
+
+        _ = try r.removeVolume(w.id!)
+        f.ganeti.finishAll { _ in true }
+        try r.processJobs()
+        #expect(try r.db.read { try Volume.fetchOne($0, key: w.id!)!.status } == .inUse, "Ganeti kept the disk")
+        #expect(try f.usage() == (5 << 30, 0))
+        _ = try r.removeVolume(w.id!)
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Volume.fetchOne($0, key: w.id!)!.deleted })
+        #expect(try f.usage() == (2 << 30, 0))
+
+        _ = try r.removeServer(s.id!)
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Server.fetchOne($0, key: s.id!)!.status } == .deleted)
+        #expect(try f.usage() == (0, 0))
+        #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+    }
+
+    @Test func aJobThatCannotBeSentIsRejectedAtOnce() throws {
+        let f = try Fixture()
+        f.ganeti.refuseNext = "RAPI: connection refused"
+        #expect(throws: CycladesError.self) { _ = try f.registry.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: []) }
+        #expect(try f.usage() == (0, 0))
+        #expect(try f.registry.db.read { try Server.fetchAll($0).map(\.status) } == [.error])
+    }
+}
+
+@Suite struct QuotaProperty {
+    /// Random operations with random job outcomes, a backend that sometimes
+    /// refuses submissions, and "crashes" (a charge committed, its job never
+    /// recorded): after settling and reconciling, each project holds exactly
+    /// the size of its live volumes, nothing is pending, and reconcile is clean.
+    @Test(arguments: [1, 2, 3])
+    func noLostOrDoubleCharge(seed: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(seed))
+        let f = try Fixture(quota: 40 << 30)
+        let r = f.registry
+        for _ in 0..<120 {
+            let servers = try r.db.read { try Server.filter(Column("deleted") == false).fetchAll($0) }
+            let op = Int.random(in: 0..<10, using: &rng)
+            if Int.random(in: 0..<12, using: &rng) == 0 { f.ganeti.refuseNext = "RAPI unreachable" }
+            do {
+                switch op {
+                case 0, 1:
+                    _ = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id,
+                                           volumes: Int.random(in: 0..<2, using: &rng) == 0 ? [] : [.init(sizeGB: 2, source: nil), .init(sizeGB: 1, source: nil)])
+                case 2, 3, 4:
+                    if let s = servers.randomElement(using: &rng) {
+                        _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: Int.random(in: 1...4, using: &rng), source: nil, volumeType: nil, name: nil)
+                    }
+                case 5, 6:
+                    let vols = try r.db.read { try Volume.filter(Column("deleted") == false && Column("index") > 0).fetchAll($0) }
+                    if let v = vols.randomElement(using: &rng) { _ = try r.removeVolume(v.id!) }
+                case 7:
+                    if let s = servers.randomElement(using: &rng) { _ = try r.removeServer(s.id!) }
+                case 8:
+                    // A crash between the charge and the job: the commission is recorded, the job never sent.
+                    if let s = servers.randomElement(using: &rng), s.status == .active, s.pendingAction == nil {
+                        try r.db.write { db in
+                            var v = Volume(id: nil, name: nil, description: nil, userid: f.user.id, project: f.user.defaultProject, size: 1,
+                                           volumeTypeID: 1, machineID: s.id, index: 99, source: nil, origin: nil, status: .creating,
+                                           deleteOnTermination: true, deleted: false, backendJobID: nil, created: Date(), updated: Date())
+                            try v.insert(db)
+                            _ = try r.charge(db, project: f.user.defaultProject, delta: v.sizeBytes, serverID: s.id, volumeIDs: [v.id!])
+                        }
+                    }
+                default:
+                    f.ganeti.finishAll { _ in Int.random(in: 0..<4, using: &rng) == 0 }
+                    try r.processJobs()
+                }
+            } catch is CycladesError {
+                // refused (busy server, quota, unreachable backend): nothing may change
+            }
+        }
+        f.ganeti.finishAll { _ in Int.random(in: 0..<4, using: &rng) == 0 }
+        _ = try r.reconcile(store: nil, fix: true)
+        let (usage, pending) = try f.usage()
+        let held = try r.db.read { db in
+            try Int64.fetchOne(db, sql: "SELECT COALESCE(SUM(size), 0) FROM volumes WHERE deleted = 0 AND status = 'IN_USE'")! << 30
+        }
+        #expect(pending == 0)
+        #expect(usage == held, "usage \(usage) vs live volumes \(held)")
+        let again = try r.reconcile(store: nil, fix: false)
+        #expect(again.isEmpty, "\(again)")
+    }
+}
+
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 | 1 }
+    mutating func next() -> UInt64 {
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        return state
+    }
+}
