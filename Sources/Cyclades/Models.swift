@@ -168,6 +168,10 @@ public struct VolumeMetadata: Codable, Sendable, Equatable, FetchableRecord, Per
     public var volumeID: Int64
     public var key: String
     public var value: String
+
+    public init(volumeID: Int64, key: String, value: String) {
+        self.volumeID = volumeID; self.key = key; self.value = value
+    }
 }
 
 /// A snapshot of a volume: a real table (Cyclades 0.16 kept them in Pithos only).

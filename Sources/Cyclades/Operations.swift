@@ -145,9 +145,13 @@ extension Registry {
 
     // MARK: volumes
 
+    /// Cyclades keeps at most this many metadata keys per volume.
+    public static let maxMetadata = 10
+
     public func createVolume(server serverID: Int64, user userRef: String, sizeGB: Int, source: String?, volumeType: String?,
-                             name: String?, description: String? = nil) throws -> Volume {
+                             name: String?, description: String? = nil, metadata: [String: String] = [:]) throws -> Volume {
         let user = try findUser(userRef)
+        try Self.checkMetadata(metadata)
         let (volume, spec, server, backend) = try db.write { db -> (Volume, DiskSpec, Server, Backend) in
             let s = try ownedServer(db, serverID, user.id)
             try checkServerAcceptsChanges(s)
@@ -177,6 +181,7 @@ extension Registry {
                            volumeTypeID: type.id!, machineID: serverID, index: index, source: src?.source, origin: src?.origin,
                            status: .creating, deleteOnTermination: true, deleted: false, backendJobID: nil, created: t, updated: t)
             try v.insert(db)
+            for (k, val) in metadata { try VolumeMetadata(volumeID: v.id!, key: k, value: val).insert(db) }
             _ = try charge(db, project: s.project, delta: v.sizeBytes, serverID: serverID, volumeIDs: [v.id!])
             return (v, diskSpec(v, type: type, source: src), s, try backendOf(db, s))
         }
@@ -209,6 +214,32 @@ extension Registry {
             try backendClient(backend).removeDisk(instance: server.instanceName, name: volume.diskName)
         }
         return try db.read { db in try Volume.fetchOne(db, key: id)! }
+    }
+
+    static func checkMetadata(_ m: [String: String]) throws {
+        guard m.count <= maxMetadata else { throw CycladesError(.badRequest, "at most \(maxMetadata) metadata keys per volume; \(m.count) given") }
+        for (k, v) in m {
+            guard !k.isEmpty, k.count <= 64 else { throw CycladesError(.badRequest, "metadata key '\(k)' must be 1 to 64 characters") }
+            guard v.count <= 255 else { throw CycladesError(.badRequest, "metadata value of '\(k)' is longer than 255 characters") }
+        }
+    }
+
+    /// Sets (merges, or replaces) a volume's metadata, at most 10 keys in all.
+    public func setMetadata(volume id: Int64, _ m: [String: String], replace: Bool) throws {
+        try db.write { db in
+            guard let v = try Volume.fetchOne(db, key: id), !v.deleted else { throw CycladesError.notFound("volume", id) }
+            var all = replace ? [:] : Dictionary(uniqueKeysWithValues: try VolumeMetadata.filter(Column("volumeID") == id).fetchAll(db).map { ($0.key, $0.value) })
+            all.merge(m) { $1 }
+            try Self.checkMetadata(all)
+            try VolumeMetadata.filter(Column("volumeID") == id).deleteAll(db)
+            for (k, val) in all { try VolumeMetadata(volumeID: id, key: k, value: val).insert(db) }
+        }
+    }
+
+    public func metadata(volume id: Int64) throws -> [String: String] {
+        try db.read { db in
+            Dictionary(uniqueKeysWithValues: try VolumeMetadata.filter(Column("volumeID") == id).fetchAll(db).map { ($0.key, $0.value) })
+        }
     }
 
     // MARK: sending jobs

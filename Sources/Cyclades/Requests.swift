@@ -16,7 +16,7 @@ public struct VolumeRequest: Sendable, Equatable {
         var size: Int? = nil, source: String? = nil, name: String? = nil
         for part in text.split(separator: ",") {
             let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
-            guard kv.count == 2, !kv[1].isEmpty else { throw CycladesError(.badRequest, "volume '\(text)': expected key=value pairs (size=N, image=ID, snapshot=ID, name=NAME)") }
+            guard kv.count == 2, !kv[1].isEmpty else { throw CycladesError(.badRequest, "volume '\(text)': expected key=value pairs (size=N, image=ID, snapshot=ID, source=KIND:ID, name=NAME)") }
             switch kv[0] {
             case "size":
                 guard let n = Int(kv[1]) else { throw CycladesError(.badRequest, "volume '\(text)': size '\(kv[1])' is not a whole number of GB") }
@@ -24,8 +24,11 @@ public struct VolumeRequest: Sendable, Equatable {
             case "image", "snapshot":
                 guard source == nil else { throw CycladesError(.badRequest, "volume '\(text)': give one source") }
                 source = "\(kv[0]):\(kv[1])"
+            case "source":
+                guard source == nil else { throw CycladesError(.badRequest, "volume '\(text)': give one source") }
+                source = kv[1]   // image:UUID or snapshot:UUID, checked when resolved
             case "name": name = kv[1]
-            default: throw CycladesError(.badRequest, "volume '\(text)': unknown key '\(kv[0])' (size, image, snapshot, name)")
+            default: throw CycladesError(.badRequest, "volume '\(text)': unknown key '\(kv[0])' (size, image, snapshot, source, name)")
             }
         }
         self.init(sizeGB: size, source: source, name: name)

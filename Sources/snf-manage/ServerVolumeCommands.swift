@@ -111,10 +111,17 @@ struct VolumeCreate: ParsableCommand {
     @Option var name: String?
     @Option var description: String?
     @Option(help: "User name or id.") var user: String
+    @Option(name: .customLong("metadata"), help: ArgumentHelp("KEY=VALUE (repeatable, at most 10).", valueName: "pair")) var metadata: [String] = []
     @Flag(help: "Wait for Ganeti's job.") var wait = false
     func run() throws {
         let c = try common.open()
-        let v = try c.createVolume(server: server, user: user, sizeGB: size, source: source, volumeType: volumeType, name: name, description: description)
+        var meta: [String: String] = [:]
+        for p in metadata {
+            guard let eq = p.firstIndex(of: "="), eq != p.startIndex else { throw CycladesError(.badRequest, "metadata '\(p)' is not KEY=VALUE") }
+            meta[String(p[..<eq])] = String(p[p.index(after: eq)...])
+        }
+        let v = try c.createVolume(server: server, user: user, sizeGB: size, source: source, volumeType: volumeType, name: name,
+                                   description: description, metadata: meta)
         if wait { try waitFor(c, job: v.backendJobID, what: "volume \(v.id!)") }
         let now = try c.db.read { db in try Volume.fetchOne(db, key: v.id!)! }
         print("volume \(now.id!) (\(now.diskName)): \(now.status.rawValue), job \(now.backendJobID.map(String.init) ?? "-")")
@@ -194,6 +201,7 @@ func showVolume(_ common: Common, _ id: Int64, inspect: Bool, store storePath: S
         ("origin", v.origin ?? ""), ("delete_on_termination", "\(v.deleteOnTermination)"), ("deleted", "\(v.deleted)"),
         ("backendjobid", v.backendJobID.map(String.init) ?? ""),
     ]
+    for (k, val) in try c.metadata(volume: id).sorted(by: { $0.key < $1.key }) { fields.append(("metadata." + k, val)) }
     if inspect {
         if let s, let b, let d = try? RAPIClient(backend: b).instanceDisks(s.instanceName), let disk = d.disks.first(where: { $0.name == v.diskName }) {
             fields += [("ganeti.name", disk.name ?? ""), ("ganeti.index", "\(disk.index)"), ("ganeti.size_mib", "\(disk.sizeMiB)"), ("ganeti.uuid", disk.uuid ?? "")]

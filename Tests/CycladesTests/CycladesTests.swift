@@ -52,6 +52,7 @@ import Testing
     @Test func volumeRequests() throws {
         #expect(try VolumeRequest(parsing: "size=10,image=abc") == VolumeRequest(sizeGB: 10, source: "image:abc"))
         #expect(try VolumeRequest(parsing: "size=3") == VolumeRequest(sizeGB: 3, source: nil))
+        #expect(try VolumeRequest(parsing: "size=3,source=snapshot:s1") == VolumeRequest(sizeGB: 3, source: "snapshot:s1"))
         for bad in ["size=x", "size", "size=1,image=a,snapshot=b", "colour=red"] {
             #expect(throws: CycladesError.self, "\(bad)") { try VolumeRequest(parsing: bad) }
         }
@@ -109,6 +110,27 @@ import Testing
         f.ganeti.finishAll()
         try r.processJobs()
         #expect(throws: CycladesError.self) { _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil) }
+    }
+}
+
+@Suite struct Metadata {
+    @Test func atMostTenKeys() throws {
+        let f = try Fixture()
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        let eleven = Dictionary(uniqueKeysWithValues: (0..<11).map { ("k\($0)", "v") })
+        let before = try f.dump()
+        #expect(throws: CycladesError.self) { _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil, metadata: eleven) }
+        #expect(try f.dump() == before)
+        let v = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil,
+                                   metadata: Dictionary(uniqueKeysWithValues: (0..<9).map { ("k\($0)", "v") }))
+        try r.setMetadata(volume: v.id!, ["extra": "x"], replace: false)
+        #expect(try r.metadata(volume: v.id!).count == 10)
+        #expect(throws: CycladesError.self) { try r.setMetadata(volume: v.id!, ["one-more": "x"], replace: false) }
+        try r.setMetadata(volume: v.id!, ["only": "this"], replace: true)
+        #expect(try r.metadata(volume: v.id!) == ["only": "this"])
     }
 }
 

@@ -128,6 +128,17 @@ ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root SNF_FAULT=befo
 check "snf-manage killed between charge and job: reconcile reports a stuck commission" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' | grep -q stuck-commission"
 run "reconcile-servers --fix-all rejects the charge" snf reconcile-servers --fix-all
 check "quota still 1 GiB, nothing pending" usage_is 1073741824 0
+# A real kill -9 of snf-manage after Ganeti got the job and before it ended.
+ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root "$BIN/snf-manage" volume-create --server "$SID" --size 1 --user alice --db "$DB" --wait >/dev/null 2>&1 &
+KP=$!
+for _ in $(seq 1 100); do [[ -n $(sqlite3 "$DB" "SELECT backendJobID FROM volumes WHERE status = 'CREATING' AND backendJobID IS NOT NULL" 2>/dev/null) ]] && break; sleep 0.05; done
+kill -9 $KP 2>/dev/null; wait $KP 2>/dev/null
+check "snf-manage was killed with its job sent and not settled" bash -c "[[ -n \$(sqlite3 '$DB' \"SELECT id FROM volumes WHERE status = 'CREATING' AND backendJobID IS NOT NULL\") ]]"
+sleep 3
+check "reconcile reports the ended job of the killed snf-manage" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' | grep -q job-ended"
+run "reconcile-servers --fix-all settles it" snf reconcile-servers --fix-all --store "$STORE"
+run "reconcile-servers is clean" clean
+check "the volume of the killed run is IN_USE and charged" usage_is 2147483648 0
 run "volume-create without --wait (left unsettled)" snf volume-create --server "$SID" --size 1 --user alice
 sleep 3
 check "reconcile reports the ended job" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' | grep -q job-ended"
