@@ -46,6 +46,18 @@ let package = Package(
             dependencies: ["CCrypto", "CArchipSys"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
+        // librados (Ceph), for the rados backend. Debian's librados-dev has no .pc file.
+        .systemLibrary(
+            name: "CRados",
+            path: "Sources/CRados",
+            providers: [.apt(["librados-dev"])]
+        ),
+        // The rados backend (RadosObjectStore) and StoreOpener, which opens a store
+        // from a location of either backend; ArchipStore itself does not link librados.
+        .target(
+            name: "ArchipRados",
+            dependencies: ["ArchipStore", "CRados"]
+        ),
         // The data filler: sources (file, HTTP(S), Pithos, snapshot) -> verified, parallel copy.
         .target(
             name: "ArchipFill",
@@ -64,7 +76,7 @@ let package = Package(
         // The provider binary every script of extstorage/archipelago runs.
         .executableTarget(
             name: "archip-extstorage",
-            dependencies: ["ExtStorage", "ArchipStore"]
+            dependencies: ["ExtStorage", "ArchipStore", "ArchipRados"]
         ),
         // The Cyclades registration layer: volumes, servers, quotas, Ganeti through RAPI.
         .target(
@@ -80,6 +92,7 @@ let package = Package(
             name: "archip",
             dependencies: [
                 "ArchipStore",
+                "ArchipRados",
                 "ArchipFill",
                 "ArchipServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -88,7 +101,7 @@ let package = Package(
         // Test-only workload driver for the crash test (killed with SIGKILL on purpose).
         .executableTarget(
             name: "archip-torture",
-            dependencies: ["ArchipStore"]
+            dependencies: ["ArchipStore", "ArchipRados"]
         ),
         // make bench: ratios against baselines measured in the same run.
         .executableTarget(
@@ -103,7 +116,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ArchipStoreTests",
-            dependencies: ["ArchipStore"]
+            dependencies: ["ArchipStore", "ArchipRados"]
         ),
         .testTarget(
             name: "ArchipFillTests",

@@ -30,13 +30,15 @@ public struct ProviderConfig: Sendable {
 
     public init(_ conf: [String: String], path: String) throws {
         self.path = path
-        if let backend = conf["store.backend"], backend != "dir" {
-            throw ExtStorageError(.failed, "\(path): store backend '\(backend)' is not supported by this build (only 'dir')")
+        let location: String?
+        do { location = try StoreLocation.fromConfig(conf, file: path) } catch let e as StoreError {
+            throw ExtStorageError(.failed, e.description)
         }
-        guard let store = conf["store.path"], !store.isEmpty else {
+        guard let location else {
             throw ExtStorageError(.failed, "\(path): no 'path' in the [store] section")
         }
-        storePath = store
+        // A folder, or rados://POOL?conf=...&id=... for backend = rados.
+        storePath = location
         node = conf["node.name"].flatMap { $0.isEmpty ? nil : $0 } ?? ProcessInfo.processInfo.hostName
         runtimeDir = conf["node.runtime_dir"] ?? "/run/archip"
         serveExecutable = conf["node.archip"] ?? DaemonPaths.defaultServeExecutable

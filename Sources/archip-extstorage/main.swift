@@ -1,3 +1,4 @@
+import ArchipRados
 import ArchipStore
 import ExtStorage
 import Foundation
@@ -44,7 +45,7 @@ do {
     if config.syslog { log = CallLog(syslog: true) }
     let callLog = log
     let provider = Provider(env: env, config: config, node: DaemonAttachments(config: config),
-                            openStore: { try VolumeStore.existingDirectory(config.storePath, node: config.node) },
+                            openStore: { try StoreOpener.open(config.storePath, node: config.node, mustExist: true) },
                             note: { callLog.note($0) })
     let lines = try provider.run(action)
     if !lines.isEmpty {

@@ -1,3 +1,4 @@
+import ArchipRados
 import ArchipStore
 import Foundation
 
@@ -130,7 +131,7 @@ struct Worker {
     }
 
     func run() throws {
-        let store = try VolumeStore.directory(opts.store, node: "torture-node")
+        let store = try StoreOpener.open(opts.store, node: "torture-node")
         guard let fh = FileHandle(forWritingAtPath: opts.journal) else { throw TortureError("cannot open journal") }
         fh.seekToEndOfFile()
         let v = try store.open(Plan.volume, mode: .exclusive)
@@ -181,10 +182,16 @@ struct Harness {
     }
 
     func run() throws {
-        try? FileManager.default.removeItem(atPath: opts.store)
-        let store = try VolumeStore.directory(opts.store, node: "torture-check")
+        if RadosLocation.isRados(opts.store) {
+            // A pool or namespace of its own: start from nothing.
+            try RadosObjectStore(try RadosLocation.parse(opts.store)).removeAll(prefix: "")
+        } else {
+            try? FileManager.default.removeItem(atPath: opts.store)
+        }
+        let store = try StoreOpener.open(opts.store, node: "torture-check")
         try store.create(Plan.volume, size: ByteCount(Plan.volumeSize), blockSize: Plan.blockSize)
-        let journalPath = opts.store + ".journal"
+        let journalPath = RadosLocation.isRados(opts.store)
+            ? NSTemporaryDirectory() + "/archip-torture-\(getpid()).journal" : opts.store + ".journal"
         guard FileManager.default.createFile(atPath: journalPath, contents: nil) else { throw TortureError("cannot create \(journalPath)") }
         var history = History(writes: Array(repeating: [], count: Plan.slots))
         var snapshotDigests: [String: ContentHash] = [:]
@@ -232,7 +239,7 @@ struct Harness {
             nextGen = history.started + 1
 
             do {
-                let checker = try VolumeStore.directory(opts.store, node: "torture-check")
+                let checker = try StoreOpener.open(opts.store, node: "torture-check")
                 try check(checker, history: history, snapshotDigests: &snapshotDigests, iteration: iteration)
                 // The operator's command for a holder that is gone.
                 try checker.unlock(Plan.volume, owner: LockOwner(node: "torture-check", token: ""), force: true)

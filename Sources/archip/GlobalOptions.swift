@@ -1,9 +1,10 @@
+import ArchipRados
 import ArchipStore
 import ArgumentParser
 import Foundation
 
 struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The store folder.", valueName: "dir"))
+    @Option(name: .long, help: ArgumentHelp("The store: a folder, or rados://POOL?conf=FILE&id=NAME.", valueName: "store"))
     var store: String?
 
     @Option(name: .long, help: ArgumentHelp("This node's name in locks (default: the host name).", valueName: "name"))
@@ -39,14 +40,17 @@ struct GlobalOptions: ParsableArguments {
         let env = ProcessInfo.processInfo.environment
         let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
         let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
-        if let backend = conf["store.backend"], backend != "dir", store == nil, env["ARCHIP_STORE"] == nil {
-            throw CLIError(message: "\(configPath): store backend '\(backend)' is not supported by this build (only 'dir')", status: 2)
+        var configured: String?
+        if store == nil, env["ARCHIP_STORE"] == nil {
+            do { configured = try StoreLocation.fromConfig(conf, file: configPath) } catch let e as StoreError {
+                throw CLIError(message: e.description, status: 2)
+            }
         }
-        guard let path = store ?? env["ARCHIP_STORE"] ?? conf["store.path"] else {
-            throw CLIError(message: "no store given: use --store DIR, set ARCHIP_STORE, or set 'path' in the [store] section of \(configPath)", status: 2)
+        guard let location = store ?? env["ARCHIP_STORE"] ?? configured else {
+            throw CLIError(message: "no store given: use --store DIR (or rados://POOL?conf=FILE&id=NAME), set ARCHIP_STORE, or set 'path' (or backend = rados and 'pool') in the [store] section of \(configPath)", status: 2)
         }
         let nodeName = node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
-        return try VolumeStore.directory(path, node: nodeName)
+        return try StoreOpener.open(location, node: nodeName)
     }
 }
 

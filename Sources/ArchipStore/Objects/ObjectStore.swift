@@ -38,6 +38,7 @@ public struct ObjectName: Hashable, Sendable, CustomStringConvertible {
 public struct ObjectInfo: Sendable {
     public var size: UInt64
     public var modified: Date
+    public init(size: UInt64, modified: Date) { self.size = size; self.modified = modified }
 }
 
 public enum LockMode: String, Codable, Sendable {
@@ -82,6 +83,7 @@ public struct LockOwner: Codable, Hashable, Sendable, CustomStringConvertible {
 public struct LockState: Codable, Sendable {
     public var mode: LockMode
     public var holders: [LockOwner]
+    public init(mode: LockMode, holders: [LockOwner]) { self.mode = mode; self.holders = holders }
 }
 
 /// The seam under the volume store: a flat namespace of named byte objects.
@@ -171,7 +173,7 @@ extension ObjectStore {
     public func exists(_ name: ObjectName) throws -> Bool { try stat(name) != nil }
 
     /// Lock decisions shared by every backend: who may join whom.
-    static func decideLock(_ state: LockState?, owner: LockOwner, mode: LockMode, name: ObjectName) throws -> LockState {
+    public static func decideLock(_ state: LockState?, owner: LockOwner, mode: LockMode, name: ObjectName) throws -> LockState {
         guard var state else { return LockState(mode: mode, holders: [owner]) }
         if state.holders.isEmpty { return LockState(mode: mode, holders: [owner]) }
         if let i = state.holders.firstIndex(of: owner) {
@@ -189,7 +191,7 @@ extension ObjectStore {
         throw StoreError(.locked, "\(name.lastComponent) is locked (\(state.mode.rawValue)) by \(holders); if that holder is gone, break it with 'archip unlock --force \(name.lastComponent)'")
     }
 
-    static func releasing(_ state: LockState?, owner: LockOwner, force: Bool, name: ObjectName) throws -> (LockState?, Bool) {
+    public static func releasing(_ state: LockState?, owner: LockOwner, force: Bool, name: ObjectName) throws -> (LockState?, Bool) {
         guard var state, !state.holders.isEmpty else { return (nil, false) }
         if force { return (nil, true) }
         let before = state.holders.count

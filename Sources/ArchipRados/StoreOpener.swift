@@ -1,0 +1,21 @@
+import ArchipStore
+import Foundation
+
+/// Opens a volume store from a location string, whatever the backend: a
+/// folder (`dir`) or `rados://POOL?conf=...&id=...` (`rados`). The executables
+/// open stores only through here, so the backend is chosen by configuration alone.
+public enum StoreOpener {
+    /// `mustExist`: refuse a location that is not a store yet (the provider
+    /// and the node daemon) instead of initialising it.
+    public static func open(_ location: String, node: String, mustExist: Bool = false) throws -> VolumeStore {
+        guard RadosLocation.isRados(location) else {
+            return mustExist ? try VolumeStore.existingDirectory(location, node: node)
+                             : try VolumeStore.directory(location, node: node)
+        }
+        let objects = try RadosObjectStore(try RadosLocation.parse(location))
+        if mustExist, try objects.stat(ObjectName("archip-store")) == nil {
+            throw StoreError(.notFound, "\(location) is not an archip store (no archip-store object; the first 'archip' command on an empty pool or namespace makes one)")
+        }
+        return try VolumeStore(objects: objects, node: node)
+    }
+}
