@@ -9,11 +9,14 @@ let package = Package(
         .executable(name: "archip", targets: ["archip"]),
         .executable(name: "archip-extstorage", targets: ["archip-extstorage"]),
         .executable(name: "snf-manage", targets: ["snf-manage"]),
+        .executable(name: "cyclades-api", targets: ["cyclades-api"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // The Cyclades registration layer's database (SQLite, migrations, WAL).
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        // cyclades-api: the Cinder-compatible volume API and compute extensions (HTTP).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // OpenSSL's libcrypto: SHA-256 for content addresses and map checksums.
@@ -88,6 +91,17 @@ let package = Package(
             name: "snf-manage",
             dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // The Cinder-compatible volume API and compute extensions on the registration layer.
+        .target(
+            name: "CycladesAPI",
+            dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"),
+                           .product(name: "Hummingbird", package: "hummingbird")]
+        ),
+        .executableTarget(
+            name: "cyclades-api",
+            dependencies: ["CycladesAPI", "Cyclades", "ArchipStore", .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "archip",
             dependencies: [
@@ -113,6 +127,11 @@ let package = Package(
         .testTarget(
             name: "CycladesTests",
             dependencies: ["Cyclades", "ArchipStore"]
+        ),
+        .testTarget(
+            name: "CycladesAPITests",
+            dependencies: ["CycladesAPI", "Cyclades", .product(name: "GRDB", package: "GRDB.swift"),
+                           .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         .testTarget(
             name: "ArchipStoreTests",

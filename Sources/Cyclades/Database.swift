@@ -151,6 +151,10 @@ public final class CycladesDatabase: Sendable {
                 t.column("resolved", .datetime)
             }
         }
+        // cyclades-api (issue 8): a grow in flight (os-extend) records the size it asked Ganeti for.
+        m.registerMigration("v2") { db in
+            try db.alter(table: "volumes") { t in t.add(column: "pendingSize", .integer) }
+        }
         return m
     }
 }

@@ -41,10 +41,18 @@ public struct InstanceDisks: Sendable, Equatable {
         public var sizeMiB: Int
         public var uuid: String?
         public var index: Int
+
+        public init(name: String?, sizeMiB: Int, uuid: String?, index: Int) {
+            self.name = name; self.sizeMiB = sizeMiB; self.uuid = uuid; self.index = index
+        }
     }
     public var instance: String
     public var running: Bool
     public var disks: [Disk]
+
+    public init(instance: String, running: Bool, disks: [Disk]) {
+        self.instance = instance; self.running = running; self.disks = disks
+    }
 }
 
 public enum JobState: Sendable, Equatable {
@@ -63,4 +71,12 @@ public protocol GanetiBackend: Sendable {
     /// nil when Ganeti does not know the instance.
     func instanceDisks(_ name: String) throws -> InstanceDisks?
     func job(_ id: Int64) throws -> JobState
+    /// Grows disk `index` of an instance by `amountMiB` (one job).
+    func growDisk(instance: String, index: Int, amountMiB: Int) throws -> Int64
+}
+
+extension GanetiBackend {
+    public func growDisk(instance: String, index: Int, amountMiB: Int) throws -> Int64 {
+        throw CycladesError(.notImplemented, "this Ganeti backend cannot grow disks")
+    }
 }

@@ -128,6 +128,8 @@ public struct Server: Codable, Sendable, Equatable, FetchableRecord, MutablePers
 public enum VolumeStatus: String, Codable, Sendable, DatabaseValueConvertible {
     case creating = "CREATING", available = "AVAILABLE", inUse = "IN_USE", deleting = "DELETING"
     case deleted = "DELETED", error = "ERROR", errorDeleting = "ERROR_DELETING"
+    /// A grow (os-extend) is in flight; `pendingSize` is the size asked for.
+    case extending = "EXTENDING"
 }
 
 public struct Volume: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
@@ -151,6 +153,8 @@ public struct Volume: Codable, Sendable, Equatable, FetchableRecord, MutablePers
     public var backendJobID: Int64?
     public var created: Date
     public var updated: Date
+    /// GB asked of Ganeti by a grow in flight (status EXTENDING); nil otherwise.
+    public var pendingSize: Int? = nil
 
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 

@@ -244,7 +244,7 @@ extension Registry {
 
     // MARK: sending jobs
 
-    enum Change { case serverCreate, serverRemove, volumeCreate, volumeRemove }
+    enum Change { case serverCreate, serverRemove, volumeCreate, volumeRemove, volumeExtend }
 
     /// Sends one job; records its id on the server or volumes and on their
     /// pending commission. If sending fails, the change is settled as failed
@@ -296,7 +296,7 @@ extension Registry {
     /// pending commission must map to exactly one job.
     func checkNoJobInFlight(_ db: GRDB.Database, _ s: Server) throws {
         if let busy = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false
-                                        && [VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue].contains(Column("status"))
+                                        && [VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue, VolumeStatus.extending.rawValue].contains(Column("status"))
                                         && Column("backendJobID") != nil).fetchOne(db), s.status != .build {
             throw CycladesError(.conflict, "server \(s.id!) has a job in progress (volume \(busy.id!) is \(busy.status.rawValue)); wait for it")
         }

@@ -40,6 +40,11 @@ public final class RAPIClient: GanetiBackend, @unchecked Sendable {
                            ["disks": [["remove", name, [String: Any]()]], "hotplug_if_possible": true]))
     }
 
+    /// OP_INSTANCE_GROW_DISK: POST /2/instances/NAME/disk/INDEX/grow.
+    public func growDisk(instance: String, index: Int, amountMiB: Int) throws -> Int64 {
+        try jobID(try call("POST", "/2/instances/\(instance)/disk/\(index)/grow", ["amount": amountMiB, "wait_for_sync": false]))
+    }
+
     public func removeInstance(_ name: String) throws -> Int64 {
         try jobID(try call("DELETE", "/2/instances/\(name)", nil))
     }

@@ -36,6 +36,16 @@ extension Registry {
             }
             try s.update(db)
             try resolveCommissions(db, where: Column("serverID") == sid && (jobID.map { Column("backendJobID") == $0 } ?? (Column("backendJobID") == nil)), accept: ok)
+        case .volumeExtend:
+            for vid in volumeIDs {
+                guard var v = try Volume.fetchOne(db, key: vid), v.status == .extending else { continue }
+                if ok, let size = v.pendingSize { v.size = size }
+                v.status = .inUse
+                v.pendingSize = nil
+                v.updated = t
+                try v.update(db)
+                try resolveCommissions(db, where: Column("volumeIDs") == String(vid) && (jobID.map { Column("backendJobID") == $0 } ?? (Column("backendJobID") == nil)), accept: ok)
+            }
         case .volumeCreate, .volumeRemove:
             for vid in volumeIDs {
                 guard var v = try Volume.fetchOne(db, key: vid) else { continue }
@@ -67,6 +77,7 @@ extension Registry {
             case .serverRemove: return "remove server \(serverID ?? 0)"
             case .volumeCreate: return "create volume \(volumeIDs.map(String.init).joined(separator: ","))"
             case .volumeRemove: return "remove volume \(volumeIDs.map(String.init).joined(separator: ","))"
+            case .volumeExtend: return "grow volume \(volumeIDs.map(String.init).joined(separator: ","))"
             }
         }
     }
@@ -78,11 +89,11 @@ extension Registry {
                 out.append((PendingJob(jobID: s.backendJobID!, serverID: s.id, volumeIDs: [],
                                        change: s.pendingAction == "remove" ? .serverRemove : .serverCreate), try backendOf(db, s)))
             }
-            for v in try Volume.filter([VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue].contains(Column("status"))
+            for v in try Volume.filter([VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue, VolumeStatus.extending.rawValue].contains(Column("status"))
                                        && Column("backendJobID") != nil).fetchAll(db) {
                 guard let sid = v.machineID, let s = try Server.fetchOne(db, key: sid), s.pendingAction == nil else { continue }
                 out.append((PendingJob(jobID: v.backendJobID!, serverID: sid, volumeIDs: [v.id!],
-                                       change: v.status == .creating ? .volumeCreate : .volumeRemove), try backendOf(db, s)))
+                                       change: v.status == .creating ? .volumeCreate : v.status == .extending ? .volumeExtend : .volumeRemove), try backendOf(db, s)))
             }
             return out
         }

@@ -1,0 +1,313 @@
+import Cyclades
+import Foundation
+import GRDB
+
+/// The compute extensions at /compute/v2.1 and /compute/v2.0: servers with
+/// block_device_mapping_v2, flavors, images, os-volume_attachments.
+extension CycladesAPI {
+    static let computePrefixes = ["/compute/v2.1", "/compute/v2.0"]
+
+    func computeRoutes() -> [Route] {
+        var r: [Route] = []
+        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
+            r.append(Route(method: m, path: path, auth: auth, handler: h))
+        }
+        add(.GET, "/compute", auth: false) { try Self.computeVersions($0, one: nil) }
+        for p in Self.computePrefixes {
+            let v = p.hasSuffix("2.1") ? "v2.1" : "v2.0"
+            add(.GET, p, auth: false) { try Self.computeVersions($0, one: v) }
+            add(.GET, "\(p)/servers") { [unowned self] in try listServers($0, detail: false) }
+            add(.GET, "\(p)/servers/detail") { [unowned self] in try listServers($0, detail: true) }
+            add(.POST, "\(p)/servers") { [unowned self] in try createServer($0) }
+            add(.GET, "\(p)/servers/{server_id}") { [unowned self] in try showServer($0) }
+            add(.DELETE, "\(p)/servers/{server_id}") { [unowned self] in try deleteServer($0) }
+            add(.GET, "\(p)/servers/{server_id}/os-volume_attachments") { [unowned self] in try listAttachments($0) }
+            add(.POST, "\(p)/servers/{server_id}/os-volume_attachments") { [unowned self] in try attach($0) }
+            add(.GET, "\(p)/servers/{server_id}/os-volume_attachments/{volume_id}") { [unowned self] in try showAttachment($0) }
+            add(.DELETE, "\(p)/servers/{server_id}/os-volume_attachments/{volume_id}") { [unowned self] in try detach($0) }
+            add(.GET, "\(p)/flavors") { [unowned self] in try listFlavors($0, detail: false) }
+            add(.GET, "\(p)/flavors/detail") { [unowned self] in try listFlavors($0, detail: true) }
+            add(.GET, "\(p)/flavors/{flavor_id}") { [unowned self] in try showFlavor($0) }
+            add(.GET, "\(p)/flavors/{flavor_id}/os-extra_specs") { [unowned self] in try flavorExtraSpecs($0) }
+            add(.GET, "\(p)/images") { [unowned self] in try listImages($0, detail: false) }
+            add(.GET, "\(p)/images/detail") { [unowned self] in try listImages($0, detail: true) }
+            add(.GET, "\(p)/images/{image_id}") { [unowned self] in try showImage($0) }
+        }
+        return r
+    }
+
+    // MARK: versions
+
+    /// Served without a token (openstacksdk asks unauthenticated). 2.1 with no
+    /// microversions: min = max = 2.1.
+    static func computeVersions(_ call: Call, one: String?) throws -> Reply {
+        func doc(_ id: String) -> [String: Any] {
+            ["id": id, "status": id == "v2.1" ? "CURRENT" : "SUPPORTED", "version": id == "v2.1" ? "2.1" : "",
+             "min_version": id == "v2.1" ? "2.1" : "", "updated": "2013-07-23T11:33:21Z",
+             "links": [["rel": "self", "href": "\(call.base)/compute/\(id)/"]]]
+        }
+        if let one { return try .json(200, ["version": doc(one)]) }
+        return try .json(200, ["versions": [doc("v2.1"), doc("v2.0")]])
+    }
+
+    // MARK: servers
+
+    static func serverStatus(_ s: ServerStatus) -> String {
+        switch s {
+        case .stopped: return "SHUTOFF"
+        default: return s.rawValue
+        }
+    }
+
+    func ownedServer(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Server {
+        guard let id = Int64(ref), let s = try Server.fetchOne(db, key: id), s.userid == user.id, !s.deleted else {
+            throw CycladesError(.itemNotFound, "server \(ref) does not exist")
+        }
+        return s
+    }
+
+    func serverView(_ db: GRDB.Database, _ s: Server, _ call: Call, detail: Bool) throws -> [String: Any] {
+        let id = String(s.id!)
+        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(id)"],
+                                      ["rel": "bookmark", "href": "\(call.base)\(call.prefix)/servers/\(id)"]]
+        var out: [String: Any] = ["id": id, "name": s.name, "links": links]
+        guard detail else { return out }
+        let vols = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false).order(Column("index")).fetchAll(db)
+        out["status"] = Self.serverStatus(s.status)
+        out["tenant_id"] = s.project
+        out["user_id"] = s.userid
+        out["metadata"] = [String: String]()
+        out["image"] = s.imageID.map { ["id": $0, "links": [[String: Any]]()] as Any } ?? ""
+        out["flavor"] = ["id": String(s.flavorID), "links": [["rel": "bookmark", "href": "\(call.base)\(call.prefix)/flavors/\(s.flavorID)"]]]
+        out["created"] = s.created.openstack + "Z"
+        out["updated"] = s.updated.openstack + "Z"
+        out["addresses"] = [String: Any]()
+        out["hostId"] = ""
+        out["accessIPv4"] = ""
+        out["accessIPv6"] = ""
+        out["progress"] = s.status == .active ? 100 : 0
+        out["key_name"] = NSNull()
+        out["config_drive"] = ""
+        out["security_groups"] = [[String: Any]]()
+        out["OS-EXT-STS:vm_state"] = s.status.rawValue.lowercased()
+        out["OS-EXT-STS:task_state"] = s.pendingAction.map { $0 == "remove" ? "deleting" : "spawning" as Any } ?? NSNull()
+        out["OS-EXT-STS:power_state"] = s.status == .active ? 1 : 0
+        out["OS-EXT-AZ:availability_zone"] = "nova"
+        out["OS-DCF:diskConfig"] = "MANUAL"
+        out["os-extended-volumes:volumes_attached"] = vols.map { ["id": String($0.id!), "delete_on_termination": $0.deleteOnTermination] }
+        out["volumes"] = vols.map { $0.id! }
+        if s.status == .error {
+            out["fault"] = ["code": 500, "message": "the Ganeti job of server \(id) failed", "created": s.updated.openstack + "Z"]
+        }
+        return out
+    }
+
+    func listServers(_ call: Call, detail: Bool) throws -> Reply {
+        let user = try call.requireUser
+        let limit = try call.query["limit"].map { s -> Int in
+            guard let n = Int(s), n >= 0 else { throw CycladesError(.badRequest, "limit must be a whole number >= 0") }
+            return n
+        }
+        return try registry.db.read { db in
+            var q = Server.filter(Column("userid") == user.id && Column("deleted") == false)
+            if let name = call.query["name"] { q = q.filter(Column("name") == name) }
+            if let m = call.query["marker"] { q = q.filter(Column("id") > (Int64(m) ?? 0)) }
+            var list = try q.order(Column("id")).fetchAll(db)
+            if let limit { list = Array(list.prefix(limit)) }
+            return try .json(200, ["servers": try list.map { try serverView(db, $0, call, detail: detail) }])
+        }
+    }
+
+    func showServer(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        return try registry.db.read { db in
+            try .json(200, ["server": try serverView(db, try ownedServer(db, call.param("server_id"), user), call, detail: true)])
+        }
+    }
+
+    /// POST /servers: element 0 of block_device_mapping_v2 is the root (never
+    /// blank); without it the root is imageRef at the flavor's disk size.
+    func createServer(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        let body = try Input.body(call)
+        let s = try Input.object(body, "server")
+        guard let name = try Input.string(s, "name"), !name.isEmpty else { throw Input.bad("Malformed request. Missing attribute 'name'.") }
+        guard let flavorRef = try Input.id(s, "flavorRef") else { throw Input.bad("Malformed request. Missing attribute 'flavorRef'.") }
+        let imageRef = try Input.id(s, "imageRef").flatMap { $0.isEmpty ? nil : $0 }
+        var volumes: [VolumeRequest] = []
+        if let raw = s["block_device_mapping_v2"], !(raw is NSNull) {
+            guard let list = raw as? [Any], list.allSatisfy({ $0 is [String: Any] }) else { throw Input.bad("Block Device Mapping is Invalid: a list of objects is expected.") }
+            for (i, item) in list.enumerated() {
+                let d = item as! [String: Any]
+                guard let type = try Input.string(d, "source_type") else { throw Input.bad("Block Device Mapping is Invalid: item \(i) has no source_type.") }
+                let uuid = try Input.id(d, "uuid")
+                let size = try Input.int(d, "volume_size")
+                let dest = try Input.string(d, "destination_type")
+                if try Input.bool(d, "delete_on_termination") == false {
+                    throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)): Cyclades removes a server's volumes with it")
+                }
+                switch type {
+                case "image", "snapshot":
+                    guard let uuid else { throw Input.bad("Block Device Mapping is Invalid: item \(i) (\(type)) has no uuid.") }
+                    // novaclient puts --image first as a local disk, followed by the volumes it was given.
+                    if dest == "local" && type == "image" && i == 0 && list.count > 1 { continue }
+                    volumes.append(VolumeRequest(sizeGB: size, source: "\(type):\(uuid)"))
+                case "blank":
+                    if volumes.isEmpty { throw Input.bad("Block Device Mapping is Invalid: the root (item 0) cannot be blank.") }
+                    volumes.append(VolumeRequest(sizeGB: size, source: nil))
+                case "volume":
+                    throw CycladesError(.notImplemented, "attaching an existing volume (source_type volume, item \(i)) is not supported: every volume is created with its server")
+                default:
+                    throw Input.bad("Block Device Mapping is Invalid: source_type '\(type.prefix(40))' (image, snapshot, blank, volume).")
+                }
+                if let size, size < 1 { throw Input.bad("Block Device Mapping is Invalid: volume_size \(size) of item \(i).") }
+            }
+            if let imageRef, let root = volumes.first?.source, root.hasPrefix("image:"), root != "image:\(imageRef)" {
+                throw Input.bad("imageRef \(imageRef) differs from the root volume's image (\(root.dropFirst(6)))")
+            }
+        }
+        if volumes.isEmpty && imageRef == nil { throw Input.bad("give imageRef or a block_device_mapping_v2 whose first item has a source") }
+        // The flavor by id (as nova sends it), or by name.
+        let flavor = try registry.db.read { db in try Flavor.filter(Column("id") == (Int64(flavorRef) ?? -1) || Column("name") == flavorRef).fetchOne(db) }
+        guard let flavor else { throw Input.bad("flavor \(flavorRef.prefix(60)) does not exist") }
+        let server = try registry.createServer(name: name, user: user.id, flavor: String(flavor.id!), image: volumes.isEmpty ? imageRef : nil, volumes: volumes)
+        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(server.id!)"]]
+        return try .json(202, ["server": ["id": String(server.id!), "links": links, "adminPass": "", "OS-DCF:diskConfig": "MANUAL",
+                                          "security_groups": [["name": "default"]]]])
+    }
+
+    func deleteServer(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        let s = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        _ = try registry.removeServer(s.id!, user: user.id)
+        return .empty(204)
+    }
+
+    // MARK: attachments
+
+    static func attachmentView(_ v: Volume) -> [String: Any] {
+        ["id": String(v.id!), "volumeId": String(v.id!), "serverId": String(v.machineID!), "device": device(v.index),
+         "delete_on_termination": v.deleteOnTermination]
+    }
+
+    func listAttachments(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        return try registry.db.read { db in
+            let s = try ownedServer(db, call.param("server_id"), user)
+            let vols = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false).order(Column("index")).fetchAll(db)
+            return try .json(200, ["volumeAttachments": vols.map(Self.attachmentView)])
+        }
+    }
+
+    func showAttachment(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        return try registry.db.read { db in
+            let s = try ownedServer(db, call.param("server_id"), user)
+            guard let vid = Int64(call.param("volume_id")), let v = try Volume.fetchOne(db, key: vid), v.machineID == s.id, !v.deleted else {
+                throw CycladesError(.itemNotFound, "volume \(call.param("volume_id")) is not attached to server \(s.id!)")
+            }
+            return try .json(200, ["volumeAttachment": Self.attachmentView(v)])
+        }
+    }
+
+    /// Attach/detach of existing volumes: the registration layer creates every
+    /// volume on its server and removes it with DELETE /volumes/{id}.
+    func attach(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        let body = try Input.body(call)
+        _ = try Input.object(body, "volumeAttachment")
+        throw CycladesError(.notImplemented, "attaching an existing volume is not supported: create one on the server (POST /volume/v3/volumes with server_id)")
+    }
+
+    func detach(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        throw CycladesError(.notImplemented, "detaching a volume is not supported: delete it (DELETE /volume/v3/volumes/{id})")
+    }
+
+    // MARK: flavors
+
+    func flavorView(_ f: Flavor, _ types: [Int64: VolumeType], _ call: Call, detail: Bool) -> [String: Any] {
+        let id = String(f.id!)
+        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/flavors/\(id)"],
+                                      ["rel": "bookmark", "href": "\(call.base)\(call.prefix)/flavors/\(id)"]]
+        var out: [String: Any] = ["id": id, "name": f.name, "links": links]
+        guard detail else { return out }
+        out["ram"] = f.ram
+        out["disk"] = f.disk
+        out["vcpus"] = f.cpu
+        out["swap"] = ""
+        out["rxtx_factor"] = 1.0
+        out["OS-FLV-EXT-DATA:ephemeral"] = 0
+        out["OS-FLV-DISABLED:disabled"] = false
+        out["os-flavor-access:is_public"] = true
+        out["SNF:disk_template"] = types[f.volumeTypeID]?.diskTemplate ?? NSNull()
+        out["SNF:volume_type"] = f.volumeTypeID
+        return out
+    }
+
+    func listFlavors(_ call: Call, detail: Bool) throws -> Reply {
+        _ = try call.requireUser
+        return try registry.db.read { db in
+            let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
+            return try .json(200, ["flavors": try Flavor.order(Column("id")).fetchAll(db).map { flavorView($0, types, call, detail: detail) }])
+        }
+    }
+
+    func findFlavor(_ db: GRDB.Database, _ ref: String) throws -> Flavor {
+        guard let id = Int64(ref), let f = try Flavor.fetchOne(db, key: id) else { throw CycladesError(.itemNotFound, "flavor \(ref) does not exist") }
+        return f
+    }
+
+    func showFlavor(_ call: Call) throws -> Reply {
+        _ = try call.requireUser
+        return try registry.db.read { db in
+            let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
+            return try .json(200, ["flavor": flavorView(try findFlavor(db, call.param("flavor_id")), types, call, detail: true)])
+        }
+    }
+
+    func flavorExtraSpecs(_ call: Call) throws -> Reply {
+        _ = try call.requireUser
+        return try registry.db.read { db in
+            let f = try findFlavor(db, call.param("flavor_id"))
+            let t = try VolumeType.fetchOne(db, key: f.volumeTypeID)
+            return try .json(200, ["extra_specs": ["SNF:disk_template": t?.diskTemplate ?? "", "SNF:volume_type": String(f.volumeTypeID)]])
+        }
+    }
+
+    // MARK: images
+
+    func imageView(_ i: Image, _ call: Call, detail: Bool) -> [String: Any] {
+        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/images/\(i.id)"]]
+        var out: [String: Any] = ["id": i.id, "name": i.name, "links": links]
+        guard detail else { return out }
+        out["status"] = "ACTIVE"
+        out["minDisk"] = Int((i.size + (1 << 30) - 1) >> 30)
+        out["minRam"] = 0
+        out["progress"] = 100
+        out["OS-EXT-IMG-SIZE:size"] = i.size
+        out["metadata"] = ["owner": i.owner, "public": i.isPublic ? "true" : "false"]
+        out["created"] = "1970-01-01T00:00:00Z"
+        out["updated"] = "1970-01-01T00:00:00Z"
+        return out
+    }
+
+    func listImages(_ call: Call, detail: Bool) throws -> Reply {
+        let user = try call.requireUser
+        let list = try registry.db.read { db in
+            try Image.filter(Column("isPublic") == true || Column("owner") == user.id).order(Column("name"), Column("id")).fetchAll(db)
+        }
+        let named = call.query["name"].map { n in list.filter { $0.name == n } } ?? list
+        return try .json(200, ["images": named.map { imageView($0, call, detail: detail) }])
+    }
+
+    func showImage(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        let ref = call.param("image_id")
+        let i = try registry.db.read { db in try Image.fetchOne(db, key: ref) }
+        guard let i, i.isPublic || i.owner == user.id else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
+        return try .json(200, ["image": imageView(i, call, detail: true)])
+    }
+}
