@@ -1,0 +1,164 @@
+#!/bin/bash
+# End-to-end test of cyclades-api (the Cinder-compatible volume API and the
+# compute extensions) against a real single-node Ganeti 3.0 cluster with the
+# archipelago provider (see tests/e2e/ganeti/README.md), driven by Debian's
+# real clients: nova (python3-novaclient) boot with --block-device and
+# volume-attachments, cinder (python3-cinderclient) list, show, create --hint
+# server_id=N, type-list, metadata, snapshot-create, create --snapshot-id,
+# extend, delete; isolation between users, bad tokens, bad input (database
+# unchanged), attach 501, server delete, SIGTERM. Root. GNT_ARCHIP_BIN=DIR
+# with archip, archip-extstorage, snf-manage and cyclades-api (default: the
+# repo's .build/debug). Ends with "N passed, N failed".
+set -uo pipefail
+. "$(dirname "$0")/../ganeti/lib.sh"
+case ${1:-} in -h|--help) gnt_usage "$0"; exit 0;; esac
+gnt_clean_env "$0" "$@"
+need_root
+cd /
+
+GL=$GNT_LAB_DIR
+REPO=$(cd "$GL/../../.." && pwd)
+BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
+for b in archip archip-extstorage snf-manage cyclades-api; do [[ -x $BIN/$b ]] || die "no $b in $BIN (swift build first)"; done
+for c in cinder nova curl; do command -v $c >/dev/null || die "no $c (make deps: python3-cinderclient python3-novaclient)"; done
+W=$(mktemp -d /var/tmp/gnt-cyclades-api.XXXXXX)
+STORE=$W/store RUN=/tmp/cyc-api-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
+PORT=18776 U=http://127.0.0.1:18776
+passed=0 failed=0
+ok()   { passed=$((passed + 1)); log "ok   - $*"; }
+bad()  { failed=$((failed + 1)); log "FAIL - $*"; }
+run() {
+  local name=$1; shift
+  local f="$W/$(printf '%02d' $((passed + failed)))-${name//[^A-Za-z0-9_.-]/_}.log"
+  if "$@" >"$f" 2>&1; then ok "$name"; else bad "$name (exit $?), last lines of $f:"; tail -n 15 "$f" | sed 's/^/      /' >&2; return 1; fi
+}
+check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok "$name"; else bad "$name"; fi; }
+NS() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$@"; }
+snf() { NS "$BIN/snf-manage" "$@" --db "$DB"; }
+# The clients run in the namespace too: the API listens on its loopback.
+cinder_() { NS cinder --os-auth-type admin_token --os-token "$TOKEN" --os-endpoint "$U/volume/v3" --os-project-id any --os-volume-api-version 3.0 "$@"; }
+nova_() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused nova "$@"; }
+api() { NS curl -s -o "$W/body" -w '%{http_code}' "$@"; }   # prints the status; the body is in $W/body
+archip() { "$BIN/archip" --store "$STORE" "$@"; }
+jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+state() { sqlite3 "$DB" .dump 2>/dev/null | grep -v '^INSERT INTO grdb_migrations' | md5sum; }
+gnt_disks() { ip netns exec "$GNT_NETNS" gnt-instance list --no-headers --units m --separator=' ' -o disk.count,disk.sizes "$1" 2>/dev/null; }
+vstatus() { cinder_ show "$1" 2>/dev/null | awk -F'|' '$2 ~ /^ status / {gsub(/ /,"",$3); print $3}'; }
+vfield() { cinder_ show "$1" 2>/dev/null | awk -F'|' -v k="$2" '$2 ~ "^ "k" " {gsub(/ /,"",$3); print $3}'; }
+wait_status() {  # VOLUME STATUS: up to 90 s
+  for _ in $(seq 1 180); do [[ $(vstatus "$1") == "$2" ]] && return 0; sleep 0.5; done; return 1
+}
+usage_is() { [[ $(snf quota-list --output json | jq_ "next('%d %d' % (r['usage'], r['pending']) for r in d if r['limit'] == 6442450944)") == "$1 $2" ]]; }
+
+log "cyclades-api against a Ganeti cluster; work folder $W"
+mkdir -p "$STORE"
+printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n' "$STORE" "$GNT_NODE_NAME" "$RUN" > "$CONF"
+run "install the provider" "$REPO/scripts/install-extstorage.sh" "$PDIR" "$BIN" "$CONF" || exit 1
+python3 -c "import sys,hashlib; sys.stdout.buffer.write(b''.join(hashlib.sha256(str(i).encode()).digest()*128 for i in range(6144)))" > "$W/image.raw"
+run "an image in the store (snapshot debian-img-v1)" bash -c "'$BIN/archip' --store '$STORE' import debian-img '$W/image.raw' && '$BIN/archip' --store '$STORE' snapshot debian-img debian-img-v1" || exit 1
+run "cluster-up.sh archipelago=$PDIR" "$GL/cluster-up.sh" "archipelago=$PDIR" || { echo "$passed passed, $failed failed"; exit 1; }
+for i in $(ip netns exec "$GNT_NETNS" gnt-instance list --no-headers -o name 2>/dev/null | grep '^snf-'); do
+  ip netns exec "$GNT_NETNS" gnt-instance remove -f "$i" >/dev/null 2>&1
+done
+
+run "set-up through snf-manage (backend, type, flavor, image, users)" bash -c "
+  set -e
+  $(declare -f NS snf); GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH BIN=$BIN DB=$DB
+  snf backend-add lab --rapi https://127.0.0.1:$GNT_RAPI_PORT --user $GNT_RAPI_USER --password $GNT_RAPI_PASS --insecure --node $GNT_NODE_NAME --os $GNT_OS_NAME --hypervisor fake
+  snf volume-type-create archipelago --disk-template ext_archipelago
+  snf flavor-create small --cpu 1 --ram 128 --disk 1 --volume-type archipelago"
+IMG=$(snf image-register debian-12 --location snapshot:debian-img-v1 --size 24M)
+TOKEN=$(snf user-create alice --quota 6G | awk '/^token:/ {print $2}')
+BOB=$(snf user-create bob --quota 6G | awk '/^token:/ {print $2}')
+check "tokens for alice and bob" test -n "$TOKEN" -a -n "$BOB"
+
+NS "$BIN/cyclades-api" --db "$DB" --listen "127.0.0.1:$PORT" --store "$STORE" --runtime-dir "$RUN" --settle-interval 0.5 > "$W/api.log" 2>&1 &
+APIPID=$!
+for _ in $(seq 1 50); do [[ $(api "$U/volume/") == 200 ]] && break; sleep 0.2; done
+check "cyclades-api answers the version document without a token" bash -c "[[ \$(cat '$W/body' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"versions\"][0][\"id\"])') == v3.0 ]]"
+
+# --- nova boot with block devices ------------------------------------------------------
+run "nova boot --block-device source=image,... --block-device source=blank,... --poll" \
+  nova_ boot --flavor 1 --block-device "source=image,id=$IMG,dest=volume,size=1,bootindex=0,shutdown=remove" \
+  --block-device source=blank,dest=volume,size=1 vm1 --poll
+SID=$(nova_ list 2>/dev/null | awk -F'|' '$3 ~ / vm1 / {gsub(/ /,"",$2); print $2}')
+check "nova list: vm1 ($SID) is ACTIVE" bash -c "$(declare -f NS nova_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; nova_ list 2>/dev/null | grep -q ' vm1 .*ACTIVE'"
+check "Ganeti has snf-$SID with two 1 GiB disks" test "$(gnt_disks snf-$SID)" == "2 1024,1024"
+nova_ volume-attachments "$SID" > "$W/att.txt" 2>&1
+check "nova volume-attachments lists volumes 1 (/dev/vda) and 2 (/dev/vdb)" bash -c "grep -Eq '\| 1 +\| /dev/vda +\| $SID +\| 1 ' '$W/att.txt' && grep -Eq '\| 2 +\| /dev/vdb +\| $SID +\| 2 ' '$W/att.txt'"
+nova_ volume-attach "$SID" 1 > "$W/attach.txt" 2>&1; rc=$?
+check "nova volume-attach: exit 1, HTTPNotImplemented (HTTP 501)" bash -c "[[ $rc == 1 ]] && grep -q 'HTTPNotImplemented.*(HTTP 501)' '$W/attach.txt'"
+
+# --- cinder ---------------------------------------------------------------------------
+cinder_ list > "$W/list.txt" 2>&1
+check "cinder list: volumes 1 and 2 in-use, attached to $SID" bash -c "[[ \$(grep -Ec '\| (1|2) +\| in-use .*\| $SID +\|' '$W/list.txt') == 2 ]]"
+run "cinder create --hint server_id=$SID --name x 1" cinder_ create --hint "server_id=$SID" --name x 1
+check "volume 3 becomes in-use" wait_status 3 in-use
+check "cinder show 3: name x, size 1, attached to $SID" bash -c "$(declare -f NS cinder_ vfield); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(vfield 3 name) == x && \$(vfield 3 size) == 1 && \$(vfield 3 attached_servers) == \"['$SID']\" ]]"
+check "Ganeti has three disks" test "$(gnt_disks snf-$SID)" == "3 1024,1024,1024"
+check "cinder type-list shows archipelago" bash -c "$(declare -f NS cinder_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; cinder_ type-list 2>/dev/null | grep -Eq '\| 1 +\| archipelago '"
+run "cinder metadata 3 set purpose=db" cinder_ metadata 3 set purpose=db
+check "cinder metadata-show 3: purpose=db" bash -c "$(declare -f NS cinder_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; cinder_ metadata-show 3 2>/dev/null | grep -Eq '\| purpose +\| db '"
+cinder_ snapshot-create 1 --name s1 > "$W/snap.txt" 2>&1
+SNAP=$(awk -F'|' '$2 ~ /^ id / {gsub(/ /,"",$3); print $3}' "$W/snap.txt")
+check "cinder snapshot-create 1 --name s1 prints a snapshot id ($SNAP)" grep -Eq '^[0-9a-f-]{36}$' <<<"$SNAP"
+check "the store holds snf-snap-1-1" bash -c "'$BIN/archip' --store '$STORE' list --json | grep -q '\"snf-snap-1-1\"'"
+check "cinder snapshot-list: s1 available" bash -c "$(declare -f NS cinder_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; cinder_ snapshot-list 2>/dev/null | grep -Eq '$SNAP .*available'"
+run "cinder create --snapshot-id $SNAP --hint server_id=$SID --name fromsnap" cinder_ create --snapshot-id "$SNAP" --hint "server_id=$SID" --name fromsnap
+check "volume 4 becomes in-use" wait_status 4 in-use
+V4=$(archip list --json | python3 -c "import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname')=='snf-vol-4'), ''))")
+check "volume 4 is an O(1) clone of the snapshot in the store" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V4' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"parent\"])') == snf-snap-1-1 ]]"
+run "cinder extend 3 2" cinder_ extend 3 2
+for _ in $(seq 1 120); do [[ $(vfield 3 size) == 2 && $(vstatus 3) == in-use ]] && break; sleep 0.5; done
+check "volume 3 is 2 GB and in-use" bash -c "$(declare -f NS cinder_ vfield); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(vfield 3 size) == 2 ]]"
+check "Ganeti grew snf-vol-3 to 2048 MiB" test "$(gnt_disks snf-$SID)" == "4 1024,1024,2048,1024"
+V3=$(archip list --json | python3 -c "import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname')=='snf-vol-3'), ''))")
+check "the store volume of snf-vol-3 is 2 GiB" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V3' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"size\"])') == 2147483648 ]]"
+check "quota: alice uses 5 GiB" usage_is 5368709120 0
+
+# --- isolation, tokens, bad input --------------------------------------------------------
+check "bob: GET volume 1 -> 404 itemNotFound" bash -c "[[ \$(ip netns exec $GNT_NETNS curl -s -o '$W/b1' -w '%{http_code}' -H 'X-Auth-Token: $BOB' $U/volume/v3/volumes/1) == 404 ]] && grep -q itemNotFound '$W/b1'"
+check "bob: DELETE volume 3 -> 404" bash -c "[[ \$(ip netns exec $GNT_NETNS curl -s -o /dev/null -w '%{http_code}' -X DELETE -H 'X-Auth-Token: $BOB' $U/volume/v3/volumes/3) == 404 ]]"
+check "bob: cinder list is empty" bash -c "$(declare -f NS); GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(NS cinder --os-auth-type admin_token --os-token $BOB --os-endpoint $U/volume/v3 --os-project-id any --os-volume-api-version 3.0 list 2>/dev/null | grep -c '^| [0-9]') == 0 ]]"
+check "no token -> 401 unauthorized" bash -c "[[ \$(ip netns exec $GNT_NETNS curl -s -o '$W/b2' -w '%{http_code}' $U/volume/v3/volumes) == 401 ]] && grep -q unauthorized '$W/b2'"
+check "a bad token -> 401" bash -c "[[ \$(ip netns exec $GNT_NETNS curl -s -o /dev/null -w '%{http_code}' -H 'X-Auth-Token: nope' $U/compute/v2.1/servers) == 401 ]]"
+before=$(state); gbefore=$(gnt_disks snf-$SID)
+refused() {  # NAME STATUS FAULT JSON
+  local code; code=$(api -H "X-Auth-Token: $TOKEN" -H 'Content-Type: application/json' -X POST "$U/volume/v3/volumes" -d "$4")
+  if [[ $code == "$2" ]] && grep -q "\"$3\"" "$W/body" && [[ $(state) == "$before" ]]; then ok "refused: $1 ($code $(head -c 160 "$W/body"))"
+  else bad "refused: $1 (got $code $(head -c 200 "$W/body"))"; fi
+}
+refused "size abc" 400 badRequest "{\"volume\":{\"size\":\"abc\",\"server_id\":$SID}}"
+refused "size -1" 400 badRequest "{\"volume\":{\"size\":-1,\"server_id\":$SID}}"
+refused "huge size" 400 badRequest "{\"volume\":{\"size\":1000000,\"server_id\":$SID}}"
+refused "missing server_id" 400 badRequest '{"volume":{"size":1}}'
+refused "unknown server" 400 badRequest '{"volume":{"size":1,"server_id":999}}'
+refused "two sources" 400 badRequest "{\"volume\":{\"size\":1,\"server_id\":$SID,\"imageRef\":\"$IMG\",\"snapshot_id\":\"$SNAP\"}}"
+refused "over quota" 413 overLimit "{\"volume\":{\"size\":2,\"server_id\":$SID}}"
+refused "malformed JSON" 400 badRequest '{"volume":'
+check "Ganeti unchanged by refused requests" test "$(gnt_disks snf-$SID)" == "$gbefore"
+
+# --- delete -------------------------------------------------------------------------------
+run "cinder delete 3" cinder_ delete 3
+check "volume 3 becomes deleted" wait_status 3 deleted
+check "Ganeti has three disks again" test "$(gnt_disks snf-$SID)" == "3 1024,1024,1024"
+check "quota: alice uses 3 GiB" usage_is 3221225472 0
+cinder_ snapshot-delete "$SNAP" > "$W/snapdel.txt" 2>&1; rc=$?
+check "cinder snapshot-delete of a snapshot with a clone (volume 4): refused, exit 1, names the clone" bash -c "[[ $rc == 1 ]] && grep -q 'clones' '$W/snapdel.txt'"
+run "nova delete vm1" nova_ delete "$SID"
+for _ in $(seq 1 120); do ip netns exec "$GNT_NETNS" gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "snf-$SID" || break; sleep 0.5; done
+sleep 1
+check "Ganeti no longer has snf-$SID" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -qx snf-$SID"
+check "nova show $SID -> not found" bash -c "$(declare -f NS nova_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; ! nova_ show $SID >/dev/null 2>&1"
+check "quota: nothing used, nothing pending" usage_is 0 0
+run "reconcile-servers is clean" snf reconcile-servers --store "$STORE"
+
+kill -TERM $APIPID; wait $APIPID; rc=$?
+check "SIGTERM: cyclades-api exits 0" test $rc == 0
+check "one log line per request (GET/POST/PUT/DELETE ... status ms)" bash -c "[[ \$(grep -Ec '^(GET|POST|PUT|DELETE) /[^ ]* [0-9]{3} [0-9.]+ms$' '$W/api.log') -ge 40 ]]"
+
+if [[ ${GNT_KEEP:-no} != yes ]]; then run "cluster-down.sh" "$GL/cluster-down.sh"; fi
+rm -rf "$RUN"
+echo "$passed passed, $failed failed"
+if [[ $failed == 0 ]]; then rm -rf "$W"; exit 0; fi
+log "logs kept in $W"; exit 1
