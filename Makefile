@@ -24,7 +24,10 @@ DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config 
 # The data path's bench (fio, with its nbd engine) and attach --device=nbd (nbd-client).
 DEBIAN_PACKAGES += fio nbd-client
 
-.PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test soak demo bench install uninstall clean
+# The rados backend: librados to build; a one-node Ceph cluster for make rados-test.
+DEBIAN_PACKAGES += librados-dev ceph-mon ceph-osd ceph-common bc
+
+.PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test rados-test soak demo bench install uninstall clean
 
 all: build
 
@@ -41,7 +44,7 @@ deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: unit-test crash-test ganeti-test cyclades-test
+test: unit-test crash-test ganeti-test cyclades-test rados-test
 
 unit-test:
 	$(SWIFT) test
@@ -49,6 +52,20 @@ unit-test:
 crash-test:
 	$(SWIFT) build -c release --product archip-torture
 	.build/release/archip-torture crash --store $(TMPDIR)/archip-crash-$$$$ --iterations $(CRASH_ITERATIONS)
+
+# The rados backend on a real one-node Ceph cluster (tests/e2e/ceph/ceph-up.sh: one mon,
+# one memstore OSD, loopback; root): the rados and model suites, the crash test, the
+# stale-writer test. The cluster is brought down afterwards, whatever the result.
+rados-test:
+	@if [ "$$(id -u)" != 0 ]; then echo "SKIP rados-test: not root"; \
+	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
+	else url=$$(tests/e2e/ceph/ceph-up.sh up) || exit 1; \
+	  trap 'tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
+	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --filter 'RadosBackend|ModelBased'; \
+	  $(SWIFT) build -c release --product archip-torture; \
+	  .build/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(CRASH_ITERATIONS); \
+	  $(SWIFT) build --product archip; $(SWIFT) build --product archip-torture; \
+	  tests/e2e/ceph/stale-writer.sh .build/debug "$$url"; fi
 
 # The provider in a real single-node Ganeti 3.0 cluster (network namespace; root).
 ganeti-test:

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ArchipRados
 @testable import ArchipStore
 
 /// Random operations against an in-memory model, across chains of snapshots
@@ -13,8 +14,13 @@ import Testing
 
     static func makeStores() throws -> [(String, VolumeStore)] {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("archip-model-\(UUID().uuidString)").path
-        return [("memory", try VolumeStore(objects: MemoryObjectStore(), node: "n1")),
-                ("dir", try VolumeStore.directory(dir, node: "n1"))]
+        var stores = [("memory", try VolumeStore(objects: MemoryObjectStore(), node: "n1")),
+                      ("dir", try VolumeStore.directory(dir, node: "n1"))]
+        // make rados-test: a real Ceph pool, a namespace of its own per run.
+        if let url = RadosTestPool.url() {
+            stores.append(("rados", try StoreOpener.open(url, node: "n1")))
+        }
+        return stores
     }
 
     @Test(arguments: [1 as UInt64, 2, 3])

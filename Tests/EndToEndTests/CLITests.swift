@@ -210,6 +210,8 @@ func expectOneLineError(_ r: CLI.Result, status: Int32, mentioning: String? = ni
         let holders = ((info["lock"] as? [String: Any])?["holders"] as? [[String: Any]]) ?? []
         #expect(holders.first?["node"] as? String == "conf-node")
         FileManager.default.createFile(atPath: conf, contents: Data("[store]\nbackend = rados\n".utf8))
-        expectOneLineError(try cli.run(["list", "--config", conf], withStore: false), status: 2, mentioning: "rados", "unsupported backend")
+        expectOneLineError(try cli.run(["list", "--config", conf], withStore: false), status: 2, mentioning: "needs 'pool'", "rados without a pool")
+        FileManager.default.createFile(atPath: conf, contents: Data("[store]\nbackend = s3\n".utf8))
+        expectOneLineError(try cli.run(["list", "--config", conf], withStore: false), status: 2, mentioning: "unknown store backend 's3'", "unsupported backend")
     }
 }
