@@ -27,7 +27,10 @@ DEBIAN_PACKAGES += fio nbd-client
 # The rados backend: librados to build; a one-node Ceph cluster for make rados-test.
 DEBIAN_PACKAGES += librados-dev ceph-mon ceph-osd ceph-common bc
 
-.PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test rados-test soak demo bench install uninstall clean
+# cyclades-api: the real OpenStack clients of its end-to-end test, wrk for its bench.
+DEBIAN_PACKAGES += python3-cinderclient python3-novaclient wrk
+
+.PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test api-test rados-test soak demo bench install uninstall clean
 
 all: build
 
@@ -92,12 +95,26 @@ soak:
 demo: release
 	scripts/demo.sh
 
+# cyclades-api driven by cinder and nova against a real single-node Ganeti cluster (root).
+api-test:
+	@if [ "$$(id -u)" != 0 ]; then echo "SKIP api-test: not root"; \
+	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP api-test: ganeti is not installed (make deps)"; \
+	elif ! command -v cinder >/dev/null || ! command -v nova >/dev/null; then echo "SKIP api-test: cinder/nova not installed (make deps)"; \
+	elif ! ip netns add archip-probe-$$$$ 2>/dev/null; then echo "SKIP api-test: cannot create network namespaces here"; \
+	else ip netns delete archip-probe-$$$$; \
+	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && $(SWIFT) build --product snf-manage && \
+	  $(SWIFT) build --product cyclades-api && \
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/api.sh; fi
+
 bench:
 	$(SWIFT) build -c release --product archip
 	$(SWIFT) build -c release --product archip-extstorage
 	$(SWIFT) build -c release --product archip-bench
 	.build/release/archip-bench
 	scripts/bench-datapath.sh .build/release/archip
+	$(SWIFT) build -c release --product snf-manage
+	$(SWIFT) build -c release --product cyclades-api
+	scripts/bench-api.sh .build/release
 
 install: release
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/archip

@@ -22,6 +22,8 @@ extension Registry {
             _ = try charge(db, project: v.project, delta: delta, serverID: sid, volumeIDs: [id])
             v.status = .extending
             v.pendingSize = newSizeGB
+            // The last job (the create) has ended: a settler must not take it for this one.
+            v.backendJobID = nil
             v.updated = now()
             try v.update(db)
             return (v, s, try backendOf(db, s), (newSizeGB - v.size) * 1024)

@@ -206,6 +206,9 @@ extension Registry {
             try checkNoJobInFlight(db, s)
             if v.status == .inUse { _ = try charge(db, project: v.project, delta: -v.sizeBytes, serverID: sid, volumeIDs: [id]) }
             v.status = .deleting
+            // The create job recorded here has ended: a concurrent settler (cyclades-api)
+            // must not settle the removal with it before the remove job is sent.
+            v.backendJobID = nil
             v.updated = now()
             try v.update(db)
             return (v, s, try backendOf(db, s))
