@@ -3,6 +3,55 @@ import Foundation
 import GRDB
 import Testing
 
+/// Answers recorded from Ganeti 3.0.2's RAPI on the lab cluster (Tests/CycladesTests/Recorded).
+func recorded(_ name: String) throws -> Data {
+    var url = URL(fileURLWithPath: #filePath)
+    url.deleteLastPathComponent()
+    return try Data(contentsOf: url.appendingPathComponent("Recorded/\(name).json"))
+}
+
+@Suite struct RecordedRAPIAnswers {
+    @Test func instance() throws {
+        let i = try RAPIClient.parseInstance(try recorded("instance"))
+        #expect(i.instance == "snf-77" && !i.running)
+        #expect(i.disks.map(\.name) == ["snf-vol-5", "snf-vol-6"])
+        #expect(i.disks.map(\.sizeMiB) == [1024, 2048])
+        #expect(i.disks.allSatisfy { $0.uuid?.count == 36 })
+    }
+
+    @Test func jobs() throws {
+        #expect(try RAPIClient.parseJob(try recorded("job-running")) == .pending)
+        #expect(try RAPIClient.parseJob(try recorded("job-success")) == .success)
+        guard case .failed(let m) = try RAPIClient.parseJob(try recorded("job-error")) else { Issue.record("not failed"); return }
+        #expect(m == "Disk template 'plain' is not enabled in cluster. Enabled disk templates are: ext,diskless", "\(m)")
+    }
+
+    /// The transport's view of a 404: instanceDisks says "no such instance".
+    @Test func missingInstance() throws {
+        struct Recorded: RAPITransport {
+            let answers: [String: (Int, Data)]
+            func send(method: String, url: String, body: Data?) throws -> (status: Int, body: Data) {
+                guard let a = answers["\(method) \(url)"] else { return (500, Data()) }
+                return a
+            }
+        }
+        let c = RAPIClient(baseURL: "https://127.0.0.1:5080", transport: Recorded(answers: [
+            "GET https://127.0.0.1:5080/2/instances/nope": (404, try recorded("instance-404")),
+            "GET https://127.0.0.1:5080/2/instances/snf-77": (200, try recorded("instance")),
+            "GET https://127.0.0.1:5080/2/jobs/4": (200, try recorded("job-error")),
+        ]))
+        #expect(try c.instanceDisks("nope") == nil)
+        #expect(try c.instanceDisks("snf-77")?.disks.count == 2)
+        #expect(try c.job(4) != .success)
+        do {
+            _ = try c.job(5)
+            Issue.record("a 500 was accepted")
+        } catch let e as CycladesError {
+            #expect(e.kind == .backend && e.message.contains("HTTP 500"), "\(e)")
+        }
+    }
+}
+
 @Suite struct RAPIParsing {
     // Recorded from Ganeti 3.0.2's RAPI (GET /2/instances/NAME, GET /2/jobs/ID), trimmed.
     let instance = #"""
