@@ -15,6 +15,7 @@ SYSCONFDIR ?= /etc
 ESDIR    ?= $(PREFIX)/share/ganeti/extstorage
 CRASH_ITERATIONS ?= 100
 SOAK_ITERATIONS  ?= 1000
+RADOS_CRASH_ITERATIONS ?= 30
 TMPDIR   ?= /tmp
 
 # Debian packages the build and the tests need.
@@ -66,7 +67,7 @@ rados-test:
 	  trap 'tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
 	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --filter 'RadosBackend|ModelBased'; \
 	  $(SWIFT) build -c release --product archip-torture; \
-	  .build/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(CRASH_ITERATIONS); \
+	  .build/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(RADOS_CRASH_ITERATIONS); \
 	  $(SWIFT) build --product archip; $(SWIFT) build --product archip-torture; \
 	  tests/e2e/ceph/stale-writer.sh .build/debug "$$url"; fi
 
