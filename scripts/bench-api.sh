@@ -13,7 +13,7 @@ for b in cyclades-api snf-manage; do [[ -x $BIN/$b ]] || { echo "bench-api: no $
 command -v wrk >/dev/null || { echo "SKIP bench-api: wrk is not installed (make deps)"; exit 0; }
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || { echo "SKIP bench-api: nginx is not installed (make deps)"; exit 0; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-W=$(mktemp -d /tmp/bench-api.XXXXXX)
+W=$(mktemp -d /tmp/bench-api.XXXXXX); chmod 755 "$W"   # nginx workers (www-data) read www/
 APORT=$((20000 + RANDOM % 10000)); NPORT=$((APORT + 1))
 cleanup() { [[ -n ${APID:-} ]] && kill $APID 2>/dev/null; [[ -f $W/nginx.pid ]] && kill "$(cat $W/nginx.pid)" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
