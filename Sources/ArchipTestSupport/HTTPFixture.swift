@@ -4,16 +4,17 @@ import Testing
 /// The nginx of tests/e2e/nginx/nginx-fixture.sh on 127.0.0.1 (HTTP and
 /// HTTPS with a CA made for the run), serving a 20 MiB random image.
 /// Started once per suite by the `.nginx` trait, always stopped after it.
-final class HTTPFixture: Sendable {
-    @TaskLocal static var current: HTTPFixture?
+/// (In ArchipTestSupport so the filler's and the CLI's end-to-end tests share it.)
+public final class HTTPFixture: Sendable {
+    @TaskLocal public static var current: HTTPFixture?
 
-    static let repoRoot: URL = URL(fileURLWithPath: #filePath)
+    public static let repoRoot: URL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static let scriptDir = repoRoot.appendingPathComponent("tests/e2e/nginx").path
-    static let imageSize = 20 << 20
+    public static let scriptDir = repoRoot.appendingPathComponent("tests/e2e/nginx").path
+    public static let imageSize = 20 << 20
 
     /// Why the live tests cannot run here, printed once; nil when they can.
-    static let skipReason: String? = {
+    public static let skipReason: String? = {
         var reason: String?
         if geteuid() != 0 {
             reason = "not root (nginx-fixture.sh runs nginx as root)"
@@ -26,10 +27,10 @@ final class HTTPFixture: Sendable {
         return reason
     }()
 
-    static let python: String? = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")
+    public static let python: String? = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")
         ? "/usr/bin/python3" : findTool("python3")
 
-    static func findTool(_ name: String) -> String? {
+    public static func findTool(_ name: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for dir in path.split(separator: ":") + ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
             let candidate = "\(dir)/\(name)"
@@ -38,18 +39,18 @@ final class HTTPFixture: Sendable {
         return nil
     }
 
-    let dir: String
-    let httpPort: Int
-    let httpsPort: Int
-    let caPath: String
-    let www: String
-    let accessLog: String
+    public let dir: String
+    public let httpPort: Int
+    public let httpsPort: Int
+    public let caPath: String
+    public let www: String
+    public let accessLog: String
     /// The bytes of `www/image.raw`.
-    let image: [UInt8]
+    public let image: [UInt8]
 
-    var httpURL: String { "http://127.0.0.1:\(httpPort)" }
-    var httpsURL: String { "https://127.0.0.1:\(httpsPort)" }
-    var imageURL: String { "\(httpURL)/image.raw" }
+    public var httpURL: String { "http://127.0.0.1:\(httpPort)" }
+    public var httpsURL: String { "https://127.0.0.1:\(httpsPort)" }
+    public var imageURL: String { "\(httpURL)/image.raw" }
 
     private init(dir: String, env: [String: String], image: [UInt8]) throws {
         guard let http = env["NGINX_HTTP_PORT"].flatMap(Int.init), let https = env["NGINX_HTTPS_PORT"].flatMap(Int.init),
@@ -63,7 +64,7 @@ final class HTTPFixture: Sendable {
 
     static let dirPrefix = "archip-http-"
 
-    static func start() throws -> HTTPFixture {
+    public static func start() throws -> HTTPFixture {
         try sweepOrphans()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent(dirPrefix + UUID().uuidString).path
         try FileManager.default.createDirectory(atPath: dir + "/www", withIntermediateDirectories: true)
@@ -92,7 +93,7 @@ final class HTTPFixture: Sendable {
 
     /// Stops and removes the fixtures of test runs that died without stopping
     /// theirs (killed by a timeout, a crash): their owner pid is gone.
-    static func sweepOrphans() throws {
+    public static func sweepOrphans() throws {
         let tmp = FileManager.default.temporaryDirectory.path
         for name in try FileManager.default.contentsOfDirectory(atPath: tmp) where name.hasPrefix(dirPrefix) {
             let dir = "\(tmp)/\(name)"
@@ -107,7 +108,7 @@ final class HTTPFixture: Sendable {
         }
     }
 
-    func stop() throws {
+    public func stop() throws {
         let r = try HTTPFixture.runTool(HTTPFixture.scriptDir + "/nginx-fixture.sh", ["stop", dir], logIn: dir)
         guard r.status == 0 else { throw FixtureError("nginx-fixture.sh stop failed (\(r.status)): \(r.output)") }
         if ProcessInfo.processInfo.environment["ARCHIP_HTTP_KEEP"] == nil {
@@ -118,22 +119,22 @@ final class HTTPFixture: Sendable {
     }
 
     /// Copies the image under a new name, so a test's requests are its own in the access log.
-    func publish(_ name: String, bytes: [UInt8]? = nil) throws -> String {
+    public func publish(_ name: String, bytes: [UInt8]? = nil) throws -> String {
         try Data(bytes ?? image).write(to: URL(fileURLWithPath: "\(www)/\(name)"))
         return "\(httpURL)/\(name)"
     }
 
-    struct AccessLine {
-        var connection: String
-        var path: String
-        var status: Int
-        var range: String
+    public struct AccessLine: Sendable {
+        public var connection: String
+        public var path: String
+        public var status: Int
+        public var range: String
     }
 
     /// Access log lines for `path`, waiting up to 2 s for at least `count`:
     /// nginx logs a request after sending the response, so the client can be
     /// done before the line is written.
-    func accessLines(for path: String, awaiting count: Int) throws -> [AccessLine] {
+    public func accessLines(for path: String, awaiting count: Int) throws -> [AccessLine] {
         var lines = try accessLines(for: path)
         for _ in 0..<40 where lines.count < count {
             Thread.sleep(forTimeInterval: 0.05)
@@ -143,7 +144,7 @@ final class HTTPFixture: Sendable {
     }
 
     /// Access log lines for `path`, e.g. `/image.raw`.
-    func accessLines(for path: String) throws -> [AccessLine] {
+    public func accessLines(for path: String) throws -> [AccessLine] {
         let text = try String(contentsOfFile: accessLog, encoding: .utf8)
         var out: [AccessLine] = []
         // 127.0.0.1 conn=5 req=1 "GET /x HTTP/1.1" 206 1 range="bytes=0-0" t=0.000
@@ -162,16 +163,16 @@ final class HTTPFixture: Sendable {
     // MARK: - Helper processes
 
     /// A child process on 127.0.0.1 (proxy, plain server) that the test stops.
-    final class Child: @unchecked Sendable {
-        let pid: pid_t
-        let port: Int
-        let log: String
+    public final class Child: @unchecked Sendable {
+        public let pid: pid_t
+        public let port: Int
+        public let log: String
         private let lock = NSLock()
         private var exitStatus: Int32?
 
         init(pid: pid_t, port: Int, log: String) { self.pid = pid; self.port = port; self.log = log }
 
-        var isRunning: Bool {
+        public var isRunning: Bool {
             lock.lock()
             defer { lock.unlock() }
             if exitStatus == nil, let s = HTTPFixture.reap(pid, block: false) { exitStatus = s }
@@ -179,7 +180,7 @@ final class HTTPFixture: Sendable {
         }
 
         /// SIGTERM (both helpers exit on it), SIGKILL after 5 s, and reap; idempotent.
-        func stop() {
+        public func stop() {
             lock.lock()
             defer { lock.unlock() }
             guard exitStatus == nil else { return }
@@ -193,11 +194,11 @@ final class HTTPFixture: Sendable {
             exitStatus = HTTPFixture.reap(pid, block: true)
         }
 
-        var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        public var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
     }
 
     /// cutting-proxy.py in front of nginx's HTTP port.
-    func startCuttingProxy(cutEvery: Int, cutAfter: Int, mode: String = "reset") throws -> Child {
+    public func startCuttingProxy(cutEvery: Int, cutAfter: Int, mode: String = "reset") throws -> Child {
         let id = UUID().uuidString.prefix(8)
         let portFile = "\(dir)/proxy-\(id).port", log = "\(dir)/proxy-\(id).log"
         let pid = try HTTPFixture.spawn(HTTPFixture.python ?? "/usr/bin/python3", [
@@ -217,7 +218,7 @@ final class HTTPFixture: Sendable {
     }
 
     /// Python's http.server, which ignores Range (always 200 with the whole file).
-    func startPlainServer() throws -> Child {
+    public func startPlainServer() throws -> Child {
         let port = try HTTPFixture.freeLoopbackPort()
         let log = "\(dir)/plain-\(port).log"
         let pid = try HTTPFixture.spawn(HTTPFixture.python ?? "/usr/bin/python3",
@@ -236,7 +237,7 @@ final class HTTPFixture: Sendable {
     /// posix_spawn, stdout and stderr appended to `output`, stdin from /dev/null.
     /// (Foundation's Process left the fixture script unreaped when waited on
     /// from the suite's async scope; plain waitpid has no such machinery.)
-    static func spawn(_ exe: String, _ args: [String], output: String) throws -> pid_t {
+    public static func spawn(_ exe: String, _ args: [String], output: String) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -265,7 +266,7 @@ final class HTTPFixture: Sendable {
     }
 
     /// waitpid: the exit status (128+signal when killed), or nil if still running (`block: false`).
-    static func reap(_ pid: pid_t, block: Bool) -> Int32? {
+    public static func reap(_ pid: pid_t, block: Bool) -> Int32? {
         var status: Int32 = 0
         while true {
             let r = waitpid(pid, &status, block ? 0 : WNOHANG)
@@ -278,7 +279,7 @@ final class HTTPFixture: Sendable {
         return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 
-    static func waitForFile(_ path: String, child: Child) throws -> Int {
+    public static func waitForFile(_ path: String, child: Child) throws -> Int {
         for _ in 0..<100 {
             if FileManager.default.fileExists(atPath: path) {
                 let text = try String(contentsOfFile: path, encoding: .utf8)
@@ -290,7 +291,7 @@ final class HTTPFixture: Sendable {
         throw FixtureError("no \(path) after 5 s")
     }
 
-    static func waitForListener(_ port: Int, child: Child) throws {
+    public static func waitForListener(_ port: Int, child: Child) throws {
         for _ in 0..<100 {
             if canConnect(port) { return }
             guard child.isRunning else { throw FixtureError("server for port \(port) exited: \(child.logText)") }
@@ -299,7 +300,7 @@ final class HTTPFixture: Sendable {
         throw FixtureError("nothing listens on 127.0.0.1:\(port) after 5 s")
     }
 
-    static func loopbackAddress(_ port: Int) -> sockaddr_in {
+    public static func loopbackAddress(_ port: Int) -> sockaddr_in {
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -307,7 +308,7 @@ final class HTTPFixture: Sendable {
         return a
     }
 
-    static func canConnect(_ port: Int) -> Bool {
+    public static func canConnect(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -318,7 +319,7 @@ final class HTTPFixture: Sendable {
     }
 
     /// A port nothing listens on right now (bound to 0 and released).
-    static func freeLoopbackPort() throws -> Int {
+    public static func freeLoopbackPort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw FixtureError("socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -335,7 +336,7 @@ final class HTTPFixture: Sendable {
     }
 
     /// Runs a tool to completion; output goes to a file (no pipe a daemon could hold open).
-    static func runTool(_ exe: String, _ args: [String], logIn dir: String) throws -> (status: Int32, output: String) {
+    public static func runTool(_ exe: String, _ args: [String], logIn dir: String) throws -> (status: Int32, output: String) {
         let log = "\(dir)/\(URL(fileURLWithPath: exe).lastPathComponent).\(args.first ?? "run").out"
         let pid = try spawn(exe, args, output: log)
         let status = reap(pid, block: true) ?? -1
@@ -343,17 +344,17 @@ final class HTTPFixture: Sendable {
     }
 }
 
-struct FixtureError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
+public struct FixtureError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
 }
 
 /// Starts the nginx fixture around a whole suite and stops it afterwards,
 /// whatever the tests did.
-struct HTTPFixtureTrait: SuiteTrait, TestScoping {
-    var isRecursive: Bool { false }
+public struct HTTPFixtureTrait: SuiteTrait, TestScoping {
+    public var isRecursive: Bool { false }
 
-    func provideScope(for test: Test, testCase: Test.Case?,
+    public func provideScope(for test: Test, testCase: Test.Case?,
                       performing function: @Sendable () async throws -> Void) async throws {
         let fixture = try HTTPFixture.start()
         do {
@@ -367,12 +368,12 @@ struct HTTPFixtureTrait: SuiteTrait, TestScoping {
 }
 
 extension Trait where Self == HTTPFixtureTrait {
-    static var nginx: Self { HTTPFixtureTrait() }
+    public static var nginx: Self { HTTPFixtureTrait() }
 }
 
 /// Skips a suite (with the reason printed) where nginx cannot run.
 extension Trait where Self == ConditionTrait {
-    static var needsNginx: Self {
+    public static var needsNginx: Self {
         .enabled(if: HTTPFixture.skipReason == nil, Comment(rawValue: HTTPFixture.skipReason ?? ""))
     }
 }

@@ -1,4 +1,5 @@
 import ArchipStore
+import ArchipTestSupport
 import Foundation
 import Testing
 

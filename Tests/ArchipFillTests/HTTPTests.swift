@@ -1,5 +1,6 @@
 import ArchipStore
 import Dispatch
+import ArchipTestSupport
 import Foundation
 import Testing
 @testable import ArchipFill

@@ -1,3 +1,4 @@
+import ArchipTestSupport
 import Foundation
 import Testing
 @testable import ArchipFill
