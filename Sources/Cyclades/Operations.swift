@@ -299,9 +299,10 @@ extension Registry {
     /// pending commission must map to exactly one job.
     func checkNoJobInFlight(_ db: GRDB.Database, _ s: Server) throws {
         if let busy = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false
-                                        && [VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue, VolumeStatus.extending.rawValue].contains(Column("status"))
-                                        && Column("backendJobID") != nil).fetchOne(db), s.status != .build {
-            throw CycladesError(.conflict, "server \(s.id!) has a job in progress (volume \(busy.id!) is \(busy.status.rawValue)); wait for it")
+                                        && [VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue, VolumeStatus.extending.rawValue].contains(Column("status")))
+                                        .fetchOne(db), s.status != .build {
+            // Also while its job is not recorded yet (being sent, or lost in a crash: reconcile settles that).
+            throw CycladesError(.conflict, "server \(s.id!) has a change in progress (volume \(busy.id!) is \(busy.status.rawValue)); wait for it, or run reconcile-servers if it stays")
         }
     }
 

@@ -85,6 +85,7 @@ run "volume-create --server $SID --size 1 --source snapshot:… --wait" snf volu
 check "Ganeti has three disks" bash -c "[[ \"\$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.count snf-$SID | tr -d ' ')\" == 3 ]]"
 snf server-inspect "$SID" > "$W/inspect.txt"
 check "server-inspect shows 3 IN_USE volumes and 3 Ganeti disks" bash -c "[[ \$(grep -c IN_USE '$W/inspect.txt') == 3 && \$(grep -c 'snf-vol-' '$W/inspect.txt') -ge 3 ]]"
+check "the store holds snf-vol-1/2/3 at 1, 2 and 1 GiB" bash -c "[[ \"\$('$BIN/archip' --store '$STORE' list --json | python3 -c \"import json,sys; print(' '.join('%s=%d' % (v['metadata']['ganeti.cname'], v['size'] >> 30) for v in sorted(json.load(sys.stdin), key=lambda v: v['metadata'].get('ganeti.cname','')) if v['metadata'].get('ganeti.cname','').startswith('snf-vol-')))\")\" == 'snf-vol-1=1 snf-vol-2=2 snf-vol-3=1' ]]"
 run "reconcile-servers is clean" clean
 
 # --- bad input: refused, nothing changes ------------------------------------------------
