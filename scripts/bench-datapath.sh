@@ -81,18 +81,20 @@ print(int(d["bw_bytes"]), int(d["iops"]))
 EOF
 }
 
-# The four jobs, in this order on each target: written before it is read.
-run_target() {
-    target=$1 kind=$2 tag=$3
-    fio_job "$target" "$kind" seqwrite write 1M --end_fsync=1 > "$WORK/$tag.seqwrite"
-    fio_job "$target" "$kind" seqread read 1M > "$WORK/$tag.seqread"
-    fio_job "$target" "$kind" randread randread 4k --time_based --runtime="$SECONDS_PER_JOB" --randrepeat=0 > "$WORK/$tag.randread"
-    fio_job "$target" "$kind" randwrite randwrite 4k --time_based --runtime="$SECONDS_PER_JOB" --randrepeat=0 --end_fsync=1 > "$WORK/$tag.randwrite"
+# Each job on the three targets back to back (the machine's load moves; the
+# baseline is measured next to what it is compared with), in this order: a
+# target is written before it is read.
+on_all() {
+    job=$1
+    shift
+    fio_job "$PLAIN" block "$job" "$@" > "$WORK/plain.$job"
+    fio_job "$LOOPDEV" block "$job" "$@" > "$WORK/loop.$job"
+    fio_job "$FIO_NBD_URI" nbd "$job" "$@" > "$WORK/nbd.$job"
 }
-
-run_target "$PLAIN" block plain
-run_target "$LOOPDEV" block loop
-run_target "$FIO_NBD_URI" nbd nbd
+on_all seqwrite write 1M --end_fsync=1
+on_all seqread read 1M
+on_all randread randread 4k --time_based --runtime="$SECONDS_PER_JOB" --randrepeat=0
+on_all randwrite randwrite 4k --time_based --runtime="$SECONDS_PER_JOB" --randrepeat=0 --end_fsync=1
 
 say "# node data path: fio, iodepth 16, ${MIB} MiB targets, random jobs ${SECONDS_PER_JOB} s; baseline: plain loop device ($PLAIN) over a sparse file in $BENCH_DIR"
 # row JOB LABEL GOAL

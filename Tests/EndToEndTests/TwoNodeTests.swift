@@ -28,6 +28,12 @@ import Testing
             .out.trimmingCharacters(in: .whitespaces)
     }
 
+    /// The same through the page cache (a buffered reader, udev's probe).
+    static func bufferedBytes(_ dev: String, mib offset: Int, count: Int) throws -> String {
+        try shell("dd if=\(dev) bs=1M skip=\(offset) count=\(count) 2>/dev/null | od -An -tx1 -v | tr -s ' \\n' '\\n' | sed '/^$/d' | sort -u | tr '\\n' ' '")
+            .out.trimmingCharacters(in: .whitespaces)
+    }
+
     @Test func exclusiveRefusesTheOtherNodeAndSharedMigrationSeesEveryAcknowledgedWrite() throws {
         if skipDataPath("two nodes, live migration") { return }
         let cli = CLI()
@@ -62,6 +68,21 @@ import Testing
         // B reads first (its daemon opens the block objects it reads) ...
         try TwoNodes.qemuIO(devB[1], ["read -P 0x11 0 16M"], "node-b reads node-a's first writes")
         #expect(try TwoNodes.deviceBytes(devB[0], mib: 0, count: 16) == "11")
+        // A process keeps node-b's device open, as a running QEMU does: the
+        // kernel keeps the device's page cache while anyone has it open.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        holder.arguments = ["120"]
+        let device = try #require(FileHandle(forReadingAtPath: devB[0]))
+        holder.standardInput = device
+        holder.standardOutput = FileHandle.nullDevice
+        holder.standardError = FileHandle.nullDevice
+        try holder.run()
+        try device.close()   // only the holder keeps it open (a detach waits for every opener)
+        // SIGKILL: a child may inherit an ignored SIGTERM from the test runner.
+        func stopHolder() { if holder.isRunning { kill(holder.processIdentifier, SIGKILL); holder.waitUntilExit() } }
+        defer { stopHolder() }
+        #expect(try TwoNodes.bufferedBytes(devB[0], mib: 0, count: 1) == "11")   // now in node-b's page cache
         // ... then A overwrites: whole blocks (replaced objects), partial
         // blocks (in place), zeroes, and new blocks, each acknowledged and flushed.
         try TwoNodes.qemuIO(devA[1], ["write -P 0x22 0 8M", "write -P 0x33 9M 4k", "write -z 12M 4M",
@@ -85,8 +106,12 @@ import Testing
         // B takes the volume over (exclusive): now A is refused, naming B.
         #expect(try b.run(["open", "v"]).status == 0)
         #expect(try TwoNodes.mode(b, "v") == "exclusive")
+        // Taking the hold dropped node-b's page cache of the device: a buffered
+        // reader sees node-a's writes, not what was cached before them.
+        #expect(try TwoNodes.bufferedBytes(devB[0], mib: 0, count: 1) == "22")
         expectOneLineError(try a.run(["attach", "v"]), status: 1, mentioning: "node-b", "attach on node-a after the migration")
         try TwoNodes.qemuIO(devB[1], ["write -P 0x77 20M 1M", "flush"], "node-b writes as the new owner")
+        stopHolder()
         #expect(try b.run(["detach", "v"]).status == 0)
 
         // Back on A: B's writes are there, and the store is consistent.

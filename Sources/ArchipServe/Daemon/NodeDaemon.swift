@@ -1,4 +1,5 @@
 import ArchipStore
+import CArchipFuse
 import Foundation
 
 /// `archip serve`: holds the volumes attached on this node. For each it
@@ -295,7 +296,21 @@ public final class NodeDaemon: @unchecked Sendable {
             }
         }
         a.info.mode = hold.rawValue
+        if hold != .none {
+            // What the kernel cached of the device (udev's probe at attach, a
+            // buffered reader) may predate the other node's last writes.
+            dropKernelCache(a)
+        }
         log("\(name.value): hold \(from) -> \(hold.rawValue)")
+    }
+
+    /// Drops the page cache of the attachment's kernel block device (BLKFLSBUF:
+    /// dirty pages are written first). Taking a hold after another node wrote
+    /// must not leave older bytes there for buffered readers.
+    private func dropKernelCache(_ a: Attachment) {
+        guard let path = a.loop?.path ?? a.kernelNBD?.path else { return }
+        let r = archip_blk_flush_buffers(path)
+        if r != 0 { log("\(a.info.name): cannot drop the page cache of \(path): \(String(cString: strerror(-r)))") }
     }
 
     /// Detaches (idempotent): flushes everything and releases the lock.

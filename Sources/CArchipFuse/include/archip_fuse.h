@@ -39,4 +39,7 @@ int archip_loop_backing_file(int minor, char *out, size_t outlen);
 /* A connected kernel NBD device (nbd-client without netlink): its new size
    after a grow (NBD_SET_SIZE). Returns 0 or -errno. */
 int archip_nbd_set_size(const char *device, uint64_t bytes);
+
+/* Writes back and drops a block device's page cache (BLKFLSBUF). 0 or -errno. */
+int archip_blk_flush_buffers(const char *device);
 #endif
