@@ -48,7 +48,7 @@ deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: unit-test crash-test ganeti-test cyclades-test rados-test
+test: unit-test crash-test ganeti-test cyclades-test api-test rados-test
 
 unit-test:
 	$(SWIFT) test

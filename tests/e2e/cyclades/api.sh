@@ -69,7 +69,7 @@ run "set-up through snf-manage (backend, type, flavor, image, users)" bash -c "
   snf flavor-create small --cpu 1 --ram 128 --disk 1 --volume-type archipelago"
 IMG=$(snf image-register debian-12 --location snapshot:debian-img-v1 --size 24M)
 TOKEN=$(snf user-create alice --quota 6G | awk '/^token:/ {print $2}')
-BOB=$(snf user-create bob --quota 6G | awk '/^token:/ {print $2}')
+BOB=$(snf user-create bob --quota 1G | awk '/^token:/ {print $2}')
 check "tokens for alice and bob" test -n "$TOKEN" -a -n "$BOB"
 
 ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$BIN/cyclades-api" --db "$DB" --listen "127.0.0.1:$PORT" --store "$STORE" --runtime-dir "$RUN" --settle-interval 0.5 > "$W/api.log" 2>&1 &
