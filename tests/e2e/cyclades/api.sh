@@ -24,15 +24,7 @@ for c in cinder nova curl; do command -v $c >/dev/null || die "no $c (make deps:
 W=$(mktemp -d /var/tmp/gnt-cyclades-api.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-api-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
 PORT=18776 U=http://127.0.0.1:18776
-passed=0 failed=0
-ok()   { passed=$((passed + 1)); log "ok   - $*"; }
-bad()  { failed=$((failed + 1)); log "FAIL - $*"; }
-run() {
-  local name=$1; shift
-  local f="$W/$(printf '%02d' $((passed + failed)))-${name//[^A-Za-z0-9_.-]/_}.log"
-  if "$@" >"$f" 2>&1; then ok "$name"; else bad "$name (exit $?), last lines of $f:"; tail -n 15 "$f" | sed 's/^/      /' >&2; return 1; fi
-}
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok "$name"; else bad "$name"; fi; }
+. "$GNT_LAB_DIR/checks.sh"
 NS() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$@"; }
 snf() { NS "$BIN/snf-manage" "$@" --db "$DB"; }
 # The clients run in the namespace too: the API listens on its loopback.

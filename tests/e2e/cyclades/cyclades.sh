@@ -22,15 +22,7 @@ BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
 for b in archip archip-extstorage snf-manage; do [[ -x $BIN/$b ]] || die "no $b in $BIN (swift build first)"; done
 W=$(mktemp -d /var/tmp/gnt-cyclades.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
-passed=0 failed=0
-ok()   { passed=$((passed + 1)); log "ok   - $*"; }
-bad()  { failed=$((failed + 1)); log "FAIL - $*"; }
-run() {
-  local name=$1; shift
-  local f="$W/$(printf '%02d' $((passed + failed)))-${name//[^A-Za-z0-9_.-]/_}.log"
-  if "$@" >"$f" 2>&1; then ok "$name"; else bad "$name (exit $?), last lines of $f:"; tail -n 15 "$f" | sed 's/^/      /' >&2; return 1; fi
-}
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok "$name"; else bad "$name"; fi; }
+. "$GNT_LAB_DIR/checks.sh"
 # snf-manage talks to RAPI on 127.0.0.1:5080, which exists only in the namespace.
 snf() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$BIN/snf-manage" "$@" --db "$DB"; }
 snfj() { snf "$@" --output json; }

@@ -24,15 +24,7 @@ BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
 W=$(mktemp -d /var/tmp/gnt-archip.XXXXXX)
 STORE=$W/store RUN=$W/run CONF=$W/archip.conf PDIR=$W/extstorage/archipelago
 I1=arch1.$GNT_DOMAIN
-passed=0 failed=0
-ok()   { passed=$((passed + 1)); log "ok   - $*"; }
-bad()  { failed=$((failed + 1)); log "FAIL - $*"; }
-run() {
-  local name=$1; shift
-  local f="$W/$(printf '%02d' $((passed + failed)))-${name//[^A-Za-z0-9_.-]/_}.log"
-  if "$@" >"$f" 2>&1; then ok "$name"; else bad "$name (exit $?), last lines of $f:"; tail -n 15 "$f" | sed 's/^/      /' >&2; return 1; fi
-}
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok "$name"; else bad "$name"; fi; }
+. "$GNT_LAB_DIR/checks.sh"
 gnt() { nsx "$@"; }
 archip() { "$BIN/archip" --store "$STORE" "$@"; }
 vols() { archip list --json | python3 -c "import json,sys; print(' '.join(sorted(v['name'] for v in json.load(sys.stdin) if v['kind']=='volume' and v['name'].count('.ext.disk'))))"; }
