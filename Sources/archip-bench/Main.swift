@@ -74,6 +74,7 @@ struct Bench {
         if only == "all" || only == "map" { try mapLoad() }
         if only == "all" || only == "seq" { try sequential() }
         if only == "all" || only == "fill" { try fill() }
+        if only == "all" || only == "fill" || only == "fill-http" { try fillHTTP() }
         if only == "all" || only == "extstorage" { try extStorage() }
         if only == "all" || only == "random" || only == "writes" {
             if only != "writes" && only != "all" { try sequential() }
