@@ -40,12 +40,19 @@ public enum RawCopy {
         try volume.flush()
     }
 
-    /// Writes the whole volume to `fd` (which should be empty). Zero blocks
-    /// are skipped, leaving holes, as `cp --sparse` would.
+    /// Writes the whole volume to `fd`. A regular file (which should be empty)
+    /// is sized first and zero blocks are skipped, leaving holes, as `cp
+    /// --sparse` would; anything else (a block device, a pipe-less character
+    /// device such as /dev/null) gets every block, zeros included.
     public static func exportVolume(_ volume: Volume, to fd: Int32, jobs: Int = 0,
                                     progress: (@Sendable (UInt64) -> Void)? = nil) throws {
         let size = volume.size
-        guard ftruncate(fd, off_t(size)) == 0 else { throw StoreError.posix("truncate", "output", errno: errno) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw StoreError.posix("stat", "output", errno: errno) }
+        let regular = (st.st_mode & S_IFMT) == S_IFREG
+        if regular {
+            guard ftruncate(fd, off_t(size)) == 0 else { throw StoreError.posix("truncate", "output", errno: errno) }
+        }
         let bs = volume.blockSize
         let blocks = Int((size + UInt64(bs) - 1) / UInt64(bs))
         let done = Locked<UInt64>(0)
@@ -57,7 +64,7 @@ public enum RawCopy {
             let n = Int(min(UInt64(bs), size - offset))
             let seg = UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
             try volume.read(at: offset, into: seg)
-            if !ZeroScan.isZero(UnsafeRawBufferPointer(seg)) {
+            if !regular || !ZeroScan.isZero(UnsafeRawBufferPointer(seg)) {
                 writer.lock()
                 defer { writer.unlock() }
                 var put = 0
