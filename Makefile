@@ -65,7 +65,7 @@ rados-test:
 	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
 	else url=$$(tests/e2e/ceph/ceph-up.sh up) || exit 1; \
 	  trap 'tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
-	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --filter 'RadosBackend|ModelBased'; \
+	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --filter 'RadosBackend|ModelBased|RadosTwoNodes'; \
 	  $(SWIFT) build -c release --product archip-torture; \
 	  .build/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(RADOS_CRASH_ITERATIONS); \
 	  $(SWIFT) build --product archip; $(SWIFT) build --product archip-torture; \
@@ -113,6 +113,7 @@ bench:
 	$(SWIFT) build -c release --product archip-bench
 	.build/release/archip-bench
 	scripts/bench-datapath.sh .build/release/archip
+	scripts/bench-rados.sh .build/release/archip
 	$(SWIFT) build -c release --product snf-manage
 	$(SWIFT) build -c release --product cyclades-api
 	scripts/bench-api.sh .build/release
