@@ -66,6 +66,7 @@ public final class CycladesAPI: @unchecked Sendable {
         static func json(_ status: Int, _ object: Any) throws -> Reply {
             Reply(status: status, body: try JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]))
         }
+        static func json(_ status: Int, _ value: JSON) -> Reply { Reply(status: status, body: value.bytes) }
         static func empty(_ status: Int) -> Reply { Reply(status: status, body: nil) }
     }
 
@@ -153,7 +154,9 @@ public final class CycladesAPI: @unchecked Sendable {
         guard let q, !q.isEmpty else { return [:] }
         var out: [String: String] = [:]
         for pair in q.split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            // "=", "=v" and "k=" are all possible: split drops empty pieces, so keep them by hand.
+            let eq = pair.firstIndex(of: "=")
+            let kv = eq.map { [String(pair[..<$0]), String(pair[pair.index(after: $0)...])] } ?? [String(pair)]
             let k = kv[0].replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? kv[0]
             let v = kv.count > 1 ? (kv[1].replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? kv[1]) : ""
             out[k] = v

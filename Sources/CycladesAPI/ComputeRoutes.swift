@@ -66,40 +66,56 @@ extension CycladesAPI {
         return s
     }
 
-    func serverView(_ db: GRDB.Database, _ s: Server, _ call: Call, detail: Bool) throws -> [String: Any] {
-        let id = String(s.id!)
-        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(id)"],
-                                      ["rel": "bookmark", "href": "\(call.base)\(call.prefix)/servers/\(id)"]]
-        var out: [String: Any] = ["id": id, "name": s.name, "links": links]
-        guard detail else { return out }
-        let vols = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false).order(Column("index")).fetchAll(db)
-        out["status"] = Self.serverStatus(s.status)
-        out["tenant_id"] = s.project
-        out["user_id"] = s.userid
-        out["metadata"] = [String: String]()
-        out["image"] = s.imageID.map { ["id": $0, "links": [[String: Any]]()] as Any } ?? ""
-        out["flavor"] = ["id": String(s.flavorID), "links": [["rel": "bookmark", "href": "\(call.base)\(call.prefix)/flavors/\(s.flavorID)"]]]
-        out["created"] = s.created.openstack + "Z"
-        out["updated"] = s.updated.openstack + "Z"
-        out["addresses"] = [String: Any]()
-        out["hostId"] = ""
-        out["accessIPv4"] = ""
-        out["accessIPv6"] = ""
-        out["progress"] = s.status == .active ? 100 : 0
-        out["key_name"] = NSNull()
-        out["config_drive"] = ""
-        out["security_groups"] = [[String: Any]]()
-        out["OS-EXT-STS:vm_state"] = s.status.rawValue.lowercased()
-        out["OS-EXT-STS:task_state"] = s.pendingAction.map { $0 == "remove" ? "deleting" : "spawning" as Any } ?? NSNull()
-        out["OS-EXT-STS:power_state"] = s.status == .active ? 1 : 0
-        out["OS-EXT-AZ:availability_zone"] = "nova"
-        out["OS-DCF:diskConfig"] = "MANUAL"
-        out["os-extended-volumes:volumes_attached"] = vols.map { ["id": String($0.id!), "delete_on_termination": $0.deleteOnTermination] }
-        out["volumes"] = vols.map { $0.id! }
-        if s.status == .error {
-            out["fault"] = ["code": 500, "message": "the Ganeti job of server \(id) failed", "created": s.updated.openstack + "Z"]
+    /// The servers' volumes (not deleted, by index), in one query for a whole list.
+    func serverVolumes(_ db: GRDB.Database, _ servers: [Server]) throws -> [Int64: [Volume]] {
+        var out: [Int64: [Volume]] = [:]
+        let ids = servers.compactMap(\.id)
+        if ids.count == 1 {
+            out[ids[0]] = try Volume.filter(Column("machineID") == ids[0] && Column("deleted") == false).order(Column("index")).fetchAll(db)
+        } else if !ids.isEmpty {
+            let users = Array(Set(servers.map(\.userid)))
+            let vols = try Volume.fetchAll(db, sql: """
+                SELECT * FROM volumes WHERE deleted = 0 AND machineID IN
+                  (SELECT id FROM servers WHERE userid IN (\(users.map { _ in "?" }.joined(separator: ","))))
+                ORDER BY machineID, "index"
+                """, arguments: StatementArguments(users))
+            let wanted = Set(ids)
+            for v in vols where wanted.contains(v.machineID!) { out[v.machineID!, default: []].append(v) }
         }
         return out
+    }
+
+    /// A server as nova reads it, with the Synnefo keys (`volumes`) and
+    /// `os-extended-volumes:volumes_attached`; `vols` from `serverVolumes`.
+    func serverView(_ s: Server, _ vols: [Volume], _ call: Call, detail: Bool) -> JSON {
+        let id = String(s.id!)
+        let href = JSON.string("\(call.base)\(call.prefix)/servers/\(id)")
+        let links = JSON.array([.object([("rel", .string("self")), ("href", href)]), .object([("rel", .string("bookmark")), ("href", href)])])
+        guard detail else { return .object([("id", .string(id)), ("name", .string(s.name)), ("links", links)]) }
+        var out: [(String, JSON)] = [
+            ("id", .string(id)), ("name", .string(s.name)), ("links", links),
+            ("status", .string(Self.serverStatus(s.status))), ("tenant_id", .string(s.project)), ("user_id", .string(s.userid)),
+            ("metadata", .object([])),
+            ("image", s.imageID.map { JSON.object([("id", .string($0)), ("links", .array([]))]) } ?? .string("")),
+            ("flavor", .object([("id", .string(String(s.flavorID))),
+                                ("links", .array([.object([("rel", .string("bookmark")), ("href", .string("\(call.base)\(call.prefix)/flavors/\(s.flavorID)"))])]))])),
+            ("created", .string(s.created.openstack + "Z")), ("updated", .string(s.updated.openstack + "Z")),
+            ("addresses", .object([])), ("hostId", .string("")), ("accessIPv4", .string("")), ("accessIPv6", .string("")),
+            ("progress", .int(s.status == .active ? 100 : 0)), ("key_name", .null), ("config_drive", .string("")),
+            ("security_groups", .array([])),
+            ("OS-EXT-STS:vm_state", .string(s.status.rawValue.lowercased())),
+            ("OS-EXT-STS:task_state", .string(s.pendingAction.map { $0 == "remove" ? "deleting" : "spawning" })),
+            ("OS-EXT-STS:power_state", .int(s.status == .active ? 1 : 0)),
+            ("OS-EXT-AZ:availability_zone", .string("nova")), ("OS-DCF:diskConfig", .string("MANUAL")),
+            ("os-extended-volumes:volumes_attached",
+             .array(vols.map { .object([("id", .string(String($0.id!))), ("delete_on_termination", .bool($0.deleteOnTermination))]) })),
+            ("volumes", .array(vols.map { .int(Int($0.id!)) })),
+        ]
+        if s.status == .error {
+            out.append(("fault", .object([("code", .int(500)), ("message", .string("the Ganeti job of server \(id) failed")),
+                                          ("created", .string(s.updated.openstack + "Z"))])))
+        }
+        return .object(out)
     }
 
     func listServers(_ call: Call, detail: Bool) throws -> Reply {
@@ -114,14 +130,16 @@ extension CycladesAPI {
             if let m = call.query["marker"] { q = q.filter(Column("id") > (Int64(m) ?? 0)) }
             var list = try q.order(Column("id")).fetchAll(db)
             if let limit { list = Array(list.prefix(limit)) }
-            return try .json(200, ["servers": try list.map { try serverView(db, $0, call, detail: detail) }])
+            let vols = detail ? try serverVolumes(db, list) : [:]
+            return .json(200, .object([("servers", .array(list.map { serverView($0, vols[$0.id!] ?? [], call, detail: detail) }))]))
         }
     }
 
     func showServer(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         return try registry.db.read { db in
-            try .json(200, ["server": try serverView(db, try ownedServer(db, call.param("server_id"), user), call, detail: true)])
+            let s = try ownedServer(db, call.param("server_id"), user)
+            return .json(200, .object([("server", serverView(s, try serverVolumes(db, [s])[s.id!] ?? [], call, detail: true))]))
         }
     }
 

@@ -75,17 +75,6 @@ enum Input {
 }
 
 extension Date {
-    /// OpenStack's timestamp form: 2024-01-02T03:04:05.000000
-    var openstack: String {
-        let t = timeIntervalSince1970
-        var secs = time_t(t.rounded(.down))
-        var tm = tm()
-        gmtime_r(&secs, &tm)
-        let micros = Int((t - t.rounded(.down)) * 1_000_000)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%06d", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday),
-                      Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec), micros)
-    }
-
     static func parseOpenstack(_ s: String) -> Date? {
         let iso = ISO8601DateFormatter()
         if let d = iso.date(from: s) { return d }

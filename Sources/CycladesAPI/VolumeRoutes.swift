@@ -89,51 +89,44 @@ extension CycladesAPI {
         return VolumeContext(types: types, metadata: meta)
     }
 
-    func volumeView(_ v: Volume, _ ctx: VolumeContext, _ call: Call, detail: Bool) -> [String: Any] {
+    /// A volume as Cinder and Synnefo clients read it (keys and types as in
+    /// docs/openapi.json's Volume and VolumeSummary), as an ordered JSON value.
+    func volumeView(_ v: Volume, _ ctx: VolumeContext, _ call: Call, detail: Bool) -> JSON {
         let id = String(v.id!)
-        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/volumes/\(id)"],
-                                      ["rel": "bookmark", "href": "\(call.base)\(call.prefix)/volumes/\(id)"]]
-        var out: [String: Any] = ["id": id, "name": v.name ?? NSNull(), "display_name": v.name ?? NSNull(), "links": links]
-        guard detail else { return out }
+        let href = JSON.string("\(call.base)\(call.prefix)/volumes/\(id)")
+        let links = JSON.array([.object([("rel", .string("self")), ("href", href)]), .object([("rel", .string("bookmark")), ("href", href)])])
+        let name = JSON.string(v.name)
+        guard detail else { return .object([("id", .string(id)), ("name", name), ("display_name", name), ("links", links)]) }
         let type = ctx.types[v.volumeTypeID]
-        var attachments: [[String: Any]] = []
+        var attachments: [JSON] = []
+        let created = JSON.string(v.created.openstack)
         if let sid = v.machineID, !v.deleted {
-            attachments.append(["attachment_id": id, "id": id, "volume_id": id, "server_id": String(sid),
-                                "device": Self.device(v.index), "device_index": v.index ?? NSNull(), "host_name": NSNull(),
-                                "attached_at": v.created.openstack])
+            attachments.append(.object([("attachment_id", .string(id)), ("id", .string(id)), ("volume_id", .string(id)),
+                                        ("server_id", .string(String(sid))), ("device", .string(Self.device(v.index))),
+                                        ("device_index", .int(v.index)), ("host_name", .null), ("attached_at", created)]))
         }
         let src = v.source?.split(separator: ":", maxSplits: 1).map(String.init) ?? []
-        let snapshotID: Any = src.first == "snapshot" && src.count == 2 ? src[1] : NSNull()
-        let imageID: Any = src.first == "image" && src.count == 2 ? src[1] : NSNull()
-        let sourceVol: Any = src.first == "volume" && src.count == 2 ? src[1] : NSNull()
-        out["description"] = v.description ?? NSNull()
-        out["display_description"] = v.description ?? NSNull()
-        out["size"] = v.size
-        out["status"] = Self.cinderStatus(v.status)
-        out["volume_type"] = type?.name ?? NSNull()
-        out["volume_type_id"] = String(v.volumeTypeID)
-        out["SNF:disk_template"] = type?.diskTemplate ?? NSNull()
-        out["attachments"] = attachments
-        out["metadata"] = ctx.metadata[v.id!] ?? [String: String]()
-        out["bootable"] = (v.index == 0 || src.first == "image") ? "true" : "false"
-        out["source_volid"] = sourceVol
-        out["snapshot_id"] = snapshotID
-        out["image_id"] = imageID
-        out["created_at"] = v.created.openstack
-        out["updated_at"] = v.updated.openstack
-        out["user_id"] = v.userid
-        out["tenant_id"] = v.project
-        out["os-vol-tenant-attr:tenant_id"] = v.project
-        out["delete_on_termination"] = v.deleteOnTermination
-        out["deleted"] = v.deleted
-        out["availability_zone"] = "nova"
-        out["encrypted"] = false
-        out["multiattach"] = false
-        out["replication_status"] = NSNull()
-        out["consistencygroup_id"] = NSNull()
-        out["server_id"] = v.machineID.map { String($0) as Any } ?? NSNull()
-        out["device_index"] = v.index ?? NSNull()
-        return out
+        let kind = src.first ?? "", ref = src.count == 2 ? src[1] : nil
+        let description = JSON.string(v.description)
+        let metadata = (ctx.metadata[v.id!] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, JSON.string($0.value)) }
+        return .object([
+            ("id", .string(id)), ("name", name), ("display_name", name), ("links", links),
+            ("description", description), ("display_description", description),
+            ("size", .int(v.size)), ("status", .string(Self.cinderStatus(v.status))),
+            ("volume_type", .string(type?.name)), ("volume_type_id", .string(String(v.volumeTypeID))),
+            ("SNF:disk_template", .string(type?.diskTemplate)),
+            ("attachments", .array(attachments)), ("metadata", .object(metadata)),
+            ("bootable", .string(v.index == 0 || kind == "image" ? "true" : "false")),
+            ("source_volid", kind == "volume" ? .string(ref) : .null),
+            ("snapshot_id", kind == "snapshot" ? .string(ref) : .null),
+            ("image_id", kind == "image" ? .string(ref) : .null),
+            ("created_at", created), ("updated_at", .string(v.updated.openstack)),
+            ("user_id", .string(v.userid)), ("tenant_id", .string(v.project)), ("os-vol-tenant-attr:tenant_id", .string(v.project)),
+            ("delete_on_termination", .bool(v.deleteOnTermination)), ("deleted", .bool(v.deleted)),
+            ("availability_zone", .string("nova")), ("encrypted", .bool(false)), ("multiattach", .bool(false)),
+            ("replication_status", .null), ("consistencygroup_id", .null),
+            ("server_id", .string(v.machineID.map { String($0) })), ("device_index", .int(v.index)),
+        ])
     }
 
     // MARK: lookups
@@ -172,7 +165,7 @@ extension CycladesAPI {
             if let status = call.query["status"]?.lowercased() { vols = vols.filter { Self.cinderStatus($0.status) == status || $0.status.rawValue.lowercased() == status } }
             if let limit { vols = Array(vols.prefix(limit)) }
             let ctx = try detail ? volumeContext(db, vols) : VolumeContext(types: [:], metadata: [:])
-            return try .json(200, ["volumes": vols.map { volumeView($0, ctx, call, detail: detail) }])
+            return .json(200, .object([("volumes", .array(vols.map { volumeView($0, ctx, call, detail: detail) }))]))
         }
     }
 
@@ -180,7 +173,7 @@ extension CycladesAPI {
         let user = try call.requireUser
         return try registry.db.read { db in
             let v = try ownedVolume(db, call.param("volume_id"), user)
-            return try .json(200, ["volume": volumeView(v, try volumeContext(db, [v]), call, detail: true)])
+            return .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
         }
     }
 
@@ -224,7 +217,7 @@ extension CycladesAPI {
         let created = try registry.createVolume(server: serverID, user: user.id, sizeGB: size!, source: sources.first, volumeType: volumeType,
                                                 name: name, description: description, metadata: metadata)
         return try registry.db.read { db in
-            try .json(202, ["volume": volumeView(created, try volumeContext(db, [created]), call, detail: true)])
+            .json(202, .object([("volume", volumeView(created, try volumeContext(db, [created]), call, detail: true))]))
         }
     }
 
@@ -245,7 +238,7 @@ extension CycladesAPI {
             if let description { v.description = description }
             v.updated = Date()
             try v.update(db)
-            return try .json(200, ["volume": volumeView(v, try volumeContext(db, [v]), call, detail: true)])
+            return .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
         }
     }
 
