@@ -4,7 +4,11 @@
 #  1. wrk on GET /volume/v3/volumes/detail vs nginx serving the same JSON bytes
 #     as a static file, same machine, same run: requests/s, p99, ratio.
 #  2. POST /volumes + DELETE /volumes/{id} round trips (each waits for the
-#     settle of its job before the next step), from one Python client: p50/p99.
+#     settle of its job before the next step), from one Python client: p50/p99,
+#     against the same client fetching a volume's JSON (a POST's answer) from
+#     nginx as a static file on one kept-alive connection.
+# nginx's answer is checked first (200 and the very bytes cyclades-api sent),
+# and each wrk row prints its non-2xx and socket errors.
 # Usage: scripts/bench-api.sh BINDIR   (cyclades-api and snf-manage; release build)
 set -euo pipefail
 BIN=${1:-.build/release}
@@ -13,7 +17,7 @@ for b in cyclades-api snf-manage; do [[ -x $BIN/$b ]] || { echo "bench-api: no $
 command -v wrk >/dev/null || { echo "SKIP bench-api: wrk is not installed (make deps)"; exit 0; }
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || { echo "SKIP bench-api: nginx is not installed (make deps)"; exit 0; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-W=$(mktemp -d /tmp/bench-api.XXXXXX); chmod 755 "$W"   # nginx workers (www-data) read www/
+W=$(mktemp -d /tmp/bench-api.XXXXXX); chmod 755 "$W"   # nginx's workers read www/ (not under the work folder: its modes)
 APORT=$((20000 + RANDOM % 10000)); NPORT=$((APORT + 1))
 cleanup() { [[ -n ${APID:-} ]] && kill $APID 2>/dev/null; [[ -f $W/nginx.pid ]] && kill "$(cat $W/nginx.pid)" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
@@ -44,29 +48,37 @@ curl -s -H "X-Auth-Token: $TOKEN" "http://127.0.0.1:$APORT/volume/v3/volumes/det
 N=$(python3 -c "import json; print(len(json.load(open('$W/detail.json'))['volumes']))" )
 mkdir -p "$W/www/volume/v3/volumes" "$W/ng"
 cp "$W/detail.json" "$W/www/volume/v3/volumes/detail"
+curl -s -H "X-Auth-Token: $TOKEN" "http://127.0.0.1:$APORT/volume/v3/volumes/1" > "$W/www/volume.json"
+chmod -R a+rX "$W/www"
+NGUSER=""; [[ $(id -u) == 0 ]] && NGUSER="user root;"   # workers read what root made, whatever the umask
 cat > "$W/nginx.conf" <<NG
-worker_processes 2; pid $W/nginx.pid; error_log $W/ng/error.log; daemon on;
+$NGUSER worker_processes 2; pid $W/nginx.pid; error_log $W/ng/error.log; daemon on;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $W/ng; proxy_temp_path $W/ng; fastcgi_temp_path $W/ng; uwsgi_temp_path $W/ng; scgi_temp_path $W/ng;
   server { listen 127.0.0.1:$NPORT; root $W/www; default_type application/json; } }
 NG
 "$NGINX" -c "$W/nginx.conf" -e "$W/ng/error.log" 2>/dev/null || "$NGINX" -c "$W/nginx.conf"
 sleep 0.3
+code=$(curl -s -o "$W/nginx-answer" -w '%{http_code}' "http://127.0.0.1:$NPORT/volume/v3/volumes/detail")
+if [[ $code != 200 ]] || ! cmp -s "$W/nginx-answer" "$W/detail.json"; then
+  echo "bench-api: nginx answered $code (not 200 with the API's bytes): no baseline"; cat "$W/ng/error.log" 2>/dev/null | tail -3; exit 1
+fi
 wrk_row() {  # NAME URL -> "req/s p99"
   wrk -t2 -c16 -d${DUR}s --latency -H "X-Auth-Token: $TOKEN" "$2" > "$W/wrk-$1.txt"
   local rps p99; rps=$(awk '/^Requests\/sec:/ {print $2}' "$W/wrk-$1.txt"); p99=$(awk '$1 == "99%" {print $2}' "$W/wrk-$1.txt")
   local errs; errs=$(awk '/Non-2xx/ {print $NF}' "$W/wrk-$1.txt")
-  echo "$rps $p99 ${errs:-0}"
+  local sock; sock=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$W/wrk-$1.txt")
+  echo "$rps $p99 $(( ${errs:-0} + ${sock:-0} ))"
 }
 read -r A_RPS A_P99 A_ERR < <(wrk_row api "http://127.0.0.1:$APORT/volume/v3/volumes/detail")
 read -r N_RPS N_P99 N_ERR < <(wrk_row nginx "http://127.0.0.1:$NPORT/volume/v3/volumes/detail")
 BYTES=$(stat -c %s "$W/detail.json")
 printf 'api: GET /volume/v3/volumes/detail, %d volumes (%d bytes), wrk -t2 -c16 %ss\n' "$N" "$BYTES" "$DUR"
-printf '  %-28s %10s req/s  p99 %8s  non-2xx %s\n' "cyclades-api" "$A_RPS" "$A_P99" "$A_ERR" "nginx (same bytes, static)" "$N_RPS" "$N_P99" "$N_ERR"
-python3 -c "print('  ratio cyclades-api / nginx: %.3f' % ($A_RPS / $N_RPS))"
-python3 - "$APORT" "$TOKEN" "${BENCH_API_ROUNDS:-300}" <<'PY'
+printf '  %-28s %10s req/s  p99 %8s  non-2xx or socket errors %s\n' "cyclades-api" "$A_RPS" "$A_P99" "$A_ERR" "nginx (same bytes, static)" "$N_RPS" "$N_P99" "$N_ERR"
+python3 -c "print('  ratio cyclades-api / nginx (requests/s): %.3f' % ($A_RPS / $N_RPS))"
+python3 - "$APORT" "$TOKEN" "${BENCH_API_ROUNDS:-300}" "$NPORT" <<'PY'
 import http.client, json, sys, time
-port, token, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+port, token, rounds, nport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 c = http.client.HTTPConnection("127.0.0.1", int(port))
 h = {"X-Auth-Token": token, "Content-Type": "application/json"}
 def req(m, p, b=None):
@@ -93,4 +105,11 @@ print("api: POST /volumes + DELETE /volumes/{id}, %d round trips (fake Ganeti, e
 print("  POST   p50 %.2f ms  p99 %.2f ms" % (pct(posts, 50), pct(posts, 99)))
 print("  DELETE p50 %.2f ms  p99 %.2f ms" % (pct(dels, 50), pct(dels, 99)))
 print("  round trip (POST, settle, DELETE, settle) p50 %.2f ms  p99 %.2f ms, %.0f round trips/s" % (pct(rts, 50), pct(rts, 99), len(rts) / sum(rts)))
+n = http.client.HTTPConnection("127.0.0.1", nport)
+gets = []
+for i in range(rounds * 2):
+    t0 = time.perf_counter(); n.request("GET", "/volume.json"); r = n.getresponse(); r.read(); assert r.status == 200, r.status
+    gets.append(time.perf_counter() - t0)
+print("  nginx GET of one volume's JSON (static), same client: p50 %.2f ms  p99 %.2f ms" % (pct(gets, 50), pct(gets, 99)))
+print("  ratio nginx GET / POST at p50: %.3f, / DELETE: %.3f" % (pct(gets, 50) / pct(posts, 50), pct(gets, 50) / pct(dels, 50)))
 PY
