@@ -19,7 +19,7 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || { echo "SKIP bench-ap
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 W=$(mktemp -d /tmp/bench-api.XXXXXX); chmod 755 "$W"   # nginx's workers read www/ (not under the work folder: its modes)
 APORT=$((20000 + RANDOM % 10000)); NPORT=$((APORT + 1))
-cleanup() { [[ -n ${APID:-} ]] && kill $APID 2>/dev/null; [[ -f $W/nginx.pid ]] && kill "$(cat $W/nginx.pid)" 2>/dev/null; rm -rf "$W"; }
+cleanup() { [[ -n ${APID:-} ]] && kill $APID 2>/dev/null || true; [[ -f $W/nginx.pid ]] && kill "$(cat $W/nginx.pid)" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 snf() { "$BIN/snf-manage" "$@" --db "$W/c.db" >/dev/null; }
 snf backend-add fake --rapi https://127.0.0.1:1 --user u --password p --insecure --node n --os noop

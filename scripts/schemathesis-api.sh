@@ -14,7 +14,7 @@ for b in cyclades-api snf-manage; do [[ -x $BIN/$b ]] || { echo "api-schemathesi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/api-schemathesis.XXXXXX)
 APORT=$((30000 + RANDOM % 10000))
-cleanup() { [[ -n ${APID:-} ]] && kill "$APID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+cleanup() { if [[ -n ${APID:-} ]]; then kill "$APID" 2>/dev/null || true; wait "$APID" 2>/dev/null || true; fi; rm -rf "$W"; }
 trap cleanup EXIT
 snf() { "$BIN/snf-manage" "$@" --db "$W/c.db"; }
 snf backend-add fake --rapi https://127.0.0.1:1 --user u --password p --insecure --node n --os noop >/dev/null
