@@ -17,7 +17,7 @@ BASE=$2
 CONF=$(printf '%s' "$BASE" | sed -n 's/.*conf=\([^&]*\).*/\1/p')
 DIR=$(dirname "$CONF")
 PIDF=$DIR/run/osd.0.pid
-MIB=${OSD_KILL_MIB:-512}
+MIB=${OSD_KILL_MIB:-2048}   # long enough for a checkpoint (every 2 s) before the kill
 fail=0
 IMG=$(mktemp /var/tmp/archip-osdkill-XXXXXX)
 OUT=$IMG.out
@@ -36,13 +36,29 @@ osd_up() {
     return 1
 }
 
+POOL=$(printf '%s' "$BASE" | sed -e 's|^rados://||' -e 's|?.*||')
+
 # Waits until the fill has stored some blocks (or 10 s).
 wait_some() {
     local u=$1
     for _ in $(seq 100); do
-        [ "$(rados -c "$CONF" -p "$(printf '%s' "$BASE" | sed -e 's|^rados://||' -e 's|?.*||')" -N "${u##*ns=}" ls 2>/dev/null | grep -c '^blocks/')" -ge 8 ] && return
+        [ "$(rados -c "$CONF" -p "$POOL" -N "${u##*ns=}" ls 2>/dev/null | grep -c '^blocks/')" -ge 8 ] && return
         sleep 0.1
     done
+}
+
+# Waits until the fill's checkpoint (fills/v) has grown: it records verified blocks.
+wait_checkpoint() {
+    local u=$1 first="" size
+    for _ in $(seq 300); do
+        size=$(rados -c "$CONF" -p "$POOL" -N "${u##*ns=}" stat fills/v 2>/dev/null | sed -n 's/.*size \([0-9]*\).*/\1/p')
+        if [ -n "$size" ]; then
+            [ -z "$first" ] && first=$size
+            [ "$size" -gt "$first" ] && return 0
+        fi
+        sleep 0.1
+    done
+    return 1
 }
 
 check() {   # $1 round, $2 url
@@ -57,6 +73,7 @@ round1() {
     "$BIN/archip" --store "$U" fill v --from "file:$IMG" --progress none >/dev/null 2>"$IMG.err" &
     local pid=$!
     wait_some "$U"
+    kill -0 $pid 2>/dev/null || { echo "FAIL round 1: the fill ended before the OSD was killed (raise OSD_KILL_MIB)"; return 1; }
     kill -9 "$(cat "$PIDF")"
     local t0=$(date +%s.%N)
     sleep 2
@@ -77,7 +94,8 @@ round2() {
     "$BIN/archip" --store "$U" create v --size "${MIB}M" || return 1
     "$BIN/archip" --store "$U" fill v --from "file:$IMG" --progress none >/dev/null 2>"$IMG.err" &
     local pid=$!
-    wait_some "$U"
+    wait_checkpoint "$U" && kill -0 $pid 2>/dev/null ||
+        { echo "FAIL round 2: the fill ended before it checkpointed (raise OSD_KILL_MIB)"; kill -9 $pid 2>/dev/null; return 1; }
     kill -9 "$(cat "$PIDF")"
     sleep 1
     kill -9 $pid; wait $pid 2>/dev/null
@@ -90,6 +108,7 @@ round2() {
     local out
     out=$("$BIN/archip" --store "$U" fill v --from "file:$IMG" --resume --progress none) || { echo "FAIL round 2: --resume"; return 1; }
     echo "round 2: OSD and fill killed; after the restart: $out"
+    printf '%s' "$out" | grep -q 'resumed [1-9]' || { echo "FAIL round 2: --resume fetched every block again"; return 1; }
     check "round 2" "$U" || return 1
     echo "PASS osd-kill round 2"
 }
