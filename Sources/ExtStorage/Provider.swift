@@ -112,6 +112,11 @@ public struct Provider {
 
     private func attach() throws -> [String] {
         let name = try env.volumeName()
+        // A missing volume must fail (Ganeti then treats it as removed), and
+        // must not start a node daemon just to say so.
+        guard try openStore().summary(name) != nil else {
+            throw ExtStorageError(.failed, "'\(name)' does not exist in store \(config.storePath)")
+        }
         let a = try node.attach(name)
         // Ganeti: the block device on the first line, userspace URIs after it.
         return [a.device, "kvm:" + a.uri]

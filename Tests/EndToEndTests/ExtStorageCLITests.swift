@@ -48,6 +48,14 @@ struct ProviderRun {
         return v
     }
 
+    /// Stops the node daemon a call started (an attach starts one on demand).
+    func stopDaemon() {
+        guard let text = try? String(contentsOfFile: runtime + "/serve.pid", encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0 else { return }
+        kill(pid, SIGTERM)
+        for _ in 0..<100 where kill(pid, 0) == 0 { usleep(50_000) }
+    }
+
     func info(_ name: String) throws -> [String: Any]? {
         let r = try cli.run(["info", name, "--json"])
         guard r.status == 0 else { return nil }
@@ -89,6 +97,7 @@ func expectProviderFailure(_ r: CLI.Result, status: Int32, mentioning: String, _
 
     @Test func badInputIsOneLineAndChangesNothing() throws {
         let p = try ProviderRun()
+        defer { p.stopDaemon() }
         #expect(try p.cli.run(["create", "img", "--size", "8M"]).status == 0)
         #expect(try p.cli.run(["snapshot", "img", "img-v1"]).status == 0)
         let before = p.cli.snapshotOfFiles()
@@ -120,6 +129,7 @@ func expectProviderFailure(_ r: CLI.Result, status: Int32, mentioning: String, _
         expectProviderFailure(try p.call("grow", ProviderRun.vars(vol, ["VOL_SIZE": "64", "VOL_NEW_SIZE": "x"])), status: 2, mentioning: "VOL_NEW_SIZE", "grow")
         expectProviderFailure(try p.call("attach", ["VOL_NAME": "../x"]), status: 2, mentioning: "VOL_NAME", "attach ../x")
         expectProviderFailure(try p.call("attach", ProviderRun.vars("missing.ext.disk0")), status: 1, mentioning: "does not exist", "attach of a missing volume")
+        #expect(!FileManager.default.fileExists(atPath: p.runtime + "/control.sock"), "no daemon was started for a missing volume")
         expectProviderFailure(try p.call("snapshot", ProviderRun.vars(vol)), status: 2, mentioning: "VOL_SNAPSHOT_NAME", "snapshot")
         expectProviderFailure(try p.call("open", ProviderRun.vars(vol, ["VOL_OPEN_EXCLUSIVE": "maybe"])), status: 2, mentioning: "VOL_OPEN_EXCLUSIVE", "open")
         expectProviderFailure(try p.call("setinfo", ProviderRun.vars(vol)), status: 2, mentioning: "VOL_METADATA", "setinfo")

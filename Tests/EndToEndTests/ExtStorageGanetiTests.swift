@@ -45,13 +45,7 @@ struct GanetiNode {
                        uris: dev?["uris"] as? [String] ?? [], error: json["error"] as? String ?? "", raw: r.out)
     }
 
-    func stopDaemon() {
-        if let pid = (try? String(contentsOfFile: provider.runtime + "/serve.pid", encoding: .utf8))
-            .flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }), kill(pid, 0) == 0 {
-            kill(pid, SIGTERM)
-            for _ in 0..<100 where kill(pid, 0) == 0 { usleep(50_000) }
-        }
-    }
+    func stopDaemon() { provider.stopDaemon() }
 }
 
 @Suite(.serialized) struct ExtStorageThroughGaneti {
