@@ -17,14 +17,12 @@ need_root
 cd /
 
 GL=$GNT_LAB_DIR
-REPO=$(cd "$GL/../../.." && pwd)
-BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
-for b in archip archip-extstorage snf-manage cyclades-api; do [[ -x $BIN/$b ]] || die "no $b in $BIN (swift build first)"; done
+. "$GNT_LAB_DIR/checks.sh"
+need_bins archip archip-extstorage snf-manage cyclades-api
 for c in cinder nova curl; do command -v $c >/dev/null || die "no $c (make deps: python3-cinderclient python3-novaclient)"; done
 W=$(mktemp -d /var/tmp/gnt-cyclades-api.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-api-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
 PORT=18776 U=http://127.0.0.1:18776
-. "$GNT_LAB_DIR/checks.sh"
 NS() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$@"; }
 snf() { NS "$BIN/snf-manage" "$@" --db "$DB"; }
 # The clients run in the namespace too: the API listens on its loopback.

@@ -17,12 +17,10 @@ need_root
 cd /
 
 GL=$GNT_LAB_DIR
-REPO=$(cd "$GL/../../.." && pwd)
-BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
-for b in archip archip-extstorage snf-manage; do [[ -x $BIN/$b ]] || die "no $b in $BIN (swift build first)"; done
+. "$GNT_LAB_DIR/checks.sh"
+need_bins archip archip-extstorage snf-manage
 W=$(mktemp -d /var/tmp/gnt-cyclades.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
-. "$GNT_LAB_DIR/checks.sh"
 # snf-manage talks to RAPI on 127.0.0.1:5080, which exists only in the namespace.
 snf() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$BIN/snf-manage" "$@" --db "$DB"; }
 snfj() { snf "$@" --output json; }

@@ -18,13 +18,11 @@ need_root
 cd /
 
 HERE=$GNT_LAB_DIR
-REPO=$(cd "$HERE/../../.." && pwd)
-BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
-[[ -x $BIN/archip && -x $BIN/archip-extstorage ]] || die "no archip / archip-extstorage in $BIN (swift build first)"
+. "$GNT_LAB_DIR/checks.sh"
+need_bins archip archip-extstorage
 W=$(mktemp -d /var/tmp/gnt-archip.XXXXXX)
 STORE=$W/store RUN=$W/run CONF=$W/archip.conf PDIR=$W/extstorage/archipelago
 I1=arch1.$GNT_DOMAIN
-. "$GNT_LAB_DIR/checks.sh"
 gnt() { nsx "$@"; }
 archip() { "$BIN/archip" --store "$STORE" "$@"; }
 vols() { archip list --json | python3 -c "import json,sys; print(' '.join(sorted(v['name'] for v in json.load(sys.stdin) if v['kind']=='volume' and v['name'].count('.ext.disk'))))"; }

@@ -1,5 +1,9 @@
-# Pass/fail bookkeeping for the end-to-end scripts (sourced after lib.sh).
-# The caller sets W, the folder where each step's output is kept.
+# What the end-to-end scripts share (sourced after lib.sh): where the binaries
+# are, and pass/fail bookkeeping. The caller sets W, the folder where each
+# step's output is kept, before the first run.
+REPO=$(cd "$GNT_LAB_DIR/../../.." && pwd)
+BIN=${GNT_ARCHIP_BIN:-$REPO/.build/debug}
+need_bins() { local b; for b; do [[ -x $BIN/$b ]] || die "no $b in $BIN (swift build first)"; done; }
 passed=0 failed=0
 ok()   { passed=$((passed + 1)); log "ok   - $*"; }
 bad()  { failed=$((failed + 1)); log "FAIL - $*"; }
