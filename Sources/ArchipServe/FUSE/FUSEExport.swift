@@ -126,9 +126,24 @@ public struct LoopDevice: Sendable, CustomStringConvertible {
         }
     }
 
-    public func detach() throws {
+    /// Detaches and waits until the kernel has really let go of the file.
+    ///
+    /// While anyone else has the device open (udev's blkid after the attach
+    /// event, a monitoring tool), LOOP_CLR_FD only marks it auto-clear and
+    /// returns 0; the file stays in use until that opener closes. The FUSE
+    /// export under it must stay up until then, so callers that unmount next
+    /// need the wait (CI caught the daemon exiting with the device still bound).
+    public func detach(waitingUpTo timeout: Double = 10) throws {
         let r = archip_loop_detach(minor)
         guard r == 0 || r == -ENXIO else { throw StoreError(.io, "detach \(path)", cause: String(cString: strerror(-r))) }
+        let deadline = Date().addingTimeInterval(timeout)
+        let sys = "/sys/block/loop\(minor)/loop/backing_file"
+        while FileManager.default.fileExists(atPath: sys) {
+            guard Date() < deadline else {
+                throw StoreError(.io, "detach \(path)", cause: "still open by another process after \(Int(timeout)) s; it detaches when that process closes it")
+            }
+            usleep(20_000)
+        }
     }
 
     /// Makes the device see its file's new size (after a grow).
@@ -137,7 +152,14 @@ public struct LoopDevice: Sendable, CustomStringConvertible {
         guard r == 0 else { throw StoreError(.io, "resize \(path)", cause: String(cString: strerror(-r))) }
     }
 
+    /// The backing file's full path. The kernel's status ioctl keeps only the
+    /// first 63 bytes of the name (LO_NAME_SIZE), which cut runtime folders
+    /// short and made crash recovery miss the dead daemon's devices; sysfs has
+    /// the whole path.
     public func backingFile() throws -> String {
+        if let s = try? String(contentsOfFile: "/sys/block/loop\(minor)/loop/backing_file", encoding: .utf8) {
+            return s.hasSuffix("\n") ? String(s.dropLast()) : s
+        }
         var buf = [CChar](repeating: 0, count: 128)
         let r = archip_loop_backing_file(minor, &buf, buf.count)
         guard r == 0 else { throw StoreError(.io, "status of \(path)", cause: String(cString: strerror(-r))) }
