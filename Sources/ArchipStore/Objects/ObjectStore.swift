@@ -136,6 +136,13 @@ public protocol ObjectStore: AnyObject, Sendable {
     /// without building the whole list in memory. Return false to stop.
     func enumerate(prefix: String, _ body: (ObjectName) throws -> Bool) throws
 
+    /// `enumerate` of several prefixes in as few passes as the backend can
+    /// (default below: one per prefix; RADOS: one pass of the pool for all).
+    func enumerate(prefixes: [String], _ body: (ObjectName) throws -> Bool) throws
+
+    /// `removeAll` of several prefixes (default below: one per prefix).
+    func removeAll(prefixes: [String]) throws
+
     /// Takes a lock named `name` for `owner`; throws `.locked` naming the holder.
     func acquireLock(_ name: ObjectName, owner: LockOwner, mode: LockMode) throws
 
@@ -159,6 +166,28 @@ public protocol ObjectStore: AnyObject, Sendable {
 extension ObjectStore {
     /// Backends that keep nothing between calls have nothing to forget.
     public func forgetCached(_ name: ObjectName) {}
+
+    /// Calls `body` for every object under any of `prefixes` (folders, each
+    /// ending in `/`; none inside another), in no particular order across
+    /// prefixes. For backends whose listing cannot start at a prefix (RADOS
+    /// lists a whole pool), one pass serves them all; by default, one
+    /// `enumerate(prefix:)` each. Return false to stop.
+    public func enumerate(prefixes: [String], _ body: (ObjectName) throws -> Bool) throws {
+        var going = true
+        for p in prefixes where going {
+            try enumerate(prefix: p) { name in
+                going = try body(name)
+                return going
+            }
+        }
+    }
+
+    /// Removes every object under any of `prefixes` (folders, each ending in
+    /// `/`); by default one `removeAll(prefix:)` each, in one pass where the
+    /// backend overrides it.
+    public func removeAll(prefixes: [String]) throws {
+        for p in prefixes { try removeAll(prefix: p) }
+    }
 }
 
 extension ObjectStore {
