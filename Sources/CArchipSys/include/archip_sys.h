@@ -6,4 +6,13 @@ int archip_syncfs(int fd);
 int archip_rename_noreplace(const char *from, const char *to);
 /* Starts writeback of a file's dirty pages without waiting (sync_file_range). */
 int archip_start_writeback(int fd);
+/* An unnamed file in folder `dir` (O_TMPFILE), opened for writing; with `direct`,
+   O_DIRECT as well. -1 with errno where the file system lacks either (EOPNOTSUPP,
+   EISDIR, EINVAL). */
+int archip_open_tmpfile(const char *dir, int direct);
+/* Gives the unnamed file `fd` the name `path` (linkat through /proc/self/fd, or
+   AT_EMPTY_PATH); fails with EEXIST when the name is taken. */
+int archip_link_tmpfile(int fd, const char *path);
+/* Turns O_DIRECT off on `fd` (for an unaligned tail). */
+int archip_clear_direct(int fd);
 #endif
