@@ -62,6 +62,15 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
     /// it would read (and write) the replaced file.
     public func forgetCached(_ name: ObjectName) { invalidate(name) }
 
+    /// The cached descriptor (kept open while the returned value lives) and
+    /// the file's current length, for zero-copy reads.
+    public func readDescriptor(_ name: ObjectName) throws -> ObjectReadDescriptor? {
+        let fd = try descriptor(name, writable: false)
+        var st = Glibc.stat()
+        guard fstat(fd.fd, &st) == 0 else { throw StoreError.posix("stat", path(name), errno: errno) }
+        return ObjectReadDescriptor(fd: fd.fd, size: UInt64(st.st_size), keepingAlive: fd)
+    }
+
     // MARK: ObjectStore
 
     public func read(_ name: ObjectName, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {

@@ -161,11 +161,34 @@ public protocol ObjectStore: AnyObject, Sendable {
     /// since. Volumes opened shared, for live migration, call it before each
     /// object access: the other holder may have replaced the object.
     func forgetCached(_ name: ObjectName)
+
+    /// An open descriptor of a local file holding the object, for readers
+    /// that move its bytes without copying them (splice, sendfile); nil where
+    /// objects are not local files. Throws `.notFound` for a missing object.
+    func readDescriptor(_ name: ObjectName) throws -> ObjectReadDescriptor?
+}
+
+/// A read descriptor of one object's file, valid while this value lives
+/// (a store's cache may drop its own reference meanwhile). `size` is the
+/// file's length when it was handed out; bytes past it read as zeros.
+public final class ObjectReadDescriptor: @unchecked Sendable {
+    public let fd: Int32
+    public let size: UInt64
+    private let owner: AnyObject
+
+    public init(fd: Int32, size: UInt64, keepingAlive owner: AnyObject) {
+        self.fd = fd
+        self.size = size
+        self.owner = owner
+    }
 }
 
 extension ObjectStore {
     /// Backends that keep nothing between calls have nothing to forget.
     public func forgetCached(_ name: ObjectName) {}
+
+    /// Objects that are not local files have no descriptor.
+    public func readDescriptor(_ name: ObjectName) throws -> ObjectReadDescriptor? { nil }
 
     /// Calls `body` for every object under any of `prefixes` (folders, each
     /// ending in `/`; none inside another), in no particular order across

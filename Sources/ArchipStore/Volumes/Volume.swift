@@ -181,6 +181,49 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// What `read(at:into:)` would copy, as pieces for a reader that moves
+    /// file pages without copying them (the node daemon splices them to FUSE
+    /// and sends them to NBD sockets): zeros (holes, zero blocks, past an
+    /// object's end) and ranges of object files, in order. Nil when the store
+    /// has no descriptors, the volume is open shared (migration: objects may
+    /// be replaced by the other node at any time) or an ancestor's object has
+    /// moved; then use `read(at:into:)`. Concurrent writes behave as with `read`.
+    public func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]? {
+        guard mode != .shared else { return nil }
+        return try io.shared { () throws -> [VolumeReadPiece]? in
+            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            try checkRange(offset, length, size: size)
+            var pieces: [VolumeReadPiece] = []
+            func zeros(_ n: Int) {
+                if case .zeros(let m)? = pieces.last { pieces[pieces.count - 1] = .zeros(m + n) } else { pieces.append(.zeros(n)) }
+            }
+            var done = 0
+            while done < length {
+                let pos = offset + UInt64(done)
+                let b = UInt32(pos / UInt64(blockSize))
+                let inBlock = UInt64(pos % UInt64(blockSize))
+                let n = min(blockSize - Int(inBlock), length - done)
+                switch resolve(b) {
+                case .zero:
+                    zeros(n)
+                case .object(let obj, _):
+                    let d: ObjectReadDescriptor
+                    do {
+                        guard let got = try objects.readDescriptor(obj) else { return nil }
+                        d = got
+                    } catch let e as StoreError where e.code == .notFound {
+                        return nil
+                    }
+                    let available = d.size > inBlock ? Int(min(UInt64(n), d.size - inBlock)) : 0
+                    if available > 0 { pieces.append(.file(d, offset: inBlock, count: available)) }
+                    if available < n { zeros(n - available) }
+                }
+                done += n
+            }
+            return pieces
+        }
+    }
+
     public func read(at offset: UInt64, length: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: length)
         try out.withUnsafeMutableBytes { try read(at: offset, into: $0) }
@@ -620,4 +663,12 @@ public final class Volume: @unchecked Sendable {
             try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
         }
     }
+}
+
+/// One piece of a volume read (`Volume.readPieces`).
+public enum VolumeReadPiece: @unchecked Sendable {
+    /// This many zero bytes.
+    case zeros(Int)
+    /// `count` bytes of an object's file at `offset`.
+    case file(ObjectReadDescriptor, offset: UInt64, count: Int)
 }
