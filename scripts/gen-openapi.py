@@ -35,12 +35,14 @@ schemas = {
                             "deleted": S("boolean"), "server_id": nstr, "device_index": S("integer", nullable=True)}),
     "VolumeCreate": S("object", required=["volume"], properties={
         "volume": S("object", properties={
-            "size": {"description": "GB (a whole number, or a string of digits); optional with snapshot_id or imageRef",
+            "size": {"description": "GB (a whole number, or a string of digits); optional with snapshot_id, imageRef or source_volid",
                      "oneOf": [S("integer"), S("string")], "nullable": True},
             "server_id": {"oneOf": [S("integer"), S("string")], "nullable": True, "description": "required here or as the scheduler hint"},
             "name": nstr, "display_name": nstr, "description": nstr, "display_description": nstr,
             "volume_type": {"oneOf": [S("integer"), S("string")], "nullable": True},
-            "imageRef": nstr, "snapshot_id": nstr, "source_volid": nstr,
+            "imageRef": nstr, "snapshot_id": nstr,
+            "source_volid": dict(nstr, description="clone this volume of the user's (in-use or available; 404 for another user's, 400 in another status); "
+                                                   "O(1) in the store, for types whose provider clones"),
             "metadata": S("object", additionalProperties=S("string"), nullable=True)}),
         "OS-SCH-HNT:scheduler_hints": S("object", properties={"server_id": {"oneOf": [S("integer"), S("string")]}})}),
     "VolumeUpdate": S("object", required=["volume"], properties={"volume": S("object", properties={
@@ -106,7 +108,7 @@ add("/volume", "get", op("Volume API versions", 200, ref("VersionList"), auth=Fa
 for p in ["/volume/v3", "/volume/v2.0"]:
     add(p, "get", op("Volume API versions", 200, ref("VersionList"), auth=False))
     add(f"{p}/volumes", "get", op("List volumes", 200, lst("volumes", ref("VolumeSummary"))), query=True)
-    add(f"{p}/volumes", "post", op("Create a volume on a server (202, the volume in creating)", 202, wrap("volume", ref("Volume")), "VolumeCreate", errors=ERR_WRITE))
+    add(f"{p}/volumes", "post", op("Create a volume on a server, blank or from imageRef, snapshot_id or source_volid (202, the volume in creating)", 202, wrap("volume", ref("Volume")), "VolumeCreate", errors=ERR_WRITE))
     add(f"{p}/volumes/detail", "get", op("List volumes in detail", 200, lst("volumes", ref("Volume"))), query=True)
     v = ("volume_id",)
     add(f"{p}/volumes/{{volume_id}}", "get", op("Show a volume (deleted ones too)", 200, wrap("volume", ref("Volume")), params=v))

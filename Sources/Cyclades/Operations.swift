@@ -13,11 +13,13 @@ extension Registry {
         guard gb <= maxVolumeSizeGB else { throw CycladesError(.badRequest, "size \(gb) GB is above the limit of \(maxVolumeSizeGB) GB") }
     }
 
-    /// `image:UUID` (public or the user's) or `snapshot:UUID` (the user's).
+    /// `image:UUID` (public or the user's), `snapshot:UUID` (the user's) or
+    /// `volume:ID` (the user's, IN_USE or AVAILABLE, of a cloning type: the
+    /// provider gets `disk:snf-vol-ID`, the Ganeti disk to clone).
     func resolve(_ db: GRDB.Database, source: String, user: User) throws -> ResolvedSource {
         let parts = source.split(separator: ":", maxSplits: 1).map(String.init)
         guard parts.count == 2, !parts[1].isEmpty else {
-            throw CycladesError(.badRequest, "source '\(source)': use image:UUID or snapshot:UUID")
+            throw CycladesError(.badRequest, "source '\(source)': use image:UUID, snapshot:UUID or volume:ID")
         }
         switch parts[0] {
         case "image":
@@ -32,9 +34,20 @@ extension Registry {
             guard s.status == "AVAILABLE" else { throw CycladesError(.badRequest, "snapshot \(parts[1]) is \(s.status), not AVAILABLE") }
             return ResolvedSource(source: source, origin: "snapshot:" + s.storeName, sizeBytes: Int64(s.size) << 30, imageID: nil)
         case "volume":
-            throw CycladesError(.badRequest, "cloning a volume is not supported; take a snapshot of it and use snapshot:UUID")
+            // A clone of the user's volume: the provider snapshots it where it is
+            // attached (every acknowledged write) and clones that, O(1).
+            guard let id = Int64(parts[1]), let v = try Volume.fetchOne(db, key: id), v.userid == user.id else {
+                throw CycladesError(.itemNotFound, "volume \(parts[1]) does not exist")
+            }
+            guard !v.deleted, v.status == .inUse || v.status == .available else {
+                throw CycladesError(.badRequest, "volume \(id) is \(v.deleted ? "deleted" : v.status.rawValue); only IN_USE or AVAILABLE volumes can be cloned")
+            }
+            guard let type = try VolumeType.fetchOne(db, key: v.volumeTypeID), type.canClone else {
+                throw CycladesError(.badRequest, "volume \(id) cannot be cloned: its volume type's provider does not clone (archipelago does)")
+            }
+            return ResolvedSource(source: "volume:\(id)", origin: "disk:" + v.diskName, sizeBytes: v.sizeBytes, imageID: nil)
         default:
-            throw CycladesError(.badRequest, "source '\(source)' is of an unknown kind: use image:UUID or snapshot:UUID")
+            throw CycladesError(.badRequest, "source '\(source)' is of an unknown kind: use image:UUID, snapshot:UUID or volume:ID")
         }
     }
 

@@ -178,7 +178,8 @@ extension CycladesAPI {
     }
 
     /// POST /volumes: server_id from the volume or the scheduler hint; one
-    /// source at most (imageRef, snapshot_id; source_volid is refused).
+    /// source at most (imageRef, snapshot_id, source_volid: a clone of the
+    /// user's volume, O(1) in the store, for types whose provider clones).
     func createVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let body = try Input.body(call)
@@ -200,9 +201,6 @@ extension CycladesAPI {
         let image = try Input.id(v, "imageRef"), snapshot = try Input.id(v, "snapshot_id"), sourceVol = try Input.id(v, "source_volid")
         let sources = [image.map { "image:\($0)" }, snapshot.map { "snapshot:\($0)" }, sourceVol.map { "volume:\($0)" }].compactMap { $0 }
         guard sources.count <= 1 else { throw Input.bad("give one source at most (imageRef, snapshot_id or source_volid), not \(sources.count)") }
-        if sourceVol != nil {
-            throw Input.bad("cloning a volume (source_volid) is not supported: snapshot it (POST /snapshots) and create from the snapshot (snapshot_id)")
-        }
         let volumeType = try Input.id(v, "volume_type")
         let metadata = try Input.metadata(v) ?? [:]
         if size == nil {
@@ -210,6 +208,13 @@ extension CycladesAPI {
             size = try registry.db.read { db -> Int? in
                 if let snapshot, let s = try Snapshot.fetchOne(db, key: snapshot), s.userid == user.id { return s.size }
                 if let image, let i = try Image.fetchOne(db, key: image), i.isPublic || i.owner == user.id { return Int((i.size + (1 << 30) - 1) >> 30) }
+                if let sourceVol {
+                    // Another user's volume is as missing as one that never was.
+                    guard let id = Int64(sourceVol), let s = try Volume.fetchOne(db, key: id), s.userid == user.id else {
+                        throw CycladesError(.itemNotFound, "volume \(sourceVol.prefix(40)) does not exist")
+                    }
+                    return s.size
+                }
                 return nil
             }
             guard size != nil else { throw Input.bad("Malformed request. Missing attribute 'size'.") }

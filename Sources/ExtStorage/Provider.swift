@@ -86,7 +86,13 @@ public struct Provider {
         if let originSize = env.originSize, originSize > size.bytes {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE \(originSize) bytes is larger than VOL_SIZE (\(size.bytes) bytes)")
         }
-        var request = FillRequest(target: name, source: try parseOrigin(origin))
+        var source = try parseOrigin(origin, store: store)
+        if case .volume(let live) = source {
+            // A clone of a volume needs a frozen layer that holds every write
+            // acknowledged so far: a snapshot, taken where the volume is served.
+            source = .snapshot(try originSnapshot(of: live, for: name, store: store))
+        }
+        var request = FillRequest(target: name, source: source)
         request.createSize = size
         request.metadata = metadata
         // A create Ganeti retries after a crash continues the fill it began.
@@ -140,6 +146,15 @@ public struct Provider {
         }
         try store.remove(name)
         _ = try? FillStage.abort(store: store, target: name)
+        // The snapshot a volume origin was frozen into for this clone goes with
+        // it, unless something else was cloned from it since.
+        if let from = existing.metadata["clone-of"], from.hasSuffix(".origin-of-\(name)"), let snap = try? VolumeName(from) {
+            do {
+                try store.remove(snap)
+            } catch let e as StoreError where e.code == .hasChildren || e.code == .notFound {
+                note("\(snap) stays: \(e.description)")
+            }
+        }
     }
 
     private func grow() throws {
@@ -191,7 +206,7 @@ public struct Provider {
         if env.variables["VOL_NAME"] != nil { _ = try env.volumeName() }
         let store = try openStore()
         guard let origin = env.origin else { return }
-        let spec = try parseOrigin(origin)
+        let spec = try parseOrigin(origin, store: store)
         switch spec {
         case .snapshot(let n), .volume(let n):
             guard let s = try store.summary(n) else {
@@ -218,12 +233,52 @@ public struct Provider {
 
     // MARK: helpers
 
-    private func parseOrigin(_ origin: String) throws -> SourceSpec {
+    /// The origin as the filler takes it; `disk:NAME` (what Cyclades sends to
+    /// clone a volume) becomes `volume:` the store volume of the Ganeti disk
+    /// named NAME (its `VOL_CNAME`, recorded at create).
+    private func parseOrigin(_ origin: String, store: VolumeStore) throws -> SourceSpec {
+        if origin.hasPrefix("disk:") {
+            let cname = String(origin.dropFirst(5))
+            guard !cname.isEmpty else { throw ExtStorageError(.badInput, "EXTP_ORIGIN: 'disk:' needs a Ganeti disk name") }
+            let found = try store.list().filter { $0.kind == "volume" && $0.metadata[Key.cname] == cname }
+            guard found.count == 1, let only = found.first else {
+                throw ExtStorageError(found.isEmpty ? .badInput : .failed,
+                                      found.isEmpty ? "origin \(origin): no volume of Ganeti disk '\(cname)' in store \(config.storePath)"
+                                                    : "origin \(origin): \(found.count) volumes claim Ganeti disk '\(cname)' (\(found.map(\.name).joined(separator: ", ")))")
+            }
+            return .volume(try VolumeName(only.name))
+        }
         do {
             return try SourceSpec(parsing: origin)
         } catch let e as StoreError {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN: \(e.description)")
         }
+    }
+
+    /// The snapshot `VOL.origin-of-TARGET` a clone of volume `vol` is made
+    /// from: through this node's daemon when `vol` is attached here (so it
+    /// holds every write the daemon acknowledged), else through the store,
+    /// which refuses while another node holds the volume. A create Ganeti
+    /// retries finds the snapshot it took before.
+    private func originSnapshot(of vol: VolumeName, for target: VolumeName, store: VolumeStore) throws -> VolumeName {
+        let snap = try VolumeName("\(vol).origin-of-\(target)")
+        if let s = try store.summary(snap) {
+            guard s.kind == "snapshot" else { throw ExtStorageError(.failed, "\(snap) exists and is a volume; not touching it") }
+            return snap
+        }
+        guard let src = try store.summary(vol), src.kind == "volume" else {
+            throw ExtStorageError(.badInput, "origin volume:\(vol): no such volume in store \(config.storePath)")
+        }
+        if try node.snapshot(vol, as: snap) {
+            note("\(vol): snapshot \(snap) taken through this node's daemon (every acknowledged write)")
+            return snap
+        }
+        do {
+            try store.snapshot(vol, as: snap)
+        } catch let e as StoreError where e.code == .locked {
+            throw ExtStorageError(.failed, "origin volume:\(vol) is held elsewhere (\(e.description)): clone it on the node that serves it, or once it is detached")
+        }
+        return snap
     }
 
     /// One progress line every 10 s: Ganeti keeps the call's output in its log.

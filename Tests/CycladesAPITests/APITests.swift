@@ -266,7 +266,8 @@ func fault(_ r: Reply) -> (String, Int, String)? {
                 ("unknown server", "/volume/v3/volumes", vol(#""size":1,"server_id":"999""#), 400, "badRequest"),
                 ("server_id not a number", "/volume/v3/volumes", vol(#""size":1,"server_id":"abc""#), 400, "badRequest"),
                 ("two sources", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","imageRef":"\#(f.image.id)","snapshot_id":"x""#), 400, "badRequest"),
-                ("source_volid", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","source_volid":"1""#), 400, "badRequest"),
+                ("source_volid of a missing volume", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","source_volid":"99""#), 404, "itemNotFound"),
+                ("source_volid and snapshot_id", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","source_volid":"1","snapshot_id":"x""#), 400, "badRequest"),
                 ("unknown image", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","imageRef":"nope""#), 400, "badRequest"),
                 ("unknown type", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","volume_type":"gold""#), 400, "badRequest"),
                 ("metadata not strings", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","metadata":{"a":1}"#), 400, "badRequest"),
@@ -313,6 +314,49 @@ func fault(_ r: Reply) -> (String, Int, String)? {
             #expect(r.status == 501 && fault(r)?.0 == "notImplemented")
             #expect(try f.dump() == eight)
             #expect(try f.ganeti.instanceDisks("snf-\(sid)")?.disks.count == (disks?.disks.count ?? 0) + 1)
+        }
+    }
+
+    /// source_volid: a clone of the user's volume (the provider gets the
+    /// source's Ganeti disk as origin), sized like the source when no size is
+    /// given; another user's source is 404, a source in error 400.
+    @Test func cloneFromSourceVolid() async throws {
+        let f = try APIFixture(quota: 6 << 30)
+        try await f.app().test(.router) { c in
+            let sid = try await bootServer(f, c)
+            var r = try await c.call(.post, "/volume/v3/volumes", token: f.alice,
+                                     json: #"{"volume":{"source_volid":"2","name":"copy","OS-SCH-HNT:scheduler_hints":{"server_id":"\#(sid)"}}}"#)
+            #expect(r.status == 202, "\(r.raw)")
+            let v = r.json["volume"] as? [String: Any]
+            #expect(v?["source_volid"] as? String == "2" && v?["size"] as? Int == 1 && v?["status"] as? String == "creating", "\(r.raw)")
+            #expect(v?["snapshot_id"] is NSNull && v?["image_id"] is NSNull)
+            let id = try #require(v?["id"] as? String)
+            try f.settle()
+            r = try await c.call(.get, "/volume/v3/volumes/\(id)", token: f.alice)
+            #expect((r.json["volume"] as? [String: Any])?["status"] as? String == "in-use", "\(r.raw)")
+            let origin = try f.registry.db.read { try Cyclades.Volume.fetchOne($0, key: Int64(id)!)?.origin }
+            #expect(origin == "disk:snf-vol-2")
+            #expect(try f.ganeti.instanceDisks("snf-\(sid)")?.disks.count == 3)
+            // bob: alice's volume as a source is as missing as any other (404), nothing changes.
+            r = try await c.call(.post, "/compute/v2.1/servers", token: f.bob, json: #"{"server":{"name":"b","imageRef":"\#(f.image.id)","flavorRef":"small"}}"#)
+            try f.settle()
+            let bsid = (r.json["server"] as? [String: Any])?["id"] as? String ?? "?"
+            let before = try f.dump()
+            for body in [#"{"volume":{"source_volid":"2","server_id":"\#(bsid)"}}"#, #"{"volume":{"size":1,"source_volid":"2","server_id":"\#(bsid)"}}"#] {
+                r = try await c.call(.post, "/volume/v3/volumes", token: f.bob, json: body)
+                #expect(r.status == 404 && fault(r)?.0 == "itemNotFound", "\(r.raw)")
+            }
+            #expect(try f.dump() == before)
+            // A volume in error (its create never reached Ganeti) is no source.
+            f.ganeti.refuse = "RAPI down"
+            r = try await c.call(.post, "/volume/v3/volumes", token: f.alice, json: #"{"volume":{"size":1,"server_id":"\#(sid)"}}"#)
+            #expect(r.status >= 500, "\(r.raw)")
+            f.ganeti.refuse = nil
+            let broken = try f.registry.db.read { try Cyclades.Volume.filter(Column("status") == "ERROR").fetchOne($0)?.id }
+            let errorState = try f.dump()
+            r = try await c.call(.post, "/volume/v3/volumes", token: f.alice, json: #"{"volume":{"source_volid":"\#(broken ?? 0)","server_id":"\#(sid)"}}"#)
+            #expect(r.status == 400 && fault(r)?.2.contains("ERROR") == true, "\(r.raw)")
+            #expect(try f.dump() == errorState)
         }
     }
 

@@ -102,6 +102,7 @@ func recorded(_ name: String) throws -> Data {
         #expect(try VolumeRequest(parsing: "size=10,image=abc") == VolumeRequest(sizeGB: 10, source: "image:abc"))
         #expect(try VolumeRequest(parsing: "size=3") == VolumeRequest(sizeGB: 3, source: nil))
         #expect(try VolumeRequest(parsing: "size=3,source=snapshot:s1") == VolumeRequest(sizeGB: 3, source: "snapshot:s1"))
+        #expect(try VolumeRequest(parsing: "size=3,volume=7") == VolumeRequest(sizeGB: 3, source: "volume:7"))
         for bad in ["size=x", "size", "size=1,image=a,snapshot=b", "colour=red"] {
             #expect(throws: CycladesError.self, "\(bad)") { try VolumeRequest(parsing: bad) }
         }
@@ -128,7 +129,8 @@ func recorded(_ name: String) throws -> Data {
             ("size 0", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 0, source: nil, volumeType: nil, name: nil) }, .badRequest),
             ("size -1", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: -1, source: nil, volumeType: nil, name: nil) }, .badRequest),
             ("huge", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1 << 20, source: nil, volumeType: nil, name: nil) }, .badRequest),
-            ("volume source", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "volume:1", volumeType: nil, name: nil) }, .badRequest),
+            ("volume source smaller than the volume", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "volume:1", volumeType: nil, name: nil) }, .badRequest),
+            ("missing volume source", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 2, source: "volume:99", volumeType: nil, name: nil) }, .itemNotFound),
             ("unknown kind", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "disk:1", volumeType: nil, name: nil) }, .badRequest),
             ("missing image", { _ = try r.createVolume(server: sid, user: "alice", sizeGB: 1, source: "image:nope", volumeType: nil, name: nil) }, .badRequest),
             ("source larger", { _ = try r.createServer(name: "v", user: "alice", flavor: "small", image: nil, volumes: [.init(sizeGB: 2, source: "image:\(big.id)")]) }, .badRequest),
@@ -159,6 +161,84 @@ func recorded(_ name: String) throws -> Data {
         f.ganeti.finishAll()
         try r.processJobs()
         #expect(throws: CycladesError.self) { _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil) }
+    }
+}
+
+/// `volume:ID` sources (Cinder's source_volid): the provider is asked to
+/// clone the Ganeti disk of the source, charged and settled like any create.
+@Suite struct Clones {
+    @Test func aCloneAsksTheProviderForTheSourceDisk() throws {
+        let f = try Fixture(quota: 20 << 30)
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [.init(sizeGB: 2, source: nil), .init(sizeGB: 3, source: nil)])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try f.usage() == (5 << 30, 0))
+        let c = try r.createVolume(server: s.id!, user: "alice", sizeGB: 4, source: "volume:2", volumeType: nil, name: "copy")
+        let spec = try #require(f.ganeti.sentDisks.last)
+        #expect(spec == DiskSpec(name: "snf-vol-\(c.id!)", sizeMiB: 4096, provider: "archipelago", origin: "disk:snf-vol-2", originSize: 3 << 30))
+        #expect(c.source == "volume:2" && c.origin == "disk:snf-vol-2" && c.status == .creating)
+        #expect(try f.usage() == (5 << 30, 4 << 30), "charged as pending, as any create")
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Volume.fetchOne($0, key: c.id!)!.status } == .inUse)
+        #expect(try f.usage() == (9 << 30, 0))
+        // A clone of the root onto a new server, as its root.
+        let s2 = try r.createServer(name: "vm2", user: "alice", flavor: "small", image: nil, volumes: [.init(sizeGB: 2, source: "volume:1")])
+        #expect(f.ganeti.sentDisks.last?.origin == "disk:snf-vol-1" && f.ganeti.sentDisks.last?.originSize == 2 << 30)
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Server.fetchOne($0, key: s2.id!)!.status } == .active)
+        // A clone whose job fails: ERROR, charge rejected; the source is untouched.
+        _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: 3, source: "volume:2", volumeType: nil, name: nil)
+        f.ganeti.finishAll { _ in true }
+        try r.processJobs()
+        #expect(try f.usage() == (11 << 30, 0))
+        #expect(try r.db.read { try Volume.fetchOne($0, key: 2)!.status } == .inUse)
+        #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+    }
+
+    @Test func refusedClonesChangeNothing() throws {
+        let f = try Fixture(quota: 12 << 30)
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [.init(sizeGB: 2, source: nil), .init(sizeGB: 1, source: nil)])
+        let other = try r.createServer(name: "vm2", user: "alice", flavor: "small", image: f.image.id, volumes: [])
+        let classic = try r.createServer(name: "old", user: "alice", flavor: "classic", image: f.image.id, volumes: [])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        // volume 5: a create that failed (ERROR); volume 2: being removed (DELETING).
+        let failed = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil)
+        f.ganeti.finishAll { _ in true }
+        try r.processJobs()
+        let (bob, _) = try r.createUser(name: "bob", diskLimit: 10 << 30)
+        let bobServer = try r.createServer(name: "b", user: bob.id, flavor: "small", image: f.image.id, volumes: [])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        _ = try r.removeVolume(2)   // its job stays pending
+        let before = try f.dump()
+        let sentBefore = f.ganeti.sentDisks.count
+        let o = other.id!
+        let cases: [(String, () throws -> Void, CycladesError.Kind, String)] = [
+            ("another user's volume", { _ = try r.createVolume(server: bobServer.id!, user: bob.id, sizeGB: 2, source: "volume:1", volumeType: nil, name: nil) }, .itemNotFound, "does not exist"),
+            ("a missing volume", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 2, source: "volume:404", volumeType: nil, name: nil) }, .itemNotFound, "does not exist"),
+            ("not a volume id", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 2, source: "volume:abc", volumeType: nil, name: nil) }, .itemNotFound, "does not exist"),
+            ("a source in ERROR", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 2, source: "volume:\(failed.id!)", volumeType: nil, name: nil) }, .badRequest, "ERROR"),
+            ("a source being deleted", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 2, source: "volume:2", volumeType: nil, name: nil) }, .badRequest, "DELETING"),
+            ("a source of a type that does not clone", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 2, source: "volume:\(try r.db.read { try Volume.filter(Column("machineID") == classic.id!).fetchOne($0)!.id! })", volumeType: nil, name: nil) }, .badRequest, "does not clone"),
+            ("onto a type that does not clone", { _ = try r.createVolume(server: classic.id!, user: "alice", sizeGB: 2, source: "volume:1", volumeType: nil, name: nil) }, .badRequest, "clones"),
+            ("smaller than the source", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 1, source: "volume:1", volumeType: nil, name: nil) }, .badRequest, "larger"),
+            ("over quota", { _ = try r.createVolume(server: o, user: "alice", sizeGB: 9, source: "volume:1", volumeType: nil, name: nil) }, .overLimit, "capacity"),
+        ]
+        for (what, call, kind, mentioning) in cases {
+            do {
+                try call()
+                Issue.record("\(what): accepted")
+            } catch let e as CycladesError {
+                #expect(e.kind == kind && e.message.contains(mentioning), "\(what): \(e.kind) \(e.message)")
+            }
+            #expect(try f.dump() == before, "\(what): the database changed")
+        }
+        #expect(f.ganeti.sentDisks.count == sentBefore, "nothing reached Ganeti")
     }
 }
 

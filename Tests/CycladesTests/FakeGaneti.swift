@@ -11,6 +11,8 @@ final class FakeGaneti: GanetiBackend, @unchecked Sendable {
     var nextJob: Int64 = 1
     /// The next submission fails (RAPI down) with this message.
     var refuseNext: String?
+    /// Every disk asked for, in order (instance creates and disk adds).
+    var sentDisks: [DiskSpec] = []
 
     private func submit(_ effect: @escaping () -> Void) throws -> Int64 {
         try lock.withLock {
@@ -23,12 +25,14 @@ final class FakeGaneti: GanetiBackend, @unchecked Sendable {
     }
 
     func createInstance(_ spec: InstanceSpec) throws -> Int64 {
-        try submit { [self] in
+        lock.withLock { sentDisks += spec.disks }
+        return try submit { [self] in
             instances[spec.name] = spec.disks.enumerated().map { .init(name: $1.name, sizeMiB: $1.sizeMiB, uuid: UUID().uuidString, index: $0) }
         }
     }
     func addDisk(instance: String, _ disk: DiskSpec) throws -> Int64 {
-        try submit { [self] in
+        lock.withLock { sentDisks.append(disk) }
+        return try submit { [self] in
             var d = instances[instance] ?? []
             d.append(.init(name: disk.name, sizeMiB: disk.sizeMiB, uuid: UUID().uuidString, index: d.count))
             instances[instance] = d

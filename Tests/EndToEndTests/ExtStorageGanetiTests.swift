@@ -126,6 +126,69 @@ struct GanetiNode {
         #expect(!again.ok && again.error.contains("does not exist"), "\(again.raw)")
     }
 
+    /// A clone of a volume (Cyclades' source_volid: `origin=disk:CNAME`):
+    /// taken through the daemon that serves the source, it holds every write
+    /// acknowledged before it; another node, where the source is held, refuses
+    /// and leaves nothing; once the source is detached any node clones it
+    /// through the store; removing a clone removes the snapshot it was made from.
+    @Test func cloneOfAVolumeAttachedHereElsewhereOrDetached() throws {
+        if let why = ganetiUnavailable { print("SKIP Ganeti provider clone: \(why)"); return }
+        let cli = CLI()
+        let a = try GanetiNode("node-a", cli: cli)
+        let b = try GanetiNode("node-b", cli: cli)
+        defer { a.stopDaemon(); b.stopDaemon() }
+        let scratch = cli.store + "-scratch"
+        let clone1 = vol.replacingOccurrences(of: "disk0", with: "disk1")
+        let clone2 = vol.replacingOccurrences(of: "disk0", with: "disk2")
+        let c = try a.ganeti("create", ["--vol", vol, "--size", "32", "--uuid", "u-src", "--name", "snf-vol-9"])
+        #expect(c.ok, "\(c.raw)")
+        #expect(try a.ganeti("open", ["--vol", vol]).ok)
+        let dev = try #require(c.device)
+        let p1 = pattern(5, 4 << 20)
+        try write(p1, to: dev, atMiB: 2, scratch: scratch)
+
+        // Node b, while node a holds the source: refused, naming the holder; nothing is left.
+        let refused = try b.ganeti("create", ["--vol", clone2, "--size", "32", "--param", "origin=disk:snf-vol-9"])
+        #expect(!refused.ok && refused.error.contains("node-a"), "\(refused.raw)")
+        #expect(try a.provider.info(clone2) == nil)
+        #expect(try a.provider.info("\(vol).origin-of-\(clone2)") == nil)
+
+        // Node a, where the source is served: every acknowledged write is in the clone.
+        let made = try a.ganeti("create", ["--vol", clone1, "--size", "48", "--uuid", "u-c1", "--name", "snf-vol-10",
+                                           "--param", "origin=disk:snf-vol-9", "--param", "origin_size=\(32 << 20)"])
+        #expect(made.ok, "\(made.raw)")
+        let info = try #require(try a.provider.info(clone1))
+        #expect(info["parent"] as? String == "\(vol).origin-of-\(clone1)", "an O(1) clone of a snapshot of the source: \(info)")
+        #expect(info["size"] as? Int == 48 << 20)
+        try write(pattern(6, 4 << 20), to: dev, atMiB: 2, scratch: scratch)   // the source moves on
+        #expect(try a.ganeti("open", ["--vol", clone1]).ok)
+        let cdev = try #require(made.device)
+        #expect(try read(cdev, atMiB: 2, MiB: 4, scratch: scratch) == p1, "the clone has what was acknowledged before it, not after")
+
+        // The source detached (instance shut down): node b clones it through the store.
+        #expect(try a.ganeti("shutdown", ["--vol", vol]).ok)
+        let late = try b.ganeti("create", ["--vol", clone2, "--size", "32", "--param", "origin=disk:snf-vol-9"])
+        #expect(late.ok, "\(late.raw)")
+        #expect(try b.ganeti("open", ["--vol", clone2]).ok)
+        #expect(try read(try #require(late.device), atMiB: 2, MiB: 4, scratch: scratch + "-b") == pattern(6, 4 << 20))
+
+        // A disk name nothing has: refused, nothing created.
+        let none = try a.ganeti("create", ["--vol", vol.replacingOccurrences(of: "disk0", with: "disk3"), "--size", "32", "--param", "origin=disk:snf-vol-404"])
+        #expect(!none.ok && none.error.contains("snf-vol-404"), "\(none.raw)")
+
+        // Removing a clone removes its origin snapshot; the source stays.
+        #expect(try a.ganeti("shutdown", ["--vol", clone1]).ok)
+        #expect(try a.ganeti("remove", ["--vol", clone1]).ok)
+        #expect(try a.provider.info("\(vol).origin-of-\(clone1)") == nil)
+        #expect(try b.ganeti("shutdown", ["--vol", clone2]).ok)
+        #expect(try b.ganeti("remove", ["--vol", clone2]).ok)
+        #expect(try a.provider.info("\(vol).origin-of-\(clone2)") == nil)
+        #expect(try a.provider.info(vol) != nil)
+        #expect(try a.ganeti("remove", ["--vol", vol]).ok)
+        let left = try cli.run(["list", "--json"])
+        #expect(left.status == 0 && !left.stdout.contains(vol.prefix(8)), "\(left.stdout)")
+    }
+
     @Test func liveMigrationBetweenTwoNodes() throws {
         if let why = ganetiUnavailable { print("SKIP Ganeti live migration: \(why)"); return }
         let cli = CLI()
