@@ -78,7 +78,7 @@ public enum Copier {
         }
 
         do {
-            try BlockWorkers.run(blocks: total, workers: options.jobs, bufferSize: bs) { index, buf in
+            try FillWorkers.run(blocks: total, workers: options.jobs, bufferSize: bs) { index, buf in
                 do {
                     try copyBlock(index, source: source, stage: stage, buffer: buf, digest: digest, counters: counters)
                 } catch {
@@ -178,4 +178,56 @@ final class OrderedDigest: @unchecked Sendable {
     }
 
     func finish() -> ContentHash { stream.finish() }
+}
+
+/// Runs `body` for every block index on exactly `workers` threads (a thread
+/// blocked on the network or the disk must not hold up the others, so not
+/// Dispatch's one-thread-per-core), each with its own page-aligned buffer
+/// (the store can then write it with O_DIRECT). Indices are handed out in
+/// order; the first error stops the hand-out (blocks in flight finish) and is
+/// rethrown.
+enum FillWorkers {
+    static func run(blocks: Int, workers: Int, bufferSize: Int,
+                    _ body: @escaping @Sendable (Int, UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        let next = Locked(0)
+        let failure = Locked<Error?>(nil)
+        let count = max(1, min(workers, blocks))
+        let page = max(4096, Int(sysconf(Int32(_SC_PAGESIZE))))
+        @Sendable func work() {
+            guard let raw = try? allocateAligned(bufferSize, alignment: page) else {
+                failure.withLock { if $0 == nil { $0 = StoreError(.io, "cannot allocate a \(bufferSize)-byte block buffer") } }
+                return
+            }
+            defer { raw.deallocate() }
+            let buffer = UnsafeMutableRawBufferPointer(start: raw, count: bufferSize)
+            while failure.withLock({ $0 == nil }) {
+                let index = next.withLock { n -> Int in defer { n += 1 }; return n }
+                if index >= blocks { break }
+                do {
+                    try body(index, buffer)
+                } catch {
+                    failure.withLock { if $0 == nil { $0 = error } }
+                }
+            }
+        }
+        let group = DispatchGroup()
+        for _ in 1..<count {
+            group.enter()
+            let t = Thread {
+                work()
+                group.leave()
+            }
+            t.stackSize = 1 << 20
+            t.start()
+        }
+        work()
+        group.wait()
+        if let e = failure.withLock({ $0 }) { throw e }
+    }
+
+    private static func allocateAligned(_ size: Int, alignment: Int) throws -> UnsafeMutableRawPointer {
+        var p: UnsafeMutableRawPointer?
+        guard posix_memalign(&p, alignment, max(size, 1)) == 0, let p else { throw StoreError(.io, "posix_memalign failed") }
+        return p
+    }
 }

@@ -171,6 +171,7 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
             utimensat(AT_FDCWD, final, nil, 0)
             return false
         }
+        if let created = try createUnnamed(final, data, durable: durable) { return created }
         let tmp = try writeTemporary(for: name, data, length: 0, durable: durable)
         defer { unlink(tmp) }
         if link(tmp, final) != 0 {
@@ -180,6 +181,85 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
                 return false
             }
             throw StoreError.posix("link", final, errno: e)
+        }
+        if durable { try syncDirectory(of: final) }
+        return true
+    }
+
+    /// What this file system turned out to support, learnt on first use.
+    private let tmpfileSupport = Locked((unnamed: true, direct: true))
+
+    /// `create` through an unnamed file (O_TMPFILE) that gets its name with
+    /// `linkat` once it is whole: no temporary name to add and remove in the
+    /// folder. Large page-aligned data (content blocks) is written with
+    /// O_DIRECT, straight to the disk without a copy into the page cache, so
+    /// the later `sync` has only metadata left to flush; an unaligned tail
+    /// goes through the page cache. Returns nil where the file system has no
+    /// O_TMPFILE (the caller falls back to a temporary name).
+    private func createUnnamed(_ final: String, _ data: UnsafeRawBufferPointer, durable: Bool) throws -> Bool? {
+        let support = tmpfileSupport.withLock { $0 }
+        guard support.unnamed else { return nil }
+        let dir = (final as NSString).deletingLastPathComponent
+        let page = 4096
+        var direct = support.direct && data.count >= 1 << 20 && Int(bitPattern: data.baseAddress) % page == 0
+        func openUnnamed() -> Int32 { Syscall.retry { archip_open_tmpfile(dir, direct ? 1 : 0) } }
+        var fd = openUnnamed()
+        if fd < 0 && errno == ENOENT {
+            try DirObjectStore.makeDirectories(dir)
+            fd = openUnnamed()
+        }
+        if fd < 0 && direct && errno == EINVAL {
+            tmpfileSupport.withLock { $0.direct = false }
+            direct = false
+            fd = openUnnamed()
+        }
+        if fd < 0 {
+            if errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL {
+                tmpfileSupport.withLock { $0.unnamed = false }
+                return nil
+            }
+            throw StoreError.posix("create", dir, errno: errno)
+        }
+        defer { close(fd) }
+        var done = 0
+        func writeAll(upTo end: Int) throws {
+            while done < end {
+                let n = Syscall.retry { pwrite(fd, data.baseAddress! + done, end - done, off_t(done)) }
+                if n < 0 && direct && errno == EINVAL {
+                    // The device wants another alignment: go through the page cache.
+                    tmpfileSupport.withLock { $0.direct = false }
+                    direct = false
+                    guard archip_clear_direct(fd) == 0 else { throw StoreError.posix("fcntl", final, errno: errno) }
+                    continue
+                }
+                if n < 0 { throw StoreError.posix("write", final, errno: errno) }
+                done += n
+            }
+        }
+        if direct {
+            try writeAll(upTo: data.count & ~(page - 1))
+            if done < data.count {
+                guard archip_clear_direct(fd) == 0 else { throw StoreError.posix("fcntl", final, errno: errno) }
+                direct = false
+            }
+        }
+        try writeAll(upTo: data.count)
+        if durable {
+            guard Syscall.retry({ fdatasync(fd) }) == 0 else { throw StoreError.posix("fsync", final, errno: errno) }
+        } else if !direct && data.count >= 1 << 20 {
+            _ = archip_start_writeback(fd)
+        }
+        var linked = archip_link_tmpfile(fd, final)
+        if linked != 0 && errno == ENOENT {
+            try DirObjectStore.makeDirectories(dir)
+            linked = archip_link_tmpfile(fd, final)
+        }
+        if linked != 0 {
+            if errno == EEXIST {
+                utimensat(AT_FDCWD, final, nil, 0)
+                return false
+            }
+            throw StoreError.posix("link", final, errno: errno)
         }
         if durable { try syncDirectory(of: final) }
         return true
