@@ -5,7 +5,7 @@
 # real clients: nova (python3-novaclient) boot with --block-device and
 # volume-attachments, cinder (python3-cinderclient) list, show, create --hint
 # server_id=N, type-list, metadata, snapshot-create, create --snapshot-id,
-# extend, delete; isolation between users, bad tokens, bad input (database
+# create --source-volid (a clone of a volume in use), extend, delete; isolation between users, bad tokens, bad input (database
 # unchanged), attach 501, server delete, SIGTERM. Root. GNT_ARCHIP_BIN=DIR
 # with archip, archip-extstorage, snf-manage and cyclades-api (default: the
 # repo's .build/debug). Ends with "N passed, N failed".
@@ -38,6 +38,8 @@ vfield() { cinder_ show "$1" 2>/dev/null | awk -F'|' -v k="$2" '$2 ~ "^ "k" " {g
 wait_status() {  # VOLUME STATUS: up to 90 s
   for _ in $(seq 1 180); do [[ $(vstatus "$1") == "$2" ]] && return 0; sleep 0.5; done; return 1
 }
+store_name() { "$BIN/archip" --store "$STORE" list --json | python3 -c "import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['kind']=='volume' and v['metadata'].get('ganeti.cname')=='$1'), ''))"; }
+dev_of() { "$BIN/archip" --store "$STORE" attached --runtime-dir "$RUN" --json | python3 -c "import json,sys; print(next((a['device'] for a in json.load(sys.stdin) if a['name']=='$1'), ''))"; }
 usage_is() { [[ $(snf quota-list --output json | jq_ "next('%d %d' % (r['usage'], r['pending']) for r in d if r['limit'] == 6442450944)") == "$1 $2" ]]; }
 
 log "cyclades-api against a Ganeti cluster; work folder $W"
@@ -98,13 +100,27 @@ run "cinder create --snapshot-id $SNAP --hint server_id=$SID --name fromsnap" ci
 check "volume 4 becomes in-use" wait_status 4 in-use
 V4=$(archip list --json | python3 -c "import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname')=='snf-vol-4'), ''))")
 check "volume 4 is an O(1) clone of the snapshot in the store" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V4' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"parent\"])') == snf-snap-1-1 ]]"
+# --- clone (source_volid): snf-vol-3 is held by the running instance's node daemon; a
+# write acknowledged through its device must be in the clone.
+python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256))*4096)" > "$W/pattern"
+DEV3=$(dev_of "$(store_name snf-vol-3)")
+run "write 1 MiB through snf-vol-3's device ($DEV3, O_DIRECT + fsync)" dd if="$W/pattern" of="$DEV3" bs=1M seek=4 oflag=direct conv=notrunc,fsync status=none
+run "cinder create --source-volid 3 --hint server_id=$SID --name clone3 (no size: the source's)" cinder_ create --source-volid 3 --hint "server_id=$SID" --name clone3
+check "volume 5 becomes in-use" wait_status 5 in-use
+check "cinder show 5: source_volid 3, size 1" bash -c "$(declare -f NS cinder_ vfield); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(vfield 5 source_volid) == 3 && \$(vfield 5 size) == 1 ]]"
+V5=$(store_name snf-vol-5)
+check "volume 5 is an O(1) clone of a snapshot of snf-vol-3's store volume" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V5' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"parent\"])') == '$(store_name snf-vol-3).origin-of-$V5' ]]"
+DEV5=$(dev_of "$V5")
+check "the clone holds the write acknowledged before it ($DEV5)" bash -c "dd if='$DEV5' bs=1M skip=4 count=1 iflag=direct status=none | cmp - '$W/pattern'"
+check "bob: source_volid 3 (alice's) -> 404 itemNotFound" bash -c "[[ \$(ip netns exec $GNT_NETNS curl -s -o '$W/b3' -w '%{http_code}' -H 'X-Auth-Token: $BOB' -H 'Content-Type: application/json' -X POST $U/volume/v3/volumes -d '{\"volume\":{\"source_volid\":\"3\",\"server_id\":\"$SID\"}}') == 404 ]] && grep -q itemNotFound '$W/b3'"
+
 run "cinder extend 3 2" cinder_ extend 3 2
 for _ in $(seq 1 120); do [[ $(vfield 3 size) == 2 && $(vstatus 3) == in-use ]] && break; sleep 0.5; done
 check "volume 3 is 2 GB and in-use" bash -c "$(declare -f NS cinder_ vfield); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(vfield 3 size) == 2 ]]"
-check "Ganeti grew snf-vol-3 to 2048 MiB" test "$(gnt_disks snf-$SID)" == "4 1024,1024,2048,1024"
+check "Ganeti grew snf-vol-3 to 2048 MiB" test "$(gnt_disks snf-$SID)" == "5 1024,1024,2048,1024,1024"
 V3=$(archip list --json | python3 -c "import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname')=='snf-vol-3'), ''))")
 check "the store volume of snf-vol-3 is 2 GiB" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V3' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"size\"])') == 2147483648 ]]"
-check "quota: alice uses 5 GiB" usage_is 5368709120 0
+check "quota: alice uses 6 GiB" usage_is 6442450944 0
 
 # --- isolation, tokens, bad input --------------------------------------------------------
 check "bob: GET volume 1 -> 404 itemNotFound" bash -c "[[ \$(ip netns exec $GNT_NETNS curl -s -o '$W/b1' -w '%{http_code}' -H 'X-Auth-Token: $BOB' $U/volume/v3/volumes/1) == 404 ]] && grep -q itemNotFound '$W/b1'"
@@ -124,6 +140,8 @@ refused "huge size" 400 badRequest "{\"volume\":{\"size\":1000000,\"server_id\":
 refused "missing server_id" 400 badRequest '{"volume":{"size":1}}'
 refused "unknown server" 400 badRequest '{"volume":{"size":1,"server_id":999}}'
 refused "two sources" 400 badRequest "{\"volume\":{\"size\":1,\"server_id\":$SID,\"imageRef\":\"$IMG\",\"snapshot_id\":\"$SNAP\"}}"
+refused "source_volid larger than size" 400 badRequest "{\"volume\":{\"size\":1,\"server_id\":$SID,\"source_volid\":\"3\"}}"
+refused "source_volid and snapshot_id" 400 badRequest "{\"volume\":{\"size\":2,\"server_id\":$SID,\"source_volid\":\"3\",\"snapshot_id\":\"$SNAP\"}}"
 refused "over quota" 413 overLimit "{\"volume\":{\"size\":2,\"server_id\":$SID}}"
 refused "malformed JSON" 400 badRequest '{"volume":'
 check "Ganeti unchanged by refused requests" test "$(gnt_disks snf-$SID)" == "$gbefore"
@@ -134,8 +152,9 @@ check "Ganeti unchanged by refused requests" test "$(gnt_disks snf-$SID)" == "$g
 run "gnt-instance shutdown snf-$SID (no hotplug in the fake hypervisor)" ip netns exec "$GNT_NETNS" gnt-instance shutdown --timeout=0 "snf-$SID"
 run "cinder delete 3" cinder_ delete 3
 check "volume 3 becomes deleted" wait_status 3 deleted
-check "Ganeti has three disks again" test "$(gnt_disks snf-$SID)" == "3 1024,1024,1024"
-check "quota: alice uses 3 GiB" usage_is 3221225472 0
+check "Ganeti has four disks again" test "$(gnt_disks snf-$SID)" == "4 1024,1024,1024,1024"
+check "quota: alice uses 4 GiB" usage_is 4294967296 0
+check "the clone (volume 5) outlives its source in the store" test -n "$(store_name snf-vol-5)"
 cinder_ snapshot-delete "$SNAP" > "$W/snapdel.txt" 2>&1; rc=$?
 check "cinder snapshot-delete of a snapshot with a clone (volume 4): refused, exit 1, names the clone" bash -c "[[ $rc == 1 ]] && grep -q 'clones' '$W/snapdel.txt'"
 run "nova delete vm1" nova_ delete "$SID"
@@ -144,6 +163,7 @@ sleep 1
 check "Ganeti no longer has snf-$SID" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -qx snf-$SID"
 check "nova show $SID -> not found" bash -c "$(declare -f NS nova_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; ! nova_ show $SID >/dev/null 2>&1"
 check "quota: nothing used, nothing pending" usage_is 0 0
+check "no origin snapshot is left in the store (removed with the clone)" bash -c "! '$BIN/archip' --store '$STORE' list --json | grep -q origin-of"
 run "reconcile-servers is clean" snf reconcile-servers --store "$STORE"
 
 kill -TERM $APIPID; wait $APIPID; rc=$?
