@@ -29,7 +29,7 @@ DEBIAN_PACKAGES += fio nbd-client
 DEBIAN_PACKAGES += librados-dev ceph-mon ceph-osd ceph-common bc
 
 # cyclades-api: the real OpenStack clients of its end-to-end test, wrk for its bench.
-DEBIAN_PACKAGES += python3-cinderclient python3-novaclient wrk
+DEBIAN_PACKAGES += python3-cinderclient python3-novaclient python3-openstackclient wrk
 
 .PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test api-test api-schemathesis rados-test soak demo bench install uninstall clean
 
