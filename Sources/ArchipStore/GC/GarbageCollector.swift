@@ -24,7 +24,18 @@ extension VolumeStore {
     public func gc(apply: Bool, grace: TimeInterval = 600) throws -> GCReport {
         var report = GCReport(applied: apply, graceSeconds: grace)
         let cutoff = Date().addingTimeInterval(-grace)
-        let records = try allRecords()
+
+        // Listing costs a pass over the whole store on some backends (RADOS
+        // lists a pool only whole), so gc lists twice, whatever the number of
+        // layers: the roots (names, fill checkpoints), then every layer object
+        // and content block together; a third pass removes dead layers.
+        var nameObjects: [ObjectName] = []
+        var fillObjects: [ObjectName] = []
+        try objects.enumerate(prefixes: [StoreLayout.namesPrefix, FillStage.fillsPrefix]) { obj in
+            if obj.path.hasPrefix(StoreLayout.namesPrefix) { nameObjects.append(obj) } else { fillObjects.append(obj) }
+            return true
+        }
+        let records = try self.records(listed: nameObjects)
         let live = try liveLayers(records)
 
         // Top layers of volumes someone holds: their owned objects may be
@@ -36,7 +47,7 @@ extension VolumeStore {
         report.busyLayers = busy.map(\.hex).sorted()
 
         // Blocks of interrupted or running fills are kept for their resume.
-        var referenced = try FillStage.checkpointedHashes(self)
+        var referenced = FillStage.checkpointedHashes(self, listed: fillObjects)
         for m in live.values {
             m.forEachEntry { _, e in if case .content(let h) = e { referenced.insert(h) } }
         }
@@ -46,64 +57,46 @@ extension VolumeStore {
             return (st.modified < cutoff, st.size)
         }
 
-        // Layers.
-        var layerIDs = Set<String>()
-        try objects.enumerate(prefix: StoreLayout.layersPrefix) { obj in
-            let parts = obj.path.split(separator: "/")
-            if parts.count >= 3 { layerIDs.insert(String(parts[1])) }
-            return true
-        }
-        for hex in layerIDs.sorted() {
-            guard let id = LayerID(hex: hex) else { continue }
-            let prefix = StoreLayout.layerPrefix(id)
-            if let map = live[id] {
-                if busy.contains(id) { continue }
-                var stale: [(ObjectName, UInt64)] = []
-                try objects.enumerate(prefix: prefix) { obj in
-                    let last = obj.lastComponent
-                    if let b = StoreLayout.ownedIndex(last) {
-                        if case .owned? = map.entry(b) { return true }
-                        let (isOld, size) = try old(obj)
-                        if isOld { stale.append((obj, size)); report.orphanOwnedBlocks += 1 }
-                    }
-                    return true
-                }
-                for (obj, size) in stale {
-                    report.bytes += size
-                    if apply { try objects.remove(obj) }
-                }
-            } else {
-                // Dead layer: nothing reaches it. Young ones may be a clone or
-                // snapshot being made right now.
-                let (isOld, _) = try old(StoreLayout.map(id))
-                let hasMap = try objects.exists(StoreLayout.map(id))
-                if hasMap && !isOld { continue }
-                var bytes: UInt64 = 0
-                var youngest = Date.distantPast
-                try objects.enumerate(prefix: prefix) { obj in
-                    if let st = try objects.stat(obj) {
-                        bytes += st.size
-                        youngest = max(youngest, st.modified)
-                    }
-                    return true
-                }
-                if youngest >= cutoff { continue }
-                report.deadLayers.append(hex)
-                report.bytes += bytes
-                if apply { try objects.removeAll(prefix: prefix) }
+        // Layers nothing reaches: their size and their youngest object. Young
+        // ones may be a clone or snapshot being made right now.
+        struct Unreached { var bytes: UInt64 = 0; var youngest = Date.distantPast }
+        var unreached: [String: Unreached] = [:]
+        var staleOwned: [(ObjectName, UInt64)] = []
+        var unreferenced: [(ObjectName, UInt64)] = []
+        try objects.enumerate(prefixes: [StoreLayout.layersPrefix, StoreLayout.blocksPrefix]) { obj in
+            if obj.path.hasPrefix(StoreLayout.blocksPrefix) {
+                guard let h = ContentHash(hex: obj.lastComponent), !referenced.contains(h) else { return true }
+                let (isOld, size) = try old(obj)
+                if isOld { unreferenced.append((obj, size)) }
+                return true
             }
+            let parts = obj.path.split(separator: "/")
+            guard parts.count >= 3, let id = LayerID(hex: String(parts[1])) else { return true }
+            if let map = live[id] {
+                // Owned blocks a live layer no longer lists.
+                guard !busy.contains(id), let b = StoreLayout.ownedIndex(obj.lastComponent) else { return true }
+                if case .owned? = map.entry(b) { return true }
+                let (isOld, size) = try old(obj)
+                if isOld { staleOwned.append((obj, size)) }
+            } else if let st = try objects.stat(obj) {
+                var u = unreached[id.hex] ?? Unreached()
+                u.bytes += st.size
+                u.youngest = max(u.youngest, st.modified)
+                unreached[id.hex] = u
+            }
+            return true
         }
 
-        // Content blocks.
-        var unreferenced: [(ObjectName, UInt64)] = []
-        try objects.enumerate(prefix: StoreLayout.blocksPrefix) { obj in
-            guard let h = ContentHash(hex: obj.lastComponent), !referenced.contains(h) else { return true }
-            let (isOld, size) = try old(obj)
-            if isOld { unreferenced.append((obj, size)) }
-            return true
+        let dead = unreached.filter { $0.value.youngest < cutoff }.keys.sorted()
+        report.deadLayers = dead
+        for hex in dead { report.bytes += unreached[hex]!.bytes }
+        if apply, !dead.isEmpty {
+            try objects.removeAll(prefixes: dead.compactMap { LayerID(hex: $0) }.map(StoreLayout.layerPrefix))
         }
+
+        report.orphanOwnedBlocks = staleOwned.count
         report.unreferencedContentBlocks = unreferenced.count
-        for (obj, size) in unreferenced {
+        for (obj, size) in staleOwned + unreferenced {
             report.bytes += size
             if apply { try objects.remove(obj) }
         }

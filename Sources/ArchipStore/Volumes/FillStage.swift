@@ -232,9 +232,16 @@ public final class FillStage: @unchecked Sendable {
 
     /// Content hashes every checkpoint names: roots for `gc`.
     static func checkpointedHashes(_ store: VolumeStore) throws -> Set<ContentHash> {
-        var out = Set<ContentHash>()
         var names: [ObjectName] = []
-        try store.objects.enumerate(prefix: "fills/") { names.append($0); return true }
+        try store.objects.enumerate(prefix: fillsPrefix) { names.append($0); return true }
+        return checkpointedHashes(store, listed: names)
+    }
+
+    static let fillsPrefix = "fills/"
+
+    /// The same, for checkpoint objects (`fills/...`) already listed.
+    static func checkpointedHashes(_ store: VolumeStore, listed names: [ObjectName]) -> Set<ContentHash> {
+        var out = Set<ContentHash>()
         for n in names {
             guard let bytes = try? store.objects.readAll(n), let c = try? decode(bytes, what: n.path) else { continue }
             out.formUnion(c.done.values)

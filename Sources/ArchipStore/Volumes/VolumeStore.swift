@@ -247,11 +247,14 @@ public final class VolumeStore: @unchecked Sendable {
 
     /// Every name in the store with its record, sorted.
     func allRecords() throws -> [(VolumeName, VolumeRecord)] {
-        var names: [VolumeName] = []
-        try objects.enumerate(prefix: StoreLayout.namesPrefix) { obj in
-            if let n = try? VolumeName(obj.lastComponent) { names.append(n) }
-            return true
-        }
+        var names: [ObjectName] = []
+        try objects.enumerate(prefix: StoreLayout.namesPrefix) { names.append($0); return true }
+        return try records(listed: names)
+    }
+
+    /// The records of listed `names/...` objects, sorted; names gone since are left out.
+    func records(listed: [ObjectName]) throws -> [(VolumeName, VolumeRecord)] {
+        let names = listed.compactMap { try? VolumeName($0.lastComponent) }
         return try names.sorted().compactMap { n in
             do { return (n, try record(n)) } catch let e as StoreError where e.code == .notFound { return nil }
         }
@@ -315,11 +318,13 @@ public final class VolumeStore: @unchecked Sendable {
     func removeUnreferencedLayers(startingAt layer: LayerID, remaining: [(VolumeName, VolumeRecord)]) throws {
         let live = try liveLayers(remaining)
         var next = layer
+        var dead: [String] = []
         while !next.isNone, live[next] == nil {
-            let parent = (try? loadMap(next).parent) ?? .none
-            try objects.removeAll(prefix: StoreLayout.layerPrefix(next))
-            next = parent
+            dead.append(StoreLayout.layerPrefix(next))
+            next = (try? loadMap(next).parent) ?? .none
         }
+        // Together: one listing pass on backends that list whole (rados).
+        try objects.removeAll(prefixes: dead)
     }
 
     // MARK: metadata, locks
