@@ -60,21 +60,28 @@ crash-test:
 	.build/release/archip-torture crash --store $(TMPDIR)/archip-crash-$$$$ --iterations $(CRASH_ITERATIONS)
 
 # The rados backend on a real one-node Ceph cluster (tests/e2e/ceph/ceph-up.sh: one mon,
-# one memstore OSD, loopback; root): the rados, model and two-daemon suites, the crash
-# test, the stale-writer test; then on a bluestore OSD (it keeps its data over kill -9)
-# the OSD-kill test. The cluster is brought down afterwards, whatever the result.
+# one memstore OSD, loopback; root): the store's and the filler's suites again with
+# ARCHIP_TEST_RADOS set (their rados cases: each test in a namespace of its own,
+# removed after), the rados and two-daemon suites, the crash test (its namespace must
+# hold objects afterwards: it ran on rados), both stale-writer cases; then on a
+# bluestore OSD (it keeps its data over kill -9) the OSD-kill test. The cluster is
+# brought down afterwards, whatever the result. RADOS_SCRATCH: swift's --scratch-path.
+RADOS_SCRATCH ?= .build
+RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|RadosTwoNodes
 rados-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP rados-test: not root"; \
 	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
 	else url=$$(tests/e2e/ceph/ceph-up.sh up) || exit 1; \
 	  trap 'tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
-	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --filter 'RadosBackend|ModelBased|RadosTwoNodes'; \
-	  $(SWIFT) build -c release --product archip-torture; \
-	  .build/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(RADOS_CRASH_ITERATIONS); \
-	  $(SWIFT) build --product archip; $(SWIFT) build --product archip-torture; \
-	  tests/e2e/ceph/stale-writer.sh .build/debug "$$url"; \
+	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --scratch-path $(RADOS_SCRATCH) --filter '$(RADOS_SUITES)'; \
+	  $(SWIFT) build --scratch-path $(RADOS_SCRATCH) -c release --product archip-torture; \
+	  $(RADOS_SCRATCH)/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(RADOS_CRASH_ITERATIONS); \
+	  n=$$(tests/e2e/ceph/ceph-up.sh purge crash-$$$$); echo "crash test: $$n objects in its rados namespace (removed)"; \
+	  [ "$$n" -gt 0 ] || { echo "FAIL rados-test: the crash test left nothing in rados"; exit 1; }; \
+	  $(SWIFT) build --scratch-path $(RADOS_SCRATCH) --product archip; $(SWIFT) build --scratch-path $(RADOS_SCRATCH) --product archip-torture; \
+	  tests/e2e/ceph/stale-writer.sh $(RADOS_SCRATCH)/debug "$$url"; \
 	  tests/e2e/ceph/ceph-up.sh down; url=$$(CEPH_STORE=bluestore tests/e2e/ceph/ceph-up.sh up); \
-	  tests/e2e/ceph/osd-kill.sh .build/debug "$$url"; fi
+	  tests/e2e/ceph/osd-kill.sh $(RADOS_SCRATCH)/debug "$$url"; fi
 
 # The provider in a real single-node Ganeti 3.0 cluster (network namespace; root).
 ganeti-test:

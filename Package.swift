@@ -124,6 +124,8 @@ let package = Package(
         ),
         // Helpers shared by the test targets (running commands, prerequisites).
         .target(name: "ArchipTestSupport"),
+        // The backends the store's and the filler's suites run on (dir; rados with ARCHIP_TEST_RADOS).
+        .target(name: "ArchipStoreTesting", dependencies: ["ArchipStore", "ArchipRados"]),
         .testTarget(
             name: "CycladesTests",
             dependencies: ["Cyclades", "ArchipStore"],
@@ -136,11 +138,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ArchipStoreTests",
-            dependencies: ["ArchipStore", "ArchipRados"]
+            dependencies: ["ArchipStore", "ArchipRados", "ArchipStoreTesting"]
         ),
         .testTarget(
             name: "ArchipFillTests",
-            dependencies: ["ArchipFill", "ArchipStore", "ArchipTestSupport"]
+            dependencies: ["ArchipFill", "ArchipStore", "ArchipTestSupport", "ArchipStoreTesting"]
         ),
         .testTarget(
             name: "ArchipServeTests",

@@ -26,7 +26,9 @@ import Glibc
 ///   `lockState` can name it. `--force` breaks them and blocklists the holders'
 ///   client addresses, so a paused holder that wakes up can write nothing.
 /// - Listing (`enumerate`) pages through the pool's object list with librados'
-///   cursor: nothing is held in memory, but a prefix costs a pass over the pool.
+///   cursor: nothing is held in memory, but any listing is a pass over the
+///   whole pool (RADOS has no prefix listing), so callers that need several
+///   prefixes ask for them together (`enumerate(prefixes:)`: one pass).
 public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     public let where_: RadosLocation
     public var location: String { where_.description }
@@ -42,6 +44,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     private var queue: [AsyncOp] = []
     /// Last version seen of each guarded object; 0: seen absent.
     private var seen: [String: UInt64] = [:]
+    private var passes = 0
     private let stripes = (0..<64).map { _ in NSLock() }
 
     static let lockName = "archip"
@@ -474,8 +477,13 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     }
 
     public func removeAll(prefix: String) throws {
+        try removeAll(prefixes: [prefix])
+    }
+
+    /// One pass of the pool for all prefixes, then the removals, many in flight.
+    public func removeAll(prefixes: [String]) throws {
         var names: [ObjectName] = []
-        try enumerate(prefix: prefix) { names.append($0); return true }
+        try enumerate(prefixes: prefixes) { names.append($0); return true }
         for name in names {
             let n = name.path
             try? settle(n)
@@ -502,6 +510,19 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     }
 
     public func enumerate(prefix: String, _ body: (ObjectName) throws -> Bool) throws {
+        try enumerate(prefixes: [prefix], body)
+    }
+
+    /// Listing passes over the pool so far (each one reads every object name
+    /// of the pool's namespace, whatever the prefixes): for tests and benches.
+    public var listPasses: Int { state.withLock { passes } }
+
+    /// RADOS lists a pool only whole (PG by PG, in hash order), so one pass
+    /// serves every prefix.
+    public func enumerate(prefixes: [String], _ body: (ObjectName) throws -> Bool) throws {
+        guard !prefixes.isEmpty else { return }
+        state.withLock { passes += 1 }
+        let all = prefixes.contains("")
         var ctx: rados_list_ctx_t?
         let r = rados_nobjects_list_open(io, &ctx)
         guard r == 0, let ctx else { throw RadosObjectStore.error(r, "list", "\(where_)") }
@@ -512,7 +533,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
             if r == -ENOENT { return }
             guard r == 0, let entry else { throw RadosObjectStore.error(r, "list", "\(where_)") }
             let path = String(cString: entry)
-            guard prefix.isEmpty || path.hasPrefix(prefix), let name = ObjectName(validating: path) else { continue }
+            guard all || prefixes.contains(where: { path.hasPrefix($0) }), let name = ObjectName(validating: path) else { continue }
             if try !body(name) { return }
         }
     }

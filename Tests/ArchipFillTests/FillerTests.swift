@@ -1,5 +1,6 @@
 @testable import ArchipFill
 import ArchipStore
+import ArchipStoreTesting
 import Foundation
 import Testing
 
@@ -32,11 +33,21 @@ func makeImage(_ path: String, seed: UInt64 = 7, blocks: Int = 5, tail: Int = 30
     return bytes
 }
 
-func contentObjects(_ storeDir: String) -> Int {
-    guard let e = FileManager.default.enumerator(atPath: storeDir + "/blocks") else { return 0 }
-    var n = 0
-    while let f = e.nextObject() as? String { if f.split(separator: "/").count == 4 { n += 1 } }
-    return n
+/// Content blocks in the store (`blocks/aa/bb/cc/<hash>`), whatever the backend.
+func contentObjects(_ t: TestStore) throws -> Int {
+    try t.count(prefix: "blocks/")
+}
+
+/// A folder for a test's images, and a store of its own on `backend`
+/// (see `TestBackend`); `cleanUp` removes both.
+func scratch(_ tag: String, _ backend: TestBackend) throws -> (String, TestStore) {
+    let t = try backend.store(tag, node: "n")
+    return (tempDir(tag), t)
+}
+
+func cleanUp(_ dir: String, _ t: TestStore) {
+    try? FileManager.default.removeItem(atPath: dir)
+    t.remove()
 }
 
 func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
@@ -45,10 +56,12 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
 }
 
 @Suite struct FillFromFiles {
-    @Test func fillEqualsSourceAndMatchesTheReferenceHashmap() throws {
-        let dir = tempDir("fill")
+    @Test(arguments: TestBackend.persistent)
+    func fillEqualsSourceAndMatchesTheReferenceHashmap(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("fill", backend)
+        defer { cleanUp(dir, t) }
         let image = makeImage(dir + "/img.raw")
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         var r = FillRequest(target: vname("v1"), source: .file(dir + "/img.raw"))
         r.createSize = ByteCount(64 << 20)
         guard case .filled(let result) = try Filler.run(r, store: store) else { Issue.record("not filled"); return }
@@ -77,24 +90,28 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         #expect(ref["top_hash"] as! String == result.topHash.hex)
     }
 
-    @Test func secondFillWritesNoNewBlocks() throws {
-        let dir = tempDir("dedup")
+    @Test(arguments: TestBackend.persistent)
+    func secondFillWritesNoNewBlocks(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("dedup", backend)
+        defer { cleanUp(dir, t) }
         _ = makeImage(dir + "/img.raw")
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         _ = try Filler.run(FillRequest(target: vname("a"), source: .file(dir + "/img.raw")), store: store)
-        let before = contentObjects(dir + "/store")
+        let before = try contentObjects(t)
         guard case .filled(let second) = try Filler.run(FillRequest(target: vname("b"), source: .file(dir + "/img.raw")), store: store) else {
             Issue.record("not filled"); return
         }
         #expect(second.written == 0)
-        #expect(contentObjects(dir + "/store") == before)
+        #expect(try contentObjects(t) == before)
         #expect(try readAll(store, "a") == (try readAll(store, "b")))
     }
 
-    @Test func wholeImageDigestMismatchCommitsNothing() throws {
-        let dir = tempDir("sha")
+    @Test(arguments: TestBackend.persistent)
+    func wholeImageDigestMismatchCommitsNothing(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("sha", backend)
+        defer { cleanUp(dir, t) }
         _ = makeImage(dir + "/img.raw")
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         var r = FillRequest(target: vname("v"), source: .file(dir + "/img.raw"))
         r.sha256 = SHA256.digest(Array("not the image".utf8))
         #expect(throws: StoreError.self) { try Filler.run(r, store: store) }
@@ -107,10 +124,12 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         #expect(ok.progress.resumed == 6 && ok.progress.fetched == 0)
     }
 
-    @Test func hashmapMismatchNamesTheBlock() throws {
-        let dir = tempDir("mismatch")
+    @Test(arguments: TestBackend.persistent)
+    func hashmapMismatchNamesTheBlock(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("mismatch", backend)
+        defer { cleanUp(dir, t) }
         let image = makeImage(dir + "/img.raw")
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         try store.create(vname("keep"), size: ByteCount(64 << 20))
         try store.withVolume(vname("keep")) { try $0.write(at: 0, Array("original".utf8)) }
         var hashes = (0..<6).map { i -> ContentHash in
@@ -137,10 +156,12 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         #expect(try v.read(at: 0, length: 8) == Array("original".utf8))
     }
 
-    @Test func sizeRules() throws {
-        let dir = tempDir("sizes")
+    @Test(arguments: TestBackend.persistent)
+    func sizeRules(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("sizes", backend)
+        defer { cleanUp(dir, t) }
         let image = makeImage(dir + "/img.raw", blocks: 3, tail: 0)
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         try store.create(vname("small"), size: ByteCount(8 << 20))
         #expect(throws: StoreError.self) { try Filler.run(FillRequest(target: vname("small"), source: .file(dir + "/img.raw")), store: store) }
         var grow = FillRequest(target: vname("small"), source: .file(dir + "/img.raw"))
@@ -163,8 +184,10 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
 }
 
 @Suite struct FillFromPithosAndStore {
-    @Test func pithosFolderSourceFetchesOnlyMissingBlocks() throws {
-        let dir = tempDir("pithos")
+    @Test(arguments: TestBackend.persistent)
+    func pithosFolderSourceFetchesOnlyMissingBlocks(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("pithos", backend)
+        defer { cleanUp(dir, t) }
         let image = makeImage(dir + "/img.raw")
         let origin = try VolumeStore.directory(dir + "/origin", node: "n")
         guard case .filled(let first) = try Filler.run(FillRequest(target: vname("img"), source: .file(dir + "/img.raw")), store: origin) else {
@@ -172,7 +195,7 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         }
         FileManager.default.createFile(atPath: dir + "/hm.json", contents: try first.hashmap.jsonData())
 
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         var r = FillRequest(target: vname("vm1"), source: .pithos(dir + "/hm.json"))
         r.blocks = dir + "/origin/blocks"   // our content blocks are laid out as Pithos' are
         guard case .filled(let a) = try Filler.run(r, store: store) else { Issue.record("not filled"); return }
@@ -188,7 +211,9 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         var bytes = [UInt8](FileManager.default.contents(atPath: victim)!)
         bytes[1000] ^= 0x01
         FileManager.default.createFile(atPath: victim, contents: Data(bytes))
-        let fresh = try VolumeStore.directory(dir + "/fresh", node: "n")
+        let freshStore = try backend.store("pithos-fresh", node: "n")
+        defer { freshStore.remove() }
+        let fresh = freshStore.store
         var c = r
         c.target = vname("vm3")
         do {
@@ -200,10 +225,12 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         #expect(try fresh.list().isEmpty)
     }
 
-    @Test func snapshotsAreClonedUnlessACopyIsAsked() throws {
-        let dir = tempDir("snap")
+    @Test(arguments: TestBackend.persistent)
+    func snapshotsAreClonedUnlessACopyIsAsked(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("snap", backend)
+        defer { cleanUp(dir, t) }
         let image = makeImage(dir + "/img.raw", blocks: 2, tail: 0)
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         _ = try Filler.run(FillRequest(target: vname("base"), source: .file(dir + "/img.raw")), store: store)
         try store.snapshot(vname("base"), as: vname("base-s"))
         guard case .cloned = try Filler.run(FillRequest(target: vname("c1"), source: .snapshot(vname("base-s"))), store: store) else {
@@ -242,10 +269,12 @@ final class FlakySource: BlockSource, @unchecked Sendable {
 }
 
 @Suite struct FillResume {
-    @Test func resumeFetchesNoVerifiedBlockTwice() throws {
-        let dir = tempDir("resume")
+    @Test(arguments: TestBackend.persistent)
+    func resumeFetchesNoVerifiedBlockTwice(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("resume", backend)
+        defer { cleanUp(dir, t) }
         let image = makeImage(dir + "/img.raw", blocks: 12, tail: 4096)
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         let source = FlakySource(try FileSource(path: dir + "/img.raw", blockSize: 4 << 20), failAfter: 5)
         let id = "test-source"
         let stage = try FillStage.begin(store: store, target: vname("v"), imageSize: source.size, blockSize: 4 << 20, sourceID: id, resume: false)
@@ -268,19 +297,21 @@ final class FlakySource: BlockSource, @unchecked Sendable {
         #expect(try store.verify(vname("v")).ok)
     }
 
-    @Test func checkpointedBlocksSurviveGC() throws {
-        let dir = tempDir("gcfill")
+    @Test(arguments: TestBackend.persistent)
+    func checkpointedBlocksSurviveGC(_ backend: TestBackend) throws {
+        let (dir, t) = try scratch("gcfill", backend)
+        defer { cleanUp(dir, t) }
         _ = makeImage(dir + "/img.raw", blocks: 4, tail: 0)
-        let store = try VolumeStore.directory(dir + "/store", node: "n")
+        let store = t.store
         let source = FlakySource(try FileSource(path: dir + "/img.raw", blockSize: 4 << 20), failAfter: 3)
         let stage = try FillStage.begin(store: store, target: vname("v"), imageSize: source.size, blockSize: 4 << 20, sourceID: "s", resume: false)
         #expect(throws: StoreError.self) { try Copier.fill(from: source, into: stage, options: FillOptions(jobs: 1)) }
-        let kept = contentObjects(dir + "/store")
+        let kept = try contentObjects(t)
         #expect(kept == 2)   // blocks 0 and 1; block 2 is all zero and stores nothing
         _ = try store.gc(apply: true, grace: 0)
-        #expect(contentObjects(dir + "/store") == kept)
+        #expect(try contentObjects(t) == kept)
         #expect(try FillStage.abort(store: store, target: vname("v")))
         _ = try store.gc(apply: true, grace: 0)
-        #expect(contentObjects(dir + "/store") == 0)
+        #expect(try contentObjects(t) == 0)
     }
 }

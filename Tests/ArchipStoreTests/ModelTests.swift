@@ -1,6 +1,6 @@
+import ArchipStoreTesting
 import Foundation
 import Testing
-import ArchipRados
 @testable import ArchipStore
 
 /// Random operations against an in-memory model, across chains of snapshots
@@ -12,22 +12,12 @@ import ArchipRados
         var snapshots: [String: [UInt8]] = [:]
     }
 
-    static func makeStores() throws -> [(String, VolumeStore)] {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("archip-model-\(UUID().uuidString)").path
-        var stores = [("memory", try VolumeStore(objects: MemoryObjectStore(), node: "n1")),
-                      ("dir", try VolumeStore.directory(dir, node: "n1"))]
-        // make rados-test: a real Ceph pool, a namespace of its own per run.
-        if let url = RadosTestPool.url() {
-            stores.append(("rados", try StoreOpener.open(url, node: "n1")))
-        }
-        return stores
-    }
-
-    @Test(arguments: [1 as UInt64, 2, 3])
-    func randomOperationsMatchTheModel(seed: UInt64) throws {
-        for (backend, store) in try Self.makeStores() {
-            try run(store: store, seed: seed, ops: 1500, backend: backend)
-        }
+    /// Every seed on every backend (rados: a namespace of its own per case).
+    @Test(arguments: [1 as UInt64, 2, 3], TestBackend.allCases)
+    func randomOperationsMatchTheModel(seed: UInt64, backend: TestBackend) throws {
+        let t = try backend.store("model-\(seed)")
+        defer { t.remove() }
+        try run(store: t.store, seed: seed, ops: 1500, backend: backend.rawValue)
     }
 
     func run(store: VolumeStore, seed: UInt64, ops: Int, backend: String) throws {

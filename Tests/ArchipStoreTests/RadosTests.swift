@@ -23,6 +23,12 @@ enum RadosTestPool {
     static func objects(_ url: String) throws -> RadosObjectStore {
         try RadosObjectStore(try RadosLocation.parse(url))
     }
+
+    /// Removes every object of the test's namespace, through a connection of
+    /// its own (the test's may have been fenced off).
+    static func removeAll(_ url: String) {
+        do { try objects(url).removeAll(prefix: "") } catch { Issue.record("cleaning \(url): \(error)") }
+    }
 }
 
 @Suite(.enabled(if: RadosTestPool.available, "ARCHIP_TEST_RADOS is not set (make rados-test sets it)"))
@@ -41,7 +47,9 @@ struct RadosBackend {
     }
 
     @Test func objectContract() throws {
-        let o = try RadosTestPool.objects(RadosTestPool.url("obj")!)
+        let url = RadosTestPool.url("obj")!
+        defer { RadosTestPool.removeAll(url) }
+        let o = try RadosTestPool.objects(url)
         let a = ObjectName("layers", "aa", "b00000001")
         try o.put(a, Array("hello".utf8), durable: false)
         // Async write, then a read: ordered after it.
@@ -87,7 +95,9 @@ struct RadosBackend {
 
     /// Many block writes in flight at once, then one sync: all land.
     @Test func boundedAsyncWrites() throws {
-        let o = try RadosTestPool.objects(RadosTestPool.url("async")!)
+        let url = RadosTestPool.url("async")!
+        defer { RadosTestPool.removeAll(url) }
+        let o = try RadosTestPool.objects(url)
         let names = (0..<200).map { ObjectName("layers", "cc", String(format: "b%08x", $0)) }
         for (i, n) in names.enumerated() {
             try o.put(n, [UInt8](repeating: UInt8(i & 0xff), count: 64 << 10), durable: false)
@@ -103,6 +113,7 @@ struct RadosBackend {
     /// older than the object fails instead of overwriting.
     @Test func staleWriterOfAMapFails() throws {
         let url = RadosTestPool.url("cas")!
+        defer { RadosTestPool.removeAll(url) }
         let a = try RadosTestPool.objects(url), b = try RadosTestPool.objects(url)
         let map = ObjectName("layers", "dd", "map"), log = ObjectName("layers", "dd", "log")
         try a.put(map, [1], durable: true)
@@ -136,6 +147,7 @@ struct RadosBackend {
 
     @Test func secondNodeIsRefusedByTheCluster() throws {
         let url = RadosTestPool.url("lock")!
+        defer { RadosTestPool.removeAll(url) }
         let a = try StoreOpener.open(url, node: "node-a"), b = try StoreOpener.open(url, node: "node-b")
         try a.create(name("v"), size: .mebibytes(16))
         let va = try a.open(name("v"))
@@ -174,12 +186,60 @@ struct RadosBackend {
         #expect(try a.lockState(name("v")) == nil)
     }
 
+    /// gc lists the pool a fixed number of times, however many layers there
+    /// are (RADOS lists a pool only whole: one pass per layer made gc
+    /// quadratic), and still removes exactly what nothing references.
+    @Test func gcListsThePoolAFixedNumberOfTimes() throws {
+        let url = RadosTestPool.url("gcpasses")!
+        defer { RadosTestPool.removeAll(url) }
+        let objects = try RadosTestPool.objects(url)
+        let store = try VolumeStore(objects: objects, node: "n1")
+        func block(_ i: Int, _ b: Int) -> [UInt8] { [UInt8](repeating: UInt8(i * 3 + b + 1), count: 1 << 20) }
+        for i in 0..<12 {
+            let v = name("v\(i)")
+            try store.create(v, size: .mebibytes(4), blockSize: 1 << 20)
+            try store.withVolume(v) { try $0.write(at: 0, block(i, 0) + block(i, 1)) }
+            try store.snapshot(v, as: name("v\(i)-s"))
+            _ = try store.hash(name("v\(i)-s"))
+            try store.withVolume(v) { try $0.write(at: 2 << 20, block(i, 2)) }
+        }
+        // Half the names vanish as after a crash in the middle of a remove:
+        // their layers are dead, their content blocks unreferenced.
+        for i in 0..<6 {
+            #expect(try objects.remove(ObjectName("names", "v\(i)")))
+            #expect(try objects.remove(ObjectName("names", "v\(i)-s")))
+        }
+        var layers = Set<String>()
+        try objects.enumerate(prefix: "layers/") { layers.insert(String($0.path.split(separator: "/")[1])); return true }
+        #expect(layers.count == 24)
+
+        var before = objects.listPasses
+        let dry = try store.gc(apply: false, grace: 0)
+        #expect(objects.listPasses - before == 2, "gc --dry-run listed the pool \(objects.listPasses - before) times for \(layers.count) layers")
+        #expect(dry.deadLayers.count == 12 && dry.unreferencedContentBlocks == 12, "\(dry)")
+        before = objects.listPasses
+        let done = try store.gc(apply: true, grace: 0)
+        #expect(objects.listPasses - before == 3, "gc --apply listed the pool \(objects.listPasses - before) times")
+        #expect(done.deadLayers == dry.deadLayers && done.unreferencedContentBlocks == 12)
+        let again = try store.gc(apply: false, grace: 0)
+        #expect(again.deadLayers.isEmpty && again.unreferencedContentBlocks == 0 && again.orphanOwnedBlocks == 0, "\(again)")
+        layers.removeAll()
+        try objects.enumerate(prefix: "layers/") { layers.insert(String($0.path.split(separator: "/")[1])); return true }
+        #expect(layers.count == 12)
+        for i in 6..<12 {
+            let v = try store.open(name("v\(i)"), mode: .readOnly)
+            #expect(try v.read(at: 0, length: 3 << 20) == block(i, 0) + block(i, 1) + block(i, 2))
+            #expect(try store.verify(name("v\(i)")).ok && (try store.verify(name("v\(i)-s")).ok))
+        }
+    }
+
     /// Another node breaks a paused holder's lock with --force and takes over:
     /// the holder's later map update fails, by the version check alone
     /// (fencing off) and by the cluster's blocklist (fencing on).
     @Test(arguments: [false, true])
     func takeOverAfterForce(fence: Bool) throws {
         let url = RadosTestPool.url("take")!
+        defer { RadosTestPool.removeAll(url) }
         let aObjects = try RadosTestPool.objects(url), bObjects = try RadosTestPool.objects(url)
         bObjects.fenceOnForce = fence
         let a = try VolumeStore(objects: aObjects, node: "node-a"), b = try VolumeStore(objects: bObjects, node: "node-b")

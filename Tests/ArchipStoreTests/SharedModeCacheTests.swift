@@ -1,4 +1,5 @@
 import ArchipStore
+import ArchipStoreTesting
 import Foundation
 import Testing
 
@@ -7,10 +8,13 @@ import Testing
 /// writes over, even where the first replaced block objects the second had
 /// already opened (nothing is cached for reuse in shared mode).
 @Suite struct SharedModeCache {
-    @Test func flushedOverwritesReachTheOtherHolderThroughReplacedObjects() throws {
-        let (a, dir) = try tempStore(node: "src")
+    @Test(arguments: TestBackend.persistent)
+    func flushedOverwritesReachTheOtherHolderThroughReplacedObjects(_ backend: TestBackend) throws {
+        let t = try backend.store("sharedcache", node: "src")
+        defer { t.remove() }
+        let a = t.store
         try a.create(name("m"), size: .mebibytes(16))
-        let b = try VolumeStore.directory(dir, node: "dst")
+        let b = try t.node("dst")
         let va = try a.open(name("m"), mode: .shared)
         let vb = try b.open(name("m"), mode: .shared)
         let block = 4 << 20

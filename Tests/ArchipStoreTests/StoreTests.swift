@@ -1,32 +1,30 @@
+import ArchipStoreTesting
 import Foundation
 import Testing
 @testable import ArchipStore
 
-func tempStore(node: String = "n1") throws -> (VolumeStore, String) {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("archip-test-\(UUID().uuidString)").path
-    return (try VolumeStore.directory(dir, node: node), dir)
-}
-
 func name(_ s: String) -> VolumeName { try! VolumeName(s) }
 
+/// Runs on every backend (`dir`; `rados` under make rados-test): each test
+/// gets a store of its own from `TestBackend` and removes it at the end.
 @Suite struct StoreBehaviour {
-    @Test func thinCreateWritesOnlyTheMap() throws {
-        let (store, dir) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func thinCreateWritesOnlyTheMap(_ backend: TestBackend) throws {
+        let t = try backend.store("thin")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("big"), size: .tebibytes(1))
-        var files: [String] = []
-        let e = FileManager.default.enumerator(atPath: dir)!
-        while let f = e.nextObject() as? String {
-            var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: dir + "/" + f, isDirectory: &isDir), !isDir.boolValue { files.append(f) }
-        }
-        #expect(files.filter { $0.hasPrefix("layers/") }.count == 1)
+        #expect(try t.count(prefix: "layers/") == 1)
         let v = try store.open(name("big"), mode: .readOnly)
         #expect(try v.read(at: (1 << 40) - 4096, length: 4096) == [UInt8](repeating: 0, count: 4096))
         #expect(throws: StoreError.self) { try v.read(at: (1 << 40) - 4095, length: 4096) }
     }
 
-    @Test func sixteenTebibytes() throws {
-        let (store, _) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func sixteenTebibytes(_ backend: TestBackend) throws {
+        let t = try backend.store("16t")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("huge"), size: .tebibytes(16))
         try store.withVolume(name("huge")) { v in
             try v.write(at: (16 << 40) - 3, [1, 2, 3])
@@ -35,8 +33,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(try v.read(at: (16 << 40) - 4, length: 4) == [0, 1, 2, 3])
     }
 
-    @Test func duplicateAndMissingNames() throws {
-        let (store, _) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func duplicateAndMissingNames(_ backend: TestBackend) throws {
+        let t = try backend.store("names")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("a"), size: .mebibytes(8))
         #expect(throws: StoreError.self) { try store.create(name("a"), size: .mebibytes(8)) }
         #expect(throws: StoreError.self) { try store.open(name("nope")) }
@@ -44,11 +45,14 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(throws: StoreError.self) { try store.hash(name("a")) }
     }
 
-    @Test func locksNameTheHolder() throws {
-        let (store, dir) = try tempStore(node: "node-a")
+    @Test(arguments: TestBackend.persistent)
+    func locksNameTheHolder(_ backend: TestBackend) throws {
+        let t = try backend.store("locks", node: "node-a")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("v"), size: .mebibytes(8))
         let held = try store.open(name("v"))
-        let other = try VolumeStore.directory(dir, node: "node-b")
+        let other = try t.node("node-b")
         do {
             _ = try other.open(name("v"))
             Issue.record("second node opened a held volume")
@@ -65,13 +69,16 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         _ = held
     }
 
-    @Test func sharedOpenForMigration() throws {
-        let (a, dir) = try tempStore(node: "src")
+    @Test(arguments: TestBackend.persistent)
+    func sharedOpenForMigration(_ backend: TestBackend) throws {
+        let t = try backend.store("shared", node: "src")
+        defer { t.remove() }
+        let a = t.store
         try a.create(name("m"), size: .mebibytes(8))
-        let b = try VolumeStore.directory(dir, node: "dst")
+        let b = try t.node("dst")
         let va = try a.open(name("m"), mode: .shared)
         let vb = try b.open(name("m"), mode: .shared)
-        #expect(throws: StoreError.self) { try VolumeStore.directory(dir, node: "third").open(name("m")) }
+        #expect(throws: StoreError.self) { try t.node("third").open(name("m")) }
         try va.write(at: 100, Array("migrating".utf8))
         try va.close()
         #expect(try vb.read(at: 100, length: 9) == Array("migrating".utf8))
@@ -80,15 +87,20 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(try a.lockState(name("m")) == nil)
     }
 
-    @Test func corruptedMapIsRefusedNamingIt() throws {
-        let (store, dir) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func corruptedMapIsRefusedNamingIt(_ backend: TestBackend) throws {
+        let t = try backend.store("corrupt")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("c"), size: .mebibytes(8))
         try store.withVolume(name("c")) { try $0.write(at: 0, [1, 2, 3]) }
         let layer = try store.info(name("c")).layer
-        let path = "\(dir)/layers/\(layer)/map"
-        var bytes = [UInt8](FileManager.default.contents(atPath: path)!)
+        // Damaged behind the store's back, by another process.
+        let outside = try t.outsideObjects()
+        let map = ObjectName(validating: "layers/\(layer)/map")!
+        var bytes = try outside.readAll(map)
         bytes[bytes.count / 2] ^= 0x01
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        try outside.put(map, bytes, durable: true)
         for action in ["open", "verify", "info"] {
             do {
                 switch action {
@@ -103,19 +115,24 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
             }
         }
         // Truncated, too.
-        FileManager.default.createFile(atPath: path, contents: Data(bytes.prefix(40)))
+        try outside.put(map, Array(bytes.prefix(40)), durable: true)
         #expect(throws: StoreError.self) { try store.open(name("c"), mode: .readOnly) }
     }
 
-    @Test func deletedOrDamagedBlocksAreReportedNotReadAsZero() throws {
-        let (store, dir) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func deletedOrDamagedBlocksAreReportedNotReadAsZero(_ backend: TestBackend) throws {
+        let t = try backend.store("damaged")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("d"), size: .mebibytes(16))
         let data = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         try store.withVolume(name("d")) { try $0.write(at: 0, data) }
         let layer = try store.info(name("d")).layer
-        try FileManager.default.removeItem(atPath: "\(dir)/layers/\(layer)/b00000001")
-        let f = FileHandle(forUpdatingAtPath: "\(dir)/layers/\(layer)/b00000002")!
-        f.seek(toFileOffset: 100); f.write(Data([0xFF])); f.closeFile()
+        let outside = try t.outsideObjects()
+        #expect(try outside.remove(ObjectName(validating: "layers/\(layer)/b00000001")!))
+        let damaged = ObjectName(validating: "layers/\(layer)/b00000002")!
+        try [UInt8(0xFF)].withUnsafeBytes { try outside.write(damaged, at: 100, $0) }
+        try outside.syncContents(damaged)
         let r = try store.verify(name("d"))
         #expect(!r.ok)
         #expect(r.problems.map(\.block).sorted() == [1, 2])
@@ -129,8 +146,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         }
     }
 
-    @Test func snapshotWithClonesCannotBeRemoved() throws {
-        let (store, _) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func snapshotWithClonesCannotBeRemoved(_ backend: TestBackend) throws {
+        let t = try backend.store("clones")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("base"), size: .mebibytes(8))
         try store.snapshot(name("base"), as: name("s1"))
         try store.clone(name("s1"), as: name("c1"))
@@ -146,8 +166,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(try store.list().map(\.name) == ["base"])
     }
 
-    @Test func shrinkNeedsPermissionAndZeroesTheTail() throws {
-        let (store, _) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func shrinkNeedsPermissionAndZeroesTheTail(_ backend: TestBackend) throws {
+        let t = try backend.store("shrink")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("r"), size: .mebibytes(8))
         try store.withVolume(name("r")) { v in
             try v.write(at: 0, [UInt8](repeating: 0xAB, count: 8 << 20))
@@ -161,8 +184,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(try store.verify(name("r")).ok)
     }
 
-    @Test func hashSharesBlocksAcrossSnapshots() throws {
-        let (store, dir) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func hashSharesBlocksAcrossSnapshots(_ backend: TestBackend) throws {
+        let t = try backend.store("hash")
+        defer { t.remove() }
+        let store = t.store
         var rng = SplitMix(42)
         let data = (0..<(5 << 20)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         for n in ["x", "y"] {
@@ -177,10 +203,14 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(hx.hashmap.bytes == 12 << 20)
         #expect(hx.written == 2 && hy.written == 0)
         #expect(hx.hashmap.hashes.last == ContentHash.ofEmpty.hex)
-        // Pithos' own layout: aa/bb/cc/<hash>, readable as a block folder.
-        let folder = PithosBlockFolder(root: dir + "/blocks")
+        // Pithos' own layout: aa/bb/cc/<hash> (on dir, readable as a block folder).
         let first = try #require(ContentHash(hex: hx.hashmap.hashes[0]))
-        #expect(try folder.read(first, blockSize: 4 << 20) == Array(data[0..<(4 << 20)]))
+        let object = try #require(ObjectName(validating: "blocks/" + PithosBlockFolder.relativePath(for: first)))
+        #expect(try t.outsideObjects().readAll(object) == Array(data[0..<(4 << 20)]))
+        if backend == .dir {
+            let folder = PithosBlockFolder(root: t.location + "/blocks")
+            #expect(try folder.read(first, blockSize: 4 << 20) == Array(data[0..<(4 << 20)]))
+        }
         // Readers and verify still see the same bytes after the conversion.
         let v = try store.open(name("x"), mode: .readOnly)
         #expect(try v.read(at: 0, length: data.count) == data)
@@ -188,8 +218,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(try store.verify(name("y-snap")).ok)
     }
 
-    @Test func crashBeforeFlushKeepsFlushedDataAndVerifyStaysClean() throws {
-        let (store, dir) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func crashBeforeFlushKeepsFlushedDataAndVerifyStaysClean(_ backend: TestBackend) throws {
+        let t = try backend.store("crash")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("k"), size: .mebibytes(8))
         let v = try store.open(name("k"))
         try v.write(at: 0, [UInt8](repeating: 1, count: 4 << 20))
@@ -197,7 +230,7 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         try v.write(at: 10, [UInt8](repeating: 2, count: 100))   // in place: logged intent
         try v.write(at: 5 << 20, [3])                             // copy-on-write, unflushed
         // The process "dies": no close. Another node looks.
-        let other = try VolumeStore.directory(dir, node: "n2")
+        let other = try t.node("n2")
         let r = try other.verify(name("k"))
         #expect(r.ok)
         #expect(r.pending == [0])
@@ -209,8 +242,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(after.ok && after.pending.isEmpty)
     }
 
-    @Test func gcRemovesOnlyWhatNothingReferences() throws {
-        let (store, _) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func gcRemovesOnlyWhatNothingReferences(_ backend: TestBackend) throws {
+        let t = try backend.store("gc")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("g"), size: .mebibytes(16))
         try store.withVolume(name("g")) { try $0.write(at: 0, [UInt8](repeating: 9, count: 8 << 20)) }
         try store.snapshot(name("g"), as: name("g-s"))
@@ -228,8 +264,11 @@ func name(_ s: String) -> VolumeName { try! VolumeName(s) }
         #expect(try store.verify(name("h")).ok)
     }
 
-    @Test func snapshotCostDoesNotDependOnSize() throws {
-        let (store, _) = try tempStore()
+    @Test(arguments: TestBackend.persistent)
+    func snapshotCostDoesNotDependOnSize(_ backend: TestBackend) throws {
+        let t = try backend.store("snapcost")
+        defer { t.remove() }
+        let store = t.store
         try store.create(name("t"), size: .tebibytes(1))
         try store.withVolume(name("t")) { v in
             for i in 0..<300 { try v.write(at: UInt64(i) * (3 << 30), [1]) }

@@ -6,6 +6,9 @@
 #   ceph-up.sh down    stop it and remove its folder
 #   ceph-up.sh status  exit 0 if a put succeeds
 #   ceph-up.sh url     the store URL (rados://POOL?conf=...&id=admin)
+#   ceph-up.sh purge NS   remove every object of namespace NS of the pool;
+#                         prints how many there were
+#   ceph-up.sh objects    how many objects the pool holds, all namespaces
 #
 # CEPH_DIR (default /var/tmp/archip-ceph), CEPH_POOL (default archip),
 # CEPH_OSD_BYTES (memstore size, default 8 GiB: it lives in the OSD's memory,
@@ -148,10 +151,22 @@ up() {
     url
 }
 
+purge() {   # $1: namespace
+    local ns=$1 list
+    [ -n "$ns" ] || { log "purge: which namespace?"; exit 2; }
+    list=$(timeout 120 rados -p "$POOL" -N "$ns" ls) || { log "purge: cannot list namespace $ns"; exit 1; }
+    [ -z "$list" ] && { echo 0; return 0; }
+    printf '%s\n' "$list" | timeout 600 xargs -d '\n' rados -p "$POOL" -N "$ns" rm ||
+        { log "purge: removing the objects of namespace $ns failed"; exit 1; }
+    printf '%s\n' "$list" | wc -l
+}
+
 case "${1:-}" in
     up) up ;;
+    purge) purge "${2:-}" ;;
+    objects) timeout 120 rados -p "$POOL" --all ls | wc -l ;;
     down) down ;;
     status) [ -f "$CONF" ] && healthy ;;
     url) url ;;
-    *) echo "usage: $0 up|down|status|url" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|url|purge NS|objects" >&2; exit 2 ;;
 esac
