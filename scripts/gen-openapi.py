@@ -17,6 +17,13 @@ schemas = {
     "VersionOne": S("object", required=["version"], properties={"version": ref("Version")}),
     "Version": S("object", required=["id", "status", "links"], properties={"id": S("string"), "status": S("string"), "version": S("string"),
                  "min_version": S("string"), "updated": S("string"), "links": links}),
+    "GlanceImage": S("object", description="Glance v2's flat image",
+                     required=["id", "name", "status", "visibility", "size", "min_disk", "disk_format", "container_format"],
+                     properties={"id": S("string"), "name": S("string"), "status": S("string"), "visibility": S("string"), "owner": S("string"),
+                                 "size": S("integer"), "min_disk": S("integer"), "min_ram": S("integer"), "disk_format": S("string"),
+                                 "container_format": S("string"), "checksum": nstr, "protected": S("boolean"), "tags": S("array", items=S("string")),
+                                 "created_at": S("string"), "updated_at": S("string"), "self": S("string"), "file": S("string"),
+                                 "schema": S("string"), "SNF:location": S("string")}),
     "VolumeSummary": S("object", required=["id", "links"], properties={"id": S("string"), "name": nstr, "display_name": nstr, "links": links}),
     "Attachment": S("object", required=["attachment_id", "id", "server_id", "volume_id", "device", "device_index"],
                     properties={"attachment_id": S("string"), "id": S("string"), "server_id": S("string"), "volume_id": S("string"),
@@ -147,6 +154,18 @@ for p in ["/compute/v2.1", "/compute/v2.0"]:
     add(f"{p}/images", "get", op("List images", 200, lst("images", ref("Image"))))
     add(f"{p}/images/detail", "get", op("List images in detail", 200, lst("images", ref("Image"))))
     add(f"{p}/images/{{image_id}}", "get", op("Show an image", 200, wrap("image", ref("Image")), params=("image_id",)))
+
+# Glance v2-shaped image lookups: openstack (SDK) discovers /image; novaclient's
+# boot --image NAME asks <compute endpoint>/v2/images?name=NAME.
+add("/image", "get", op("Image API versions (Glance v2)", 200, ref("VersionList"), auth=False))
+add("/image/v2", "get", op("Image API versions (Glance v2)", 200, ref("VersionList"), auth=False))
+imgq = [{"name": n, "in": "query", "required": False, "schema": S("string")} for n in ["name", "limit", "marker", "status"]]
+for p in ["/image/v2", "/compute/v2.1/v2", "/compute/v2.0/v2"]:
+    o = op("List images, Glance v2 style (?name exact)", 200, S("object", required=["images"], properties={"images": S("array", items=ref("GlanceImage")),
+                                                                                                    "first": S("string"), "schema": S("string")}))
+    o["parameters"] = imgq
+    add(f"{p}/images", "get", o)
+    add(f"{p}/images/{{image_id}}", "get", op("Show an image, Glance v2 style", 200, ref("GlanceImage"), params=("image_id",)))
 
 doc = {"openapi": "3.0.3",
        "info": {"title": "cyclades-api", "version": "1.0",

@@ -34,7 +34,7 @@ public final class CycladesAPI: @unchecked Sendable {
         let handler: @Sendable (Call) throws -> Reply
     }
 
-    public private(set) lazy var routes: [Route] = volumeRoutes() + computeRoutes()
+    public private(set) lazy var routes: [Route] = volumeRoutes() + computeRoutes() + imageRoutes()
 
     /// What a handler sees.
     public struct Call: Sendable {

@@ -162,7 +162,7 @@ extension CycladesAPI {
                 let size = try Input.int(d, "volume_size")
                 let dest = try Input.string(d, "destination_type")
                 if try Input.bool(d, "delete_on_termination") == false {
-                    throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)): Cyclades removes a server's volumes with it")
+                    throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)) is not supported: Ganeti 3.0 detaches an ext disk but can neither attach nor remove it afterwards, so a kept volume could never be used or deleted; a server's volumes go with it")
                 }
                 switch type {
                 case "image", "snapshot":
@@ -229,19 +229,23 @@ extension CycladesAPI {
     }
 
     /// Attach/detach of existing volumes: the registration layer creates every
-    /// volume on its server and removes it with DELETE /volumes/{id}.
+    /// volume on its server and removes it with DELETE /volumes/{id}. Checked
+    /// on the lab's Ganeti 3.0.2: `modify --disk N:detach` works (even while
+    /// running), but attaching an ext disk fails ("Missing provider for
+    /// template 'ext'", and with the provider "Only one argument is permitted
+    /// in attach op") and no operation removes a detached disk.
     func attach(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
         let body = try Input.body(call)
         _ = try Input.object(body, "volumeAttachment")
-        throw CycladesError(.notImplemented, "attaching an existing volume is not supported: create one on the server (POST /volume/v3/volumes with server_id)")
+        throw CycladesError(.notImplemented, "attaching an existing volume is not supported: Ganeti 3.0 refuses to attach ext disks (its checks want the provider and allow only the name); create one on the server (POST /volume/v3/volumes with server_id; source_volid clones a volume)")
     }
 
     func detach(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
-        throw CycladesError(.notImplemented, "detaching a volume is not supported: delete it (DELETE /volume/v3/volumes/{id})")
+        throw CycladesError(.notImplemented, "detaching a volume is not supported: Ganeti 3.0 could detach it but never attach or remove it again; delete it (DELETE /volume/v3/volumes/{id})")
     }
 
     // MARK: flavors

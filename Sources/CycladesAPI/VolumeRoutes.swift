@@ -234,7 +234,7 @@ extension CycladesAPI {
         let description = try Input.string(u, "description") ?? Input.string(u, "display_description")
         let dot = try Input.bool(u, "delete_on_termination")
         if dot == false {
-            throw CycladesError(.badRequest, "delete_on_termination cannot be false: Cyclades removes a server's volumes with it")
+            throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
         }
         return try registry.db.write { db in
             var v = try ownedVolume(db, call.param("volume_id"), user)

@@ -422,6 +422,51 @@ func fault(_ r: Reply) -> (String, Int, String)? {
     }
 }
 
+/// The Glance v2-shaped image lookups the clients make: /image (openstack),
+/// <compute>/v2/images?name= (nova boot --image NAME).
+@Suite struct ImageAPI {
+    @Test func glanceShapedLookups() async throws {
+        let f = try APIFixture()
+        let bobUser = try f.registry.findUser("bob")
+        let mine = try f.registry.registerImage(name: "bobs", location: "file:/srv/b.raw", size: 3 << 30, owner: bobUser.id, isPublic: false, checksum: "abc")
+        try await f.app().test(.router) { c in
+            for path in ["/image", "/image/", "/image/v2"] {
+                let r = try await c.call(.get, path)
+                let v = (r.json["versions"] as? [[String: Any]])?.first
+                #expect(r.status == 200 && v?["id"] as? String == "v2.6" && v?["status"] as? String == "CURRENT", "\(path): \(r.raw)")
+                #expect(((v?["links"] as? [[String: Any]])?.first?["href"] as? String)?.hasSuffix("/image/v2/") == true, "\(r.raw)")
+            }
+            for p in ["/image/v2", "/compute/v2.1/v2", "/compute/v2.0/v2"] {
+                var r = try await c.call(.get, "\(p)/images", token: f.alice)
+                var list = r.json["images"] as? [[String: Any]] ?? []
+                #expect(r.status == 200 && list.map { $0["name"] as? String } == ["debian"], "alice sees the public image only: \(r.raw)")
+                #expect(list.first?["id"] as? String == f.image.id && list.first?["status"] as? String == "active"
+                        && list.first?["visibility"] as? String == "public" && list.first?["size"] as? Int == 1 << 30 && list.first?["min_disk"] as? Int == 1)
+                r = try await c.call(.get, "\(p)/images?name=debian", token: f.alice)
+                #expect((r.json["images"] as? [[String: Any]])?.count == 1)
+                r = try await c.call(.get, "\(p)/images?name=bobs", token: f.alice)
+                #expect((r.json["images"] as? [[String: Any]])?.isEmpty == true, "\(r.raw)")
+                r = try await c.call(.get, "\(p)/images", token: f.bob)
+                list = r.json["images"] as? [[String: Any]] ?? []
+                #expect(Set(list.compactMap { $0["name"] as? String }) == ["debian", "bobs"])
+                #expect(list.first { $0["name"] as? String == "bobs" }?["visibility"] as? String == "private")
+                r = try await c.call(.get, "\(p)/images?limit=1", token: f.bob)
+                #expect((r.json["images"] as? [[String: Any]])?.map { $0["name"] as? String } == ["bobs"], "sorted by name: \(r.raw)")
+                r = try await c.call(.get, "\(p)/images/\(f.image.id)", token: f.alice)
+                #expect(r.status == 200 && r.json["name"] as? String == "debian" && r.json["disk_format"] as? String == "raw", "flat: \(r.raw)")
+                r = try await c.call(.get, "\(p)/images/\(mine.id)", token: f.alice)
+                #expect(r.status == 404 && fault(r)?.0 == "itemNotFound", "bob's private image: \(r.raw)")
+                r = try await c.call(.get, "\(p)/images/\(mine.id)", token: f.bob)
+                #expect(r.status == 200 && r.json["checksum"] as? String == "abc")
+                r = try await c.call(.get, "\(p)/images")
+                #expect(r.status == 401)
+                r = try await c.call(.get, "\(p)/images?marker=nope", token: f.alice)
+                #expect(r.status == 400 && fault(r)?.0 == "badRequest")
+            }
+        }
+    }
+}
+
 /// docs/openapi.json describes exactly the routes the router serves.
 @Suite struct OpenAPIDocument {
     static var docURL: URL {

@@ -1,0 +1,66 @@
+import Cyclades
+import Foundation
+import GRDB
+
+/// A read-only, Glance v2-shaped image service: what the real clients look
+/// images up in. `openstack` (openstacksdk) discovers `/image` (without a
+/// token) and lists `/image/v2/images`; novaclient's `boot --image NAME`
+/// asks `<compute endpoint>/v2/images?name=NAME` (it has no catalog under
+/// admin_token). The images are the registry's (public or the user's).
+extension CycladesAPI {
+    func imageRoutes() -> [Route] {
+        var r: [Route] = []
+        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
+            r.append(Route(method: m, path: path, auth: auth, handler: h))
+        }
+        add(.GET, "/image", auth: false) { try Self.imageVersions($0) }
+        add(.GET, "/image/v2", auth: false) { try Self.imageVersions($0) }
+        for p in ["/image/v2"] + Self.computePrefixes.map({ "\($0)/v2" }) {
+            add(.GET, "\(p)/images") { [unowned self] in try listGlanceImages($0) }
+            add(.GET, "\(p)/images/{image_id}") { [unowned self] in try showGlanceImage($0) }
+        }
+        return r
+    }
+
+    static func imageVersions(_ call: Call) throws -> Reply {
+        try .json(200, ["versions": [["id": "v2.6", "status": "CURRENT",
+                                      "links": [["rel": "self", "href": "\(call.base)/image/v2/"]]]]])
+    }
+
+    /// Glance v2's flat image (keys as in docs/openapi.json's GlanceImage).
+    func glanceView(_ i: Image) -> [String: Any] {
+        ["id": i.id, "name": i.name, "status": "active", "visibility": i.isPublic ? "public" : "private",
+         "owner": i.owner, "size": i.size, "min_disk": Int((i.size + (1 << 30) - 1) >> 30), "min_ram": 0,
+         "disk_format": "raw", "container_format": "bare", "checksum": i.checksum as Any? ?? NSNull(),
+         "protected": false, "tags": [String](), "created_at": "1970-01-01T00:00:00Z", "updated_at": "1970-01-01T00:00:00Z",
+         "self": "/v2/images/\(i.id)", "file": "/v2/images/\(i.id)/file", "schema": "/v2/schemas/image",
+         "SNF:location": i.location]
+    }
+
+    /// ?name (exact), ?limit, ?marker (an image id), ?status (active).
+    func listGlanceImages(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        var list = try registry.db.read { db in
+            try Image.filter(Column("isPublic") == true || Column("owner") == user.id).order(Column("name"), Column("id")).fetchAll(db)
+        }
+        if let n = call.query["name"] { list = list.filter { $0.name == n } }
+        if let s = call.query["status"], s.lowercased() != "active" { list = [] }
+        if let m = call.query["marker"] {
+            guard let i = list.firstIndex(where: { $0.id == m }) else { throw CycladesError(.badRequest, "marker \(m.prefix(40)) is not an image") }
+            list = Array(list[(i + 1)...])
+        }
+        if let l = call.query["limit"] {
+            guard let n = Int(l), n >= 0 else { throw CycladesError(.badRequest, "limit must be a whole number >= 0") }
+            list = Array(list.prefix(n))
+        }
+        return try .json(200, ["images": list.map(glanceView), "first": "/v2/images", "schema": "/v2/schemas/images"])
+    }
+
+    func showGlanceImage(_ call: Call) throws -> Reply {
+        let user = try call.requireUser
+        let ref = call.param("image_id")
+        let i = try registry.db.read { db in try Image.fetchOne(db, key: ref) }
+        guard let i, i.isPublic || i.owner == user.id else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
+        return try .json(200, glanceView(i))
+    }
+}
