@@ -46,10 +46,15 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// Discard: the range reads as zeros afterwards (whole blocks store nothing).
     func trim(at offset: UInt64, length: UInt64) throws
     func writeZeroes(at offset: UInt64, length: UInt64) throws
+    /// Optional zero-copy reads: what `read` would copy, as zeros and ranges
+    /// of open files (kept open while the pieces live), for front ends that
+    /// splice or sendfile them; nil to use `read`.
+    func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]?
 }
 
 extension BlockDevice {
     public var capabilities: BlockDeviceCapabilities { .all }
+    public func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]? { nil }
 }
 
 /// A store volume as a block device.
@@ -89,6 +94,9 @@ public final class VolumeDevice: BlockDevice, @unchecked Sendable {
     }
     public func write(at offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
         try swap.shared { try current.write(at: offset, data) }
+    }
+    public func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]? {
+        try swap.shared { try current.readPieces(at: offset, length: length) }
     }
     public func flush() throws { try swap.shared { try current.flush() } }
     public func trim(at offset: UInt64, length: UInt64) throws {

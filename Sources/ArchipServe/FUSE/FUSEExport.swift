@@ -39,6 +39,20 @@ public final class FUSEExport: @unchecked Sendable {
                 try FUSEExport.from(ctx).device.write(at: off, UnsafeRawBufferPointer(start: buf, count: len))
             }
         }
+        cb.read_pieces = { ctx, len, off, out, max, keep in
+            do {
+                guard let pieces = try FUSEExport.from(ctx).device.readPieces(at: off, length: len),
+                      !pieces.isEmpty, pieces.count <= Int(max), let out, let keep else { return 0 }
+                for (i, p) in pieces.enumerated() { out[i] = p.cPiece }
+                keep.pointee = Unmanaged.passRetained(ReadPieces(pieces)).toOpaque()
+                return Int32(pieces.count)
+            } catch {
+                return FUSEExport.errno { throw error }
+            }
+        }
+        cb.release = { _, keep in
+            if let keep { Unmanaged<ReadPieces>.fromOpaque(keep).release() }
+        }
         cb.flush = { ctx in FUSEExport.errno { try FUSEExport.from(ctx).device.flush() } }
         cb.trim = { ctx, off, len in FUSEExport.errno { try FUSEExport.from(ctx).device.trim(at: off, length: len) } }
         var err = [CChar](repeating: 0, count: 256)
@@ -89,6 +103,21 @@ public final class FUSEExport: @unchecked Sendable {
         archip_fuse_destroy(h)
         context?.release()
         context = nil
+    }
+}
+
+/// A read reply's pieces, held (their descriptors open) until the reply is out.
+final class ReadPieces {
+    let pieces: [VolumeReadPiece]
+    init(_ pieces: [VolumeReadPiece]) { self.pieces = pieces }
+}
+
+extension VolumeReadPiece {
+    var cPiece: archip_piece {
+        switch self {
+        case .zeros(let n): return archip_piece(fd: -1, off: 0, len: n)
+        case .file(let d, let offset, let count): return archip_piece(fd: d.fd, off: offset, len: count)
+        }
     }
 }
 

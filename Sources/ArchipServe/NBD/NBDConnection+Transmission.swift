@@ -1,3 +1,4 @@
+import CArchipFuse
 import Foundation
 
 extension NBDConnection {
@@ -85,6 +86,11 @@ extension NBDConnection {
                     logger.debug("\(socket.name): client disconnected (NBD_CMD_DISC)", [("export", exportName)])
                     return
                 }
+                if command == .read && h.length <= configuration.inlineReadBytes && !configuration.traceRequests
+                    && answerFromPageCache(h, device: device, replies: replies) {
+                    pipeline.countRefused()
+                    continue
+                }
                 let bytes = (command == .read || command == .write) ? Int(h.length) : 0
                 pipeline.admit(bytes: bytes)
                 var payload: UnsafeMutableRawBufferPointer?
@@ -104,6 +110,30 @@ extension NBDConnection {
         }
     }
 
+    /// A small read whose bytes are all in the page cache (or holes) is
+    /// answered here on the reader's thread: handing it to a worker costs a
+    /// thread wake-up and a context switch, several times the read itself.
+    /// Anything that would wait for the disk, or any error, goes to a worker
+    /// as usual (false), so the reader never blocks on the store.
+    private func answerFromPageCache(_ h: NBDRequestHeader, device: any BlockDevice, replies: ReplyWriter) -> Bool {
+        guard let pieces = try? device.readPieces(at: h.offset, length: Int(h.length)) else { return false }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(h.length), alignment: 4096)
+        defer { buffer.deallocate() }
+        var at = 0
+        for p in pieces {
+            switch p {
+            case .zeros(let n):
+                UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + n)]).initializeMemory(as: UInt8.self, repeating: 0)
+                at += n
+            case .file(let d, let offset, let count):
+                guard archip_pread_nowait(d.fd, buffer.baseAddress! + at, count, offset) == count else { return false }
+                at += count
+            }
+        }
+        replies.send(handle: h.handle, error: .success, payload: UnsafeRawBufferPointer(buffer))
+        return true
+    }
+
     /// Runs one request on the device and sends its reply.
     private func execute(_ job: NBDJob, device: any BlockDevice, pipeline: RequestPipeline,
                          replies: ReplyWriter, export: String) {
@@ -117,6 +147,11 @@ extension NBDConnection {
         do {
             switch job.command {
             case .read:
+                if h.length >= configuration.zeroCopyReadBytes,
+                   let pieces = try device.readPieces(at: h.offset, length: Int(h.length)) {
+                    replies.sendRead(handle: h.handle, pieces: pieces)
+                    return
+                }
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(h.length), alignment: 4096)
                 defer { buffer.deallocate() }
                 try device.read(at: h.offset, into: buffer)

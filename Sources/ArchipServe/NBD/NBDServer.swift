@@ -51,6 +51,13 @@ public final class NBDServer: @unchecked Sendable {
         /// governs control-path events (connections, handshakes, errors), so
         /// an operator can debug a handshake without a line per 4 KiB read.
         public var traceRequests = false
+        /// Reads of at least this many bytes are sent from the block objects'
+        /// files with sendfile when the device offers pieces
+        /// (`BlockDevice.readPieces`); smaller ones are copied through a buffer.
+        public var zeroCopyReadBytes: UInt32 = 32 << 10
+        /// Reads up to this many bytes whose data is in the page cache are
+        /// answered by the connection's reader thread itself (0: never).
+        public var inlineReadBytes: UInt32 = 64 << 10
 
         public init() {}
     }

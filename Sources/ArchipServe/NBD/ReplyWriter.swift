@@ -1,3 +1,5 @@
+import ArchipStore
+import CArchipFuse
 import Foundation
 
 /// Sends one connection's simple replies as requests complete, one at a time:
@@ -39,6 +41,29 @@ final class ReplyWriter: @unchecked Sendable {
                 broken = true
                 socket.shutdown(.both)
                 logger.info("\(socket.name): cannot send replies any more, dropping the rest: \(error)")
+            }
+        }
+    }
+
+    /// A successful read's reply from pieces: file ranges go to the socket
+    /// with sendfile (page references, no copy here), zeros from a zero buffer.
+    func sendRead(handle: UInt64, pieces: [VolumeReadPiece]) {
+        withUnsafeTemporaryAllocation(byteCount: NBDProtocol.simpleReplyHeaderBytes, alignment: 8) { header in
+            BigEndian.store(NBDProtocol.simpleReplyMagic, into: header, at: 0)
+            BigEndian.store(NBDErrno.success.rawValue, into: header, at: 4)
+            BigEndian.store(handle, into: header, at: 8)
+            let c = pieces.map(\.cPiece)
+            lock.lock()
+            defer { lock.unlock() }
+            if broken { return }
+            let r = withExtendedLifetime(pieces) {
+                archip_send_pieces(socket.fd, header.baseAddress, header.count, c, Int32(c.count))
+            }
+            if r != 0 {
+                // Part of a reply may be out: the stream cannot be resumed.
+                broken = true
+                socket.shutdown(.both)
+                logger.info("\(socket.name): cannot send replies any more, dropping the rest: \(String(cString: strerror(-r)))")
             }
         }
     }

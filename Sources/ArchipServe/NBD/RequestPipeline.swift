@@ -119,7 +119,8 @@ final class RequestPipeline: @unchecked Sendable {
         otherWaiters -= 1
     }
 
-    /// Counts a request the reader answered itself (refused before admission).
+    /// Counts a request the reader answered itself (refused before admission,
+    /// or a read served from the page cache on the spot).
     func countRefused() {
         cond.lock()
         completed += 1

@@ -3,6 +3,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A piece of a read reply: `len` bytes of file `fd` at `off`, or `len` zero
+   bytes when fd < 0. */
+struct archip_piece {
+    int fd;
+    uint64_t off;
+    size_t len;
+};
+
 /* One file (a volume) in a FUSE file system, served through callbacks.
    libfuse's API is macros and variadic calls Swift cannot use, so the file
    system lives here and calls back into Swift for the data. Callbacks return
@@ -14,6 +22,14 @@ struct archip_fuse_callbacks {
     int (*write)(void *ctx, const char *buf, size_t len, uint64_t off);
     int (*flush)(void *ctx);
     int (*trim)(void *ctx, uint64_t off, uint64_t len);
+    /* Optional (may be NULL): the pieces a read of `len` bytes at `off` is
+       made of, so the reply is spliced from the files instead of copied
+       through a buffer. Returns how many pieces it wrote (at most `max`), 0
+       when it cannot (then `read` is used), or -errno. `*keep` is handed to
+       `release` once the reply has been sent: the descriptors stay open until
+       then. */
+    int (*read_pieces)(void *ctx, size_t len, uint64_t off, struct archip_piece *pieces, int max, void **keep);
+    void (*release)(void *ctx, void *keep);
     int readonly;
 };
 
@@ -39,6 +55,16 @@ int archip_loop_backing_file(int minor, char *out, size_t outlen);
 /* A connected kernel NBD device (nbd-client without netlink): its new size
    after a grow (NBD_SET_SIZE). Returns 0 or -errno. */
 int archip_nbd_set_size(const char *device, uint64_t bytes);
+
+/* Sends a header and then the pieces on a stream socket: file pieces with
+   sendfile (the socket takes page references, no copy in user space), zero
+   pieces from a zero buffer. A peer that went away is -EPIPE, never SIGPIPE.
+   Returns 0 or -errno. */
+int archip_send_pieces(int sock, const void *header, size_t header_len, const struct archip_piece *pieces, int count);
+
+/* pread that only copies what is in the page cache (RWF_NOWAIT): the number
+   of bytes read, or -errno (-EAGAIN when it would have to wait for the disk). */
+long archip_pread_nowait(int fd, void *buf, size_t len, uint64_t off);
 
 /* Writes back and drops a block device's page cache (BLKFLSBUF). 0 or -errno. */
 int archip_blk_flush_buffers(const char *device);
