@@ -55,6 +55,8 @@ extension Bench {
         _ = try sh("rm -rf \(store) \(copy) \(img)")
         let mb = Double(mib) * 1048576 / 1e6
         let f = median(fillT), c = median(curlT), cs = median(curlSyncT)
+        func spread(_ xs: [Double]) -> String { xs.map { String(format: "%.0f", mb / $0) }.joined(separator: "/") }
+        report("fill from nginx runs (MB/s): fill \(spread(fillT)); curl -o \(spread(curlT)); curl -o + sync \(spread(curlSyncT))")
         report(String(format: "fill from nginx over loopback (%d MiB, http, hashed, durable): %.0f MB/s; curl -o %.0f MB/s, curl -o + sync %.0f MB/s: ratio %.2f vs curl -o (goal >= 1.0), %.2f vs curl+sync",
                       mib, mb / f, mb / c, mb / cs, c / f, cs / f))
     }
