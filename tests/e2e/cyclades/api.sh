@@ -5,7 +5,9 @@
 # real clients: nova (python3-novaclient) boot with --block-device and
 # volume-attachments, cinder (python3-cinderclient) list, show, create --hint
 # server_id=N, type-list, metadata, snapshot-create, create --snapshot-id,
-# create --source-volid (a clone of a volume in use), extend, delete; isolation between users, bad tokens, bad input (database
+# create --source-volid (a clone of a volume in use), extend, delete;
+# openstack (python3-openstackclient) server create/list/delete, volume
+# create/show/list (--source: a clone), server volume list; nova boot --image NAME; isolation between users, bad tokens, bad input (database
 # unchanged), attach 501, server delete, SIGTERM. Root. GNT_ARCHIP_BIN=DIR
 # with archip, archip-extstorage, snf-manage and cyclades-api (default: the
 # repo's .build/debug). Ends with "N passed, N failed".
@@ -28,6 +30,8 @@ snf() { NS "$BIN/snf-manage" "$@" --db "$DB"; }
 # The clients run in the namespace too: the API listens on its loopback.
 cinder_() { NS cinder --os-auth-type admin_token --os-token "$TOKEN" --os-endpoint "$U/volume/v3" --os-project-id any --os-volume-api-version 3.0 "$@"; }
 nova_() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused nova "$@"; }
+# openstack: novaclient-based commands read OS_ENDPOINT, the SDK and volume ones the overrides (OS_CLOUD=envvars).
+ostack() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused OS_CLOUD=envvars OS_VOLUME_ENDPOINT_OVERRIDE="$U/volume/v3" OS_IMAGE_ENDPOINT_OVERRIDE="$U/image" openstack "$@"; }
 api() { NS curl -s -o "$W/body" -w '%{http_code}' "$@"; }   # prints the status; the body is in $W/body
 archip() { "$BIN/archip" --store "$STORE" "$@"; }
 jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
@@ -164,6 +168,40 @@ check "Ganeti no longer has snf-$SID" bash -c "! ip netns exec $GNT_NETNS gnt-in
 check "nova show $SID -> not found" bash -c "$(declare -f NS nova_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; ! nova_ show $SID >/dev/null 2>&1"
 check "quota: nothing used, nothing pending" usage_is 0 0
 check "no origin snapshot is left in the store (removed with the clone)" bash -c "! '$BIN/archip' --store '$STORE' list --json | grep -q origin-of"
+# --- openstack (python3-openstackclient) and nova boot --image NAME ------------------------
+# openstack looks images up in /image (Glance v2 shape), nova in <compute>/v2/images?name=.
+if command -v openstack >/dev/null; then
+  run "openstack server create --image debian-12 --boot-from-volume 1 --block-device source_type=blank,... --wait vm2" \
+    ostack server create --flavor 1 --image debian-12 --boot-from-volume 1 --block-device source_type=blank,destination_type=volume,volume_size=1 --wait vm2
+  SID2=$(ostack server show vm2 -f value -c id 2>/dev/null)
+  check "openstack server list: vm2 ($SID2) ACTIVE, image debian-12, flavor small" bash -c "$(declare -f NS ostack); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; ostack server list -f value -c Name -c Status -c Image -c Flavor 2>/dev/null | grep -qx 'vm2 ACTIVE debian-12 small'"
+  check "Ganeti has snf-$SID2 with two 1 GiB disks" test "$(gnt_disks snf-$SID2)" == "2 1024,1024"
+  run "openstack volume create --size 1 --hint server_id=$SID2 ov1" ostack volume create --size 1 --hint "server_id=$SID2" ov1
+  OV1=$(ostack volume show ov1 -f value -c id 2>/dev/null)
+  for _ in $(seq 1 120); do [[ $(ostack volume show ov1 -f value -c status 2>/dev/null) == in-use ]] && break; sleep 0.5; done
+  check "openstack volume show ov1 ($OV1): in-use, 1 GB" bash -c "$(declare -f NS ostack); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(ostack volume show ov1 -f value -c status -c size 2>/dev/null | tr '\n' ' ') == '1 in-use ' ]]"
+  run "openstack volume create --source ov1 --hint server_id=$SID2 ov2 (a clone)" ostack volume create --source ov1 --hint "server_id=$SID2" ov2
+  for _ in $(seq 1 120); do [[ $(ostack volume show ov2 -f value -c status 2>/dev/null) == in-use ]] && break; sleep 0.5; done
+  check "openstack volume show ov2: in-use, source_volid $OV1" bash -c "$(declare -f NS ostack); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(ostack volume show ov2 -f value -c status -c source_volid 2>/dev/null | tr '\n' ' ') == '$OV1 in-use ' ]]"
+  check "openstack volume list: four volumes of vm2 in-use" bash -c "$(declare -f NS ostack); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(ostack volume list 2>/dev/null | grep -Ec '\\| in-use +\\| +1 \\| Attached to vm2 on /dev/vd[a-d] ') == 4 ]]"
+  check "openstack server volume list vm2: /dev/vda../dev/vdd" bash -c "$(declare -f NS ostack); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(ostack server volume list vm2 -f value -c Device 2>/dev/null | tr '\n' ' ') == '/dev/vda /dev/vdb /dev/vdc /dev/vdd ' ]]"
+  check "Ganeti has four disks on snf-$SID2" test "$(gnt_disks snf-$SID2)" == "4 1024,1024,1024,1024"
+  ostack server add volume vm2 "$OV1" > "$W/osattach.txt" 2>&1; rc=$?
+  check "openstack server add volume: exit 1, 501" bash -c "[[ $rc == 1 ]] && grep -q '501' '$W/osattach.txt'"
+  run "openstack server delete --wait vm2" ostack server delete --wait vm2
+  check "Ganeti no longer has snf-$SID2" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -qx snf-$SID2"
+  run "nova boot --flavor 1 --image debian-12 (by name) --poll vm3" nova_ boot --flavor 1 --image debian-12 --poll vm3
+  SID3=$(nova_ list 2>/dev/null | awk -F'|' '$3 ~ / vm3 / {gsub(/ /,"",$2); print $2}')
+  api -H "X-Auth-Token: $TOKEN" "$U/compute/v2.1/servers/$SID3" >/dev/null
+  V10=$(python3 -c "import json; print(json.load(open('$W/body'))['server']['volumes'][0])" 2>/dev/null)
+  check "vm3 ($SID3) has one 1 GiB disk (volume $V10) cloned from the image's snapshot" bash -c "[[ '$(gnt_disks snf-$SID3)' == '1 1024' && \$('$BIN/archip' --store '$STORE' info '$(store_name snf-vol-$V10)' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"parent\"])') == debian-img-v1 ]]"
+  run "nova delete vm3" nova_ delete "$SID3"
+  for _ in $(seq 1 120); do ip netns exec "$GNT_NETNS" gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "snf-$SID3" || break; sleep 0.5; done
+  sleep 1
+  check "quota after openstack and nova: nothing used, nothing pending" usage_is 0 0
+else
+  log "SKIP openstack checks: python3-openstackclient is not installed (make deps)"
+fi
 run "reconcile-servers is clean" snf reconcile-servers --store "$STORE"
 
 kill -TERM $APIPID; wait $APIPID; rc=$?
