@@ -93,7 +93,9 @@ refused "wrong volume type" volume-create --server "$SID" --size 1 --user alice 
 refused "size 0" volume-create --server "$SID" --size 0 --user alice
 refused "size -1" volume-create --server "$SID" --size=-1 --user alice
 refused "huge size" volume-create --server "$SID" --size 100000 --user alice
-refused "a source of the wrong kind" volume-create --server "$SID" --size 1 --user alice --source volume:1
+refused "a source of the wrong kind" volume-create --server "$SID" --size 1 --user alice --source disk:1
+refused "a volume to clone that does not exist" volume-create --server "$SID" --size 2 --user alice --source volume:99
+refused "a clone smaller than its source" volume-create --server "$SID" --size 1 --user alice --source volume:2
 refused "a missing image" volume-create --server "$SID" --size 1 --user alice --source image:nope
 refused "over quota" volume-create --server "$SID" --size 4 --user alice
 refused "removing the root volume" volume-remove 1
