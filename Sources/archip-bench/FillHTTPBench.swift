@@ -40,13 +40,19 @@ extension Bench {
         let store = work + "/fill-http-store", copy = work + "/fill-http-copy.raw"
         func quiet(_ cleanup: String) throws { _ = try sh("\(cleanup); cat \(img) > /dev/null; sync; sleep 0.5") }
         var fillT: [Double] = [], curlT: [Double] = [], curlSyncT: [Double] = []
-        for i in 0..<3 {
+        var fillCPU: [Double] = [], curlCPU: [Double] = []
+        let runs = Int(ProcessInfo.processInfo.environment["BENCH_FILL_RUNS"] ?? "5") ?? 5
+        for i in 0..<runs {
             try quiet("rm -rf \(store) \(copy)")
-            curlT.append(try sh("curl -sf -o \(copy) \(url)"))
+            let c = try measured("curl -sf -o \(copy) \(url)")
+            curlT.append(c.wall)
+            curlCPU.append(c.cpu)
             try quiet("rm -f \(copy)")
             curlSyncT.append(try sh("curl -sf -o \(copy) \(url) && sync -f \(copy)"))
             try quiet("rm -f \(copy)")
-            fillT.append(try sh("\(archip) --store \(store) fill v\(i) --from \(url) --progress none > /dev/null"))
+            let m = try measured("\(archip) --store \(store) fill v\(i) --from \(url) --progress none > /dev/null")
+            fillT.append(m.wall)
+            fillCPU.append(m.cpu)
             if i == 0 {
                 // Once: the volume is the image, byte for byte.
                 _ = try sh("\(archip) --store \(store) export v0 \(copy) && cmp \(img) \(copy)")
@@ -57,7 +63,8 @@ extension Bench {
         let f = median(fillT), c = median(curlT), cs = median(curlSyncT)
         func spread(_ xs: [Double]) -> String { xs.map { String(format: "%.0f", mb / $0) }.joined(separator: "/") }
         report("fill from nginx runs (MB/s): fill \(spread(fillT)); curl -o \(spread(curlT)); curl -o + sync \(spread(curlSyncT))")
-        report(String(format: "fill from nginx over loopback (%d MiB, http, hashed, durable): %.0f MB/s; curl -o %.0f MB/s, curl -o + sync %.0f MB/s: ratio %.2f vs curl -o (goal >= 1.0), %.2f vs curl+sync",
-                      mib, mb / f, mb / c, mb / cs, c / f, cs / f))
+        report(String(format: "fill from nginx over loopback (%d MiB, http, hashed, durable): %.0f MB/s; curl -o %.0f MB/s, curl -o + sync %.0f MB/s: ratio %.2f vs curl -o (goal >= 1.0), %.2f vs curl+sync (medians of %d runs; median of per-run ratios %.2f vs curl -o, %.2f vs curl+sync)",
+                      mib, mb / f, mb / c, mb / cs, c / f, cs / f, runs, pairedRatio(curlT, fillT), pairedRatio(curlSyncT, fillT)))
+        report(String(format: "CPU seconds (user+system, median, nginx not counted): fill %.2f, curl -o %.2f", median(fillCPU), median(curlCPU)))
     }
 }

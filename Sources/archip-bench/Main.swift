@@ -158,12 +158,23 @@ struct Bench {
 
     // MARK: fill from a local image vs cp and qemu-img convert
 
-    /// Runs a command under /usr/bin/time; returns (seconds, peak RSS KiB).
-    func timed(_ cmd: String) throws -> (Double, Int) {
-        let rss = work + "/rss.txt"
-        let t = try sh("/usr/bin/time -f %M -o \(rss) \(cmd)")
-        let kib = Int((try String(contentsOfFile: rss, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").last ?? "0") ?? 0
-        return (t, kib)
+    /// Runs a shell command under /usr/bin/time; returns wall seconds, CPU
+    /// seconds (user + system, children included) and peak RSS in KiB.
+    func measured(_ cmd: String) throws -> (wall: Double, cpu: Double, rssKiB: Int) {
+        let out = work + "/time.txt"
+        let quoted = "'" + cmd.replacingOccurrences(of: "'", with: "'\\''") + "'"
+        let t = try sh("/usr/bin/time -f '%U %S %M' -o \(out) /bin/sh -c \(quoted)")
+        let f = (try String(contentsOfFile: out, encoding: .utf8)).split(separator: "\n").last?.split(separator: " ") ?? []
+        guard f.count == 3, let u = Double(f[0]), let sy = Double(f[1]), let m = Int(f[2]) else {
+            throw StoreErrorBench("cannot parse /usr/bin/time output for: \(cmd)")
+        }
+        return (t, u + sy, m)
+    }
+
+    /// Median of per-run ratios baseline/measured: each pair ran back to back,
+    /// so a load change between runs moves both.
+    func pairedRatio(_ baseline: [Double], _ measuredT: [Double]) -> Double {
+        median(zip(baseline, measuredT).map { $0 / $1 })
     }
 
     mutating func fill() throws {
@@ -174,20 +185,27 @@ struct Bench {
         func quiet(_ cleanup: String) throws { _ = try sh("\(cleanup); sync; sleep 0.5") }
         var fillT: [Double] = [], cpT: [Double] = [], qemuT: [Double] = [], refillT: [Double] = [], cpSyncT: [Double] = [], qemuSyncT: [Double] = []
         var rss = 0
+        var fillCPU: [Double] = [], cpCPU: [Double] = [], cpSyncCPU: [Double] = []
+        let runs = Int(ProcessInfo.processInfo.environment["BENCH_FILL_RUNS"] ?? "5") ?? 5
         let hasQemu = (try? sh("command -v qemu-img >/dev/null")) != nil
         let jobs = ProcessInfo.processInfo.activeProcessorCount + 2
-        for i in 0..<3 {
+        for i in 0..<runs {
             try quiet("rm -rf \(store) \(work)/fill-copy.raw")
-            let (t, r) = try timed("\(archip) --store \(store) fill v\(i) --from file:\(img) --hashmap-out \(work)/fill.hashmap --progress none > /dev/null")
-            fillT.append(t)
-            rss = max(rss, r)
+            let m = try measured("\(archip) --store \(store) fill v\(i) --from file:\(img) --hashmap-out \(work)/fill.hashmap --progress none > /dev/null")
+            fillT.append(m.wall)
+            fillCPU.append(m.cpu)
+            rss = max(rss, m.rssKiB)
             try quiet("true")
             // The image's blocks are all in the store now: with its hashmap nothing is read.
             refillT.append(try sh("\(archip) --store \(store) fill again\(i) --from file:\(img) --hashmap \(work)/fill.hashmap --progress none > /dev/null"))
             try quiet("rm -f \(work)/fill-copy.raw")
-            cpT.append(try sh("cp \(img) \(work)/fill-copy.raw"))
+            let c = try measured("cp \(img) \(work)/fill-copy.raw")
+            cpT.append(c.wall)
+            cpCPU.append(c.cpu)
             try quiet("rm -f \(work)/fill-copy.raw")
-            cpSyncT.append(try sh("cp \(img) \(work)/fill-copy.raw && sync -f \(work)/fill-copy.raw"))
+            let cs = try measured("cp \(img) \(work)/fill-copy.raw && sync -f \(work)/fill-copy.raw")
+            cpSyncT.append(cs.wall)
+            cpSyncCPU.append(cs.cpu)
             if hasQemu {
                 try quiet("rm -f \(work)/fill-copy.raw")
                 qemuT.append(try sh("qemu-img convert -f raw -O raw \(img) \(work)/fill-copy.raw"))
@@ -201,12 +219,14 @@ struct Bench {
         let f = median(fillT), cp = median(cpT), cps = median(cpSyncT), rf = median(refillT)
         func spread(_ xs: [Double]) -> String { xs.map { String(format: "%.0f", mb / $0) }.joined(separator: "/") }
         report("fill runs (MB/s): fill \(spread(fillT)); cp \(spread(cpT)); cp+sync \(spread(cpSyncT))\(hasQemu ? "; qemu-img \(spread(qemuT)); qemu-img+sync \(spread(qemuSyncT))" : "")")
-        report(String(format: "fill from a local %d MiB image (hashed, verified, durable): %.0f MB/s; cp %.0f MB/s, cp+sync %.0f MB/s: ratio %.2f vs cp (goal >= 1.0), %.2f vs cp+sync",
-                      mib, mb / f, mb / cp, mb / cps, cp / f, cps / f))
+        report(String(format: "fill from a local %d MiB image (hashed, verified, durable): %.0f MB/s; cp %.0f MB/s, cp+sync %.0f MB/s: ratio %.2f vs cp (goal >= 1.0), %.2f vs cp+sync (medians of %d runs; median of per-run ratios %.2f vs cp, %.2f vs cp+sync)",
+                      mib, mb / f, mb / cp, mb / cps, cp / f, cps / f, runs, pairedRatio(cpT, fillT), pairedRatio(cpSyncT, fillT)))
+        report(String(format: "CPU seconds (user+system, median): fill %.2f, cp %.2f, cp+sync %.2f",
+                      median(fillCPU), median(cpCPU), median(cpSyncCPU)))
         if hasQemu {
             let q = median(qemuT), qs = median(qemuSyncT)
-            report(String(format: "fill vs qemu-img convert -O raw (%.0f MB/s, not synced; + sync %.0f MB/s): ratio %.2f (goal >= 1.2), %.2f vs qemu-img+sync",
-                          mb / q, mb / qs, q / f, qs / f))
+            report(String(format: "fill vs qemu-img convert -O raw (%.0f MB/s, not synced; + sync %.0f MB/s): ratio %.2f (goal >= 1.2), %.2f vs qemu-img+sync (per-run ratios' median %.2f, %.2f)",
+                          mb / q, mb / qs, q / f, qs / f, pairedRatio(qemuT, fillT), pairedRatio(qemuSyncT, fillT)))
         }
         report(String(format: "re-fill of an image whose blocks are in the store (with its hashmap): %.2f s = %.0f MB/s; vs cp: ratio %.1f (goal >= 3)",
                       rf, mb / rf, cp / rf))
