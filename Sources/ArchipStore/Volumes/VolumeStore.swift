@@ -137,7 +137,12 @@ public final class VolumeStore: @unchecked Sendable {
             try objects.acquireLock(StoreLayout.lock(name), owner: o, mode: effectiveMode == .shared ? .shared : .exclusive)
             lockOwner = o
             // The record may have moved (snapshot) between our read and the lock.
+            // A new hold starts from what the store holds now, not from what this
+            // process saw or wrote before (backends that compare-and-swap maps).
+            objects.forgetCached(StoreLayout.record(name))
             record = try self.record(name)
+            objects.forgetCached(StoreLayout.map(record.layer))
+            objects.forgetCached(StoreLayout.log(record.layer))
         }
         do {
             var committed = try loadCommitted(record.layer)
