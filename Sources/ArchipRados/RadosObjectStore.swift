@@ -44,10 +44,14 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     private var queue: [AsyncOp] = []
     /// Last version seen of each guarded object; 0: seen absent.
     private var seen: [String: UInt64] = [:]
+    /// Guarded objects this process wrote: reads do not move their version.
+    private var written = Set<String>()
     private var passes = 0
     private let stripes = (0..<64).map { _ in NSLock() }
 
     static let lockName = "archip"
+    /// ARCHIP_RADOS_TRACE=1: every guarded write and the version it expects, on stderr.
+    static let trace = ProcessInfo.processInfo.environment["ARCHIP_RADOS_TRACE"] != nil
 
     /// Whether `releaseLock(force: true)` blocklists the broken holders' clients
     /// (on by default; tests turn it off to show the compare-and-swap alone).
@@ -274,14 +278,30 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         return try body()
     }
 
-    private func note(_ name: String, version: UInt64?) {
+    /// Records the version of a guarded object after an op on it. A read
+    /// does not move the version of an object this process has written: its
+    /// own next write must build on what it wrote, not on whatever another
+    /// writer put there since (a gc or info in the same process reads maps
+    /// and logs of volumes it holds; taking that version would let a stale
+    /// writer through). `forgetCached` (a fresh open) starts over.
+    private func note(_ name: String, version: UInt64?, read: Bool = false) {
         guard RadosObjectStore.isGuarded(name) else { return }
-        state.withLock { seen[name] = version }
+        state.withLock {
+            if read {
+                if written.contains(name) { return }
+            } else {
+                written.insert(name)
+            }
+            seen[name] = version
+        }
     }
 
     /// Adds the compare part of a guarded write.
     private func addGuard(_ name: String, _ op: rados_write_op_t) -> UInt64? {
-        guard RadosObjectStore.isGuarded(name), let v = state.withLock({ seen[name] }) else { return nil }
+        guard RadosObjectStore.isGuarded(name) else { return nil }
+        let v = state.withLock({ seen[name] })
+        if RadosObjectStore.trace { FileHandle.standardError.write(Data("rados-trace: write \(name) expecting \(v.map(String.init) ?? "anything")\n".utf8)) }
+        guard let v else { return nil }
         if v == 0 {
             rados_write_op_create(op, Int32(LIBRADOS_CREATE_EXCLUSIVE), nil)
         } else {
@@ -311,10 +331,10 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
                 rados_read_op_read(op, offset, buffer.count, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), bytes, rval)
             }
             guard r >= 0 else {
-                if r == -ENOENT { note(n, version: 0) }
+                if r == -ENOENT { note(n, version: 0, read: true) }
                 throw RadosObjectStore.error(r, "read", describe(n))
             }
-            note(n, version: v)
+            note(n, version: v, read: true)
             return bytes.pointee
         }
     }
@@ -342,7 +362,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
                 }
             }
             guard r >= 0 else {
-                if r == -ENOENT { note(n, version: 0) }
+                if r == -ENOENT { note(n, version: 0, read: true) }
                 throw RadosObjectStore.error(r, "read", describe(n))
             }
             if size.pointee > UInt64(guess) {
@@ -350,7 +370,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
                 continue
             }
             out.removeLast(out.count - bytes.pointee)
-            note(n, version: v)
+            note(n, version: v, read: true)
             return (out, v)
         }
     }
@@ -364,11 +384,11 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         return try guarded(n) {
             let (r, v) = operateRead(n) { op in rados_read_op_stat(op, size, mtime, rval) }
             if r == -ENOENT {
-                note(n, version: 0)
+                note(n, version: 0, read: true)
                 return nil
             }
             guard r >= 0 else { throw RadosObjectStore.error(r, "stat", describe(n)) }
-            note(n, version: v)
+            note(n, version: v, read: true)
             return ObjectInfo(size: size.pointee, modified: Date(timeIntervalSince1970: Double(mtime.pointee)))
         }
     }
@@ -542,7 +562,10 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
 
     public func forgetCached(_ name: ObjectName) {
         guard RadosObjectStore.isGuarded(name.path) else { return }
-        state.withLock { _ = seen.removeValue(forKey: name.path) }
+        state.withLock {
+            seen.removeValue(forKey: name.path)
+            written.remove(name.path)
+        }
     }
 
     // MARK: locks
@@ -631,6 +654,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         let r = mode == .exclusive
             ? rados_lock_exclusive(io, oid, RadosObjectStore.lockName, cookie, desc, nil, 0)
             : rados_lock_shared(io, oid, RadosObjectStore.lockName, cookie, "", desc, nil, 0)
+        if r == 0 && mode == .exclusive { try markNewHolder(oid, cookie) }
         if r == 0 || r == -EEXIST { return }
         if r == -EBUSY {
             let now = try lockers(oid)
@@ -638,6 +662,28 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
             throw StoreError(.locked, "\(name.lastComponent) is locked; the cluster refused the \(mode.rawValue) lock (try again)")
         }
         throw RadosObjectStore.error(r, "lock", describe(oid))
+    }
+
+    /// A new exclusive holder of `locks/NAME` changes the version of the
+    /// volume's record `names/NAME` (an xattr naming it, nothing else), so a
+    /// paused former holder whose next metadata write is the record (a
+    /// snapshot) fails its compare-and-swap even when the new holder changed
+    /// nothing else it would touch.
+    private func markNewHolder(_ lockOid: String, _ cookie: String) throws {
+        guard lockOid.hasPrefix("locks/") else { return }
+        let record = "names/" + lockOid.dropFirst("locks/".count)
+        try guarded(record) {
+            let (r, _) = operate(record) { op in
+                rados_write_op_assert_exists(op)
+                rados_write_op_setxattr(op, "archip.holder", cookie, cookie.utf8.count)
+            }
+            guard r >= 0 || r == -ENOENT else { throw RadosObjectStore.error(r, "mark the new holder on", describe(record)) }
+            // This process's next read of the record takes the new version.
+            state.withLock {
+                seen.removeValue(forKey: record)
+                written.remove(record)
+            }
+        }
     }
 
     public func releaseLock(_ name: ObjectName, owner: LockOwner, force: Bool) throws -> Bool {

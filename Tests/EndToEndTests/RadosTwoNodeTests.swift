@@ -34,7 +34,11 @@ struct RadosTwoNodes {
         let cli = CLI(store: base + (base.contains("?") ? "&" : "?") + "ns=twonode-\(tag)")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("archip-rados-2n-\(tag)").path
         let a = Node(cli, "node-a", runtime: dir + "/run-a"), b = Node(cli, "node-b", runtime: dir + "/run-b")
-        defer { a.stop(); b.stop(); try? FileManager.default.removeItem(atPath: dir) }
+        defer {
+            a.stop(); b.stop(); try? FileManager.default.removeItem(atPath: dir)
+            // The run's namespace goes too (memstore keeps everything in the OSD's memory).
+            _ = try? shell("'\(HTTPFixture.repoRoot.path)/tests/e2e/ceph/ceph-up.sh' purge twonode-\(tag)")
+        }
         let created = try a.run(["create", "v", "--size", "64M"])
         try #require(created.status == 0, "create: \(created.stderr)")
 
