@@ -2,7 +2,8 @@
 # make bench (API rows): cyclades-api with a fake Ganeti that ends every job at
 # once (--fake-ganeti), 1000 volumes (125 servers x 8) of one user.
 #  1. wrk on GET /volume/v3/volumes/detail vs nginx serving the same JSON bytes
-#     as a static file, same machine, same run: requests/s, p99, ratio.
+#     as a static file, same machine, same run: requests/s, p99, ratio; and
+#     the server's CPU time per detail request (100 sequential requests).
 #  2. POST /volumes + DELETE /volumes/{id} round trips (each waits for the
 #     settle of its job before the next step), from one Python client: p50/p99,
 #     against the same client fetching a volume's JSON (a POST's answer) from
@@ -76,6 +77,17 @@ BYTES=$(stat -c %s "$W/detail.json")
 printf 'api: GET /volume/v3/volumes/detail, %d volumes (%d bytes), wrk -t2 -c16 %ss\n' "$N" "$BYTES" "$DUR"
 printf '  %-28s %10s req/s  p99 %8s  non-2xx or socket errors %s\n' "cyclades-api" "$A_RPS" "$A_P99" "$A_ERR" "nginx (same bytes, static)" "$N_RPS" "$N_P99" "$N_ERR"
 python3 -c "print('  ratio cyclades-api / nginx (requests/s): %.3f' % ($A_RPS / $N_RPS))"
+# The server's own CPU (user+sys from /proc, ticks of 1/CLK_TCK s) per detail request,
+# 100 sequential requests on one connection: steadier than req/s on a shared machine.
+t0=$(awk '{print $14 + $15}' /proc/$APID/stat)
+python3 - "$APORT" "$TOKEN" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(100):
+    c.request("GET", "/volume/v3/volumes/detail", headers={"X-Auth-Token": sys.argv[2]}); r = c.getresponse(); r.read(); assert r.status == 200
+PY
+t1=$(awk '{print $14 + $15}' /proc/$APID/stat)
+awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "  cyclades-api CPU per detail request (100 in a row, user+sys): %.1f ms\n", d * 1000 / hz / 100 }'
 python3 - "$APORT" "$TOKEN" "${BENCH_API_ROUNDS:-300}" "$NPORT" <<'PY'
 import http.client, json, sys, time
 port, token, rounds, nport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
