@@ -415,12 +415,18 @@ public final class Volume: @unchecked Sendable {
             if case .data = p { return StoreLayout.owned(topID, b) }
             return nil
         }
-        try objects.sync(dirty)
+        // The sync waits for the disk, the hashing below for the CPU: run them
+        // at once. Nothing is recorded in the map before both have finished.
+        let failure = Locked<Error?>(nil)
+        let syncing = DispatchGroup()
+        let objects = self.objects
+        DispatchQueue.global().async(group: syncing) {
+            do { try objects.sync(dirty) } catch { failure.withLock { $0 = $0 ?? error } }
+        }
 
         // Checksums of blocks written in pieces: read back and hash, in parallel.
         let keys = Array(overlay.keys)
         let results = Locked<[UInt32: ContentHash?]>([:])
-        let failure = Locked<Error?>(nil)
         let workers = min(keys.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var buffer = [UInt8](repeating: 0, count: blockSize)
@@ -446,6 +452,7 @@ public final class Volume: @unchecked Sendable {
                 }
             }
         }
+        syncing.wait()
         if let e = failure.withLock({ $0 }) { throw e }
 
         var updates: [UInt32: BlockEntry?] = [:]
