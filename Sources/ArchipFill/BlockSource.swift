@@ -14,6 +14,19 @@ public protocol BlockSource: Sendable {
     func expectedHash(_ index: Int) -> ContentHash?
     /// Reads block `index` (the last may be short) into `buffer`; returns its length.
     func read(_ index: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Calls `body` with block `index`'s bytes. By default they are read into
+    /// `buffer`; a source that can lend them without a copy (a mapped file)
+    /// passes its own memory, valid only during the call.
+    func withBlock(_ index: Int, buffer: UnsafeMutableRawBufferPointer,
+                   _ body: (UnsafeRawBufferPointer) throws -> Void) throws
+}
+
+extension BlockSource {
+    public func withBlock(_ index: Int, buffer: UnsafeMutableRawBufferPointer,
+                          _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let n = try read(index, into: buffer)
+        try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+    }
 }
 
 extension BlockSource {

@@ -136,19 +136,20 @@ public enum Copier {
             counters.withLock { $0.done += 1; $0.reused += 1 }
             return
         }
-        let n = try source.read(index, into: buffer)
         let expectedLength = Int(min(UInt64(stage.blockSize), stage.imageSize - UInt64(index) * UInt64(stage.blockSize)))
-        guard n == expectedLength else {
-            throw StoreError(.io, "\(source.description): block \(index) has \(n) bytes, expected \(expectedLength)")
+        try source.withBlock(index, buffer: buffer) { data in
+            let n = data.count
+            guard n == expectedLength else {
+                throw StoreError(.io, "\(source.description): block \(index) has \(n) bytes, expected \(expectedLength)")
+            }
+            let hash = SHA256.blockHash(data)
+            if let expected = source.expectedHash(index), expected != hash {
+                throw StoreError(.corrupt, "block \(index) of \(source.description): expected hash \(expected.hex), received \(hash.hex); the fill stopped and nothing was committed")
+            }
+            digest?.add(index, data)
+            try stage.storeBlock(index, data, hash: hash)
+            counters.withLock { $0.done += 1; $0.fetched += 1; $0.bytes += UInt64(n) }
         }
-        let data = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-        let hash = SHA256.blockHash(data)
-        if let expected = source.expectedHash(index), expected != hash {
-            throw StoreError(.corrupt, "block \(index) of \(source.description): expected hash \(expected.hex), received \(hash.hex); the fill stopped and nothing was committed")
-        }
-        digest?.add(index, data)
-        try stage.storeBlock(index, data, hash: hash)
-        counters.withLock { $0.done += 1; $0.fetched += 1; $0.bytes += UInt64(n) }
     }
 }
 

@@ -11,6 +11,10 @@ public final class FileSource: BlockSource, @unchecked Sendable {
     public let blockSize: Int
     private let fd: Int32
     private let hashes: [ContentHash]?
+    /// A regular file is mapped: blocks are hashed and written straight from
+    /// the page cache, without copying them into a buffer first (perf: that
+    /// copy was a quarter of a local fill's CPU time).
+    private let mapped: UnsafeRawPointer?
 
     public init(path: String, blockSize: Int, expectedHashes: [ContentHash]? = nil) throws {
         self.path = path
@@ -33,9 +37,55 @@ public final class FileSource: BlockSource, @unchecked Sendable {
         hashes = expectedHashes
         // Sequential readahead helps; the copier reads mostly in order.
         _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
+        if (st.st_mode & S_IFMT) == S_IFREG && size > 0,
+           let p = mmap(nil, Int(size), PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED {
+            _ = madvise(p, Int(size), MADV_SEQUENTIAL)
+            mapped = UnsafeRawPointer(p)
+        } else {
+            mapped = nil
+        }
     }
 
-    deinit { close(fd) }
+    deinit {
+        if let mapped { munmap(UnsafeMutableRawPointer(mutating: mapped), Int(size)) }
+        close(fd)
+    }
+
+    /// MADV_POPULATE_READ (Linux 5.14): maps a block's pages in one call, and
+    /// fails (instead of a SIGBUS later) where the file no longer has them.
+    private static let populateRead: Int32 = 22
+
+    public func withBlock(_ index: Int, buffer: UnsafeMutableRawBufferPointer,
+                          _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let mapped else {
+            let n = try read(index, into: buffer)
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            return
+        }
+        let offset = UInt64(index) * UInt64(blockSize)
+        let want = Int(min(UInt64(blockSize), size - offset))
+        // A file cut shorter since the fill began: an error, not a SIGBUS.
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw StoreError(.io, "source file \(path): cannot stat") }
+        guard UInt64(st.st_size) >= offset + UInt64(want) else {
+            throw StoreError(.io, "source file \(path) ended at \(st.st_size) bytes; it was \(size) when the fill began")
+        }
+        let p = UnsafeMutableRawPointer(mutating: mapped + Int(offset))
+        if madvise(p, want, FileSource.populateRead) != 0 && errno != EINVAL {
+            if errno == EFAULT {
+                throw StoreError(.io, "source file \(path) ended before byte \(offset + UInt64(want)); it was \(size) when the fill began")
+            }
+            // Memory pressure or an I/O error: read the block instead.
+            let n = try read(index, into: buffer)
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            return
+        }
+        // Unmapped again after use (the page cache keeps the pages): mapped
+        // pages count in the process's RSS, which must stay bounded by the
+        // blocks in flight.
+        defer { _ = madvise(p, want, MADV_DONTNEED) }
+        try body(UnsafeRawBufferPointer(start: p, count: want))
+    }
 
     public var description: String { "file:\(path)" }
 
