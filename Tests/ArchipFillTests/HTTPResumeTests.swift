@@ -1,11 +1,13 @@
 import ArchipStore
+import ArchipStoreTesting
 import ArchipTestSupport
 import Foundation
 import Testing
 
 /// `archip fill` from nginx, killed with SIGKILL mid-fill, then resumed:
 /// the resumed run fetches only the blocks the killed one had not verified
-/// (counted in nginx's access log), and the result equals the source.
+/// (counted in nginx's access log), and the result equals the source. On each
+/// backend: the checkpoint a resume trusts lives in the store's objects.
 @Suite(.needsNginx, .nginx)
 struct HTTPResumeTests {
     /// The archip binary built next to this test bundle, or nil.
@@ -32,15 +34,19 @@ struct HTTPResumeTests {
         return (p.terminationStatus, data)
     }
 
-    @Test func killedFillResumesWithoutFetchingVerifiedBlocksAgain() throws {
+    @Test(arguments: TestBackend.persistent)
+    func killedFillResumesWithoutFetchingVerifiedBlocksAgain(_ backend: TestBackend) throws {
         guard HTTPResumeTests.archip != nil else {
             print("SKIP killed fill: the archip binary is not built next to the tests")
             return
         }
+        let t = try backend.store("http-resume")
+        defer { t.remove() }
         let fx = try #require(HTTPFixture.current)
-        _ = try fx.publish("resume.raw")
-        let url = fx.httpURL + "/slow/resume.raw"   // 1 MB/s per connection
-        let store = FileManager.default.temporaryDirectory.appendingPathComponent("archip-resume-\(UUID().uuidString)").path
+        let name = "resume-\(backend).raw"
+        _ = try fx.publish(name)
+        let url = fx.httpURL + "/slow/" + name   // 1 MB/s per connection
+        let store = t.location
 
         let p = Process()
         p.executableURL = URL(fileURLWithPath: HTTPResumeTests.archip!)
@@ -56,7 +62,7 @@ struct HTTPResumeTests {
         #expect(String(decoding: listed.1, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]"
                 || String(decoding: listed.1, as: UTF8.self).contains("[]"), "a killed fill left a visible volume")
 
-        let before = try fx.accessLines(for: "/slow/resume.raw").count
+        let before = try fx.accessLines(for: "/slow/" + name).count
         let (status, out) = try run(["fill", "v", "--from", url, "--resume", "--json", "--progress", "none", "--store", store])
         #expect(status == 0)
         let r = try JSONSerialization.jsonObject(with: out) as? [String: Any] ?? [:]
@@ -64,10 +70,10 @@ struct HTTPResumeTests {
         #expect(resumed > 0, "nothing was checkpointed before the kill")
         #expect(fetched + resumed == HTTPFixture.imageSize / (4 << 20))
         // One size probe plus one GET per block not verified before.
-        let after = try fx.accessLines(for: "/slow/resume.raw", awaiting: before + 1 + fetched).dropFirst(before)
+        let after = try fx.accessLines(for: "/slow/" + name, awaiting: before + 1 + fetched).dropFirst(before)
         let blockGets = after.filter { $0.range != "bytes=0-0" }
         #expect(blockGets.count == fetched, "resumed run fetched \(blockGets.count) blocks, reported \(fetched)")
-        let v = try VolumeStore.directory(store, node: "t").open(try VolumeName("v"), mode: .readOnly)
+        let v = try t.store.open(try VolumeName("v"), mode: .readOnly)
         #expect(try v.read(at: 0, length: HTTPFixture.imageSize) == fx.image)
     }
 }
