@@ -72,7 +72,7 @@ rados-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP rados-test: not root"; \
 	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
 	else url=$$(tests/e2e/ceph/ceph-up.sh up) || exit 1; \
-	  trap 'tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
+	  trap 'st=$$?; if [ $$st != 0 ]; then for l in $${CEPH_DIR:-/var/tmp/archip-ceph}/log/osd.0.log $${CEPH_DIR:-/var/tmp/archip-ceph}/log/mon.a.log; do echo "--- last lines of $$l"; tail -n 25 $$l 2>/dev/null; done; fi; tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
 	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --scratch-path $(RADOS_SCRATCH) --filter '$(RADOS_SUITES)'; \
 	  $(SWIFT) build --scratch-path $(RADOS_SCRATCH) -c release --product archip-torture; \
 	  $(RADOS_SCRATCH)/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(RADOS_CRASH_ITERATIONS); \
