@@ -18,6 +18,7 @@ cd /
 
 GL=$GNT_LAB_DIR
 . "$GNT_LAB_DIR/checks.sh"
+. "$GNT_LAB_DIR/../cyclades/setup.sh"
 need_bins archip archip-extstorage snf-manage
 W=$(mktemp -d /var/tmp/gnt-cyclades.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
@@ -34,15 +35,7 @@ clean() { snf reconcile-servers --store "$STORE"; }
 usage_is() { [[ $(snfj quota-list | jq_ "next('%d %d' % (r['usage'], r['pending']) for r in d if r['limit'] == 6442450944)") == "$1 $2" ]]; }
 
 log "Cyclades layer against a Ganeti cluster; work folder $W"
-mkdir -p "$STORE"
-printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n' "$STORE" "$GNT_NODE_NAME" "$RUN" > "$CONF"
-run "install the provider" "$REPO/scripts/install-extstorage.sh" "$PDIR" "$BIN" "$CONF" || exit 1
-python3 -c "import sys,hashlib; sys.stdout.buffer.write(b''.join(hashlib.sha256(str(i).encode()).digest()*128 for i in range(6144)))" > "$W/image.raw"
-run "an image in the store (snapshot debian-img-v1)" bash -c "'$BIN/archip' --store '$STORE' import debian-img '$W/image.raw' && '$BIN/archip' --store '$STORE' snapshot debian-img debian-img-v1" || exit 1
-run "cluster-up.sh archipelago=$PDIR" "$GL/cluster-up.sh" "archipelago=$PDIR" || { echo "$passed passed, $failed failed"; exit 1; }
-for i in $(ip netns exec "$GNT_NETNS" gnt-instance list --no-headers -o name 2>/dev/null | grep '^snf-'); do
-  ip netns exec "$GNT_NETNS" gnt-instance remove -f "$i" >/dev/null 2>&1
-done
+cyclades_lab_up || { echo "$passed passed, $failed failed"; exit 1; }
 
 # --- set-up -------------------------------------------------------------------------
 run "backend-add (RAPI of the lab cluster)" snf backend-add lab --rapi "https://127.0.0.1:$GNT_RAPI_PORT" --user "$GNT_RAPI_USER" \
