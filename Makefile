@@ -50,7 +50,7 @@ deps:
 	@# schemathesis (PyPI) checks the API against its OpenAPI document; best effort: api-schemathesis skips without it.
 	-@if command -v pip >/dev/null; then pip install --quiet schemathesis || echo "make deps: schemathesis not installed; api-schemathesis will skip"; else echo "make deps: no pip; api-schemathesis will skip"; fi
 
-test: unit-test crash-test ganeti-test cyclades-test api-test api-schemathesis rados-test
+test: unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis rados-test
 
 unit-test:
 	$(SWIFT) test

@@ -18,8 +18,8 @@ head -c 20M /dev/urandom > "$WORK/root/data/blob"
 sha256sum "$WORK/root/data/blob" | cut -d' ' -f1 > "$WORK/blob.sha256"
 mkfs.ext4 -q -F -d "$WORK/root" "$WORK/image.raw" 256M
 
-step "fill a volume from the image (archip import)"
-$ARCHIP import image-vol "$WORK/image.raw"
+step "fill a volume from the image: every block hashed, the whole image checked against its SHA-256"
+$ARCHIP fill image-vol --from "file:$WORK/image.raw" --sha256 "$(sha256sum "$WORK/image.raw" | cut -d' ' -f1)"
 $ARCHIP info image-vol
 
 step "snapshot it (O(1)), then write to the volume: the snapshot keeps the old bytes"
@@ -57,7 +57,13 @@ if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ] && [ -e /dev/loop-control ]; then
     fsck.ext4 -fn "${lines[0]}" >/dev/null && echo "fsck.ext4 -fn ${lines[0]}: clean"
     if command -v qemu-img >/dev/null; then qemu-img info "${lines[1]}" | sed -n '1,3p'; fi
     $ARCHIP attached
+    # Streaming writes in 1 MiB pieces (the block checksums are worked out as
+    # the pieces arrive), made durable by fsync, then read back.
+    head -c 16M /dev/urandom > "$WORK/pattern"
+    dd if="$WORK/pattern" of="${lines[0]}" bs=1M seek=512 oflag=direct conv=fsync status=none
+    cmp <(dd if="${lines[0]}" bs=1M skip=512 count=16 iflag=direct status=none) "$WORK/pattern" && echo "16 MiB written through ${lines[0]} (O_DIRECT, fsync) read back equal"
     $ARCHIP detach vm-disk0
+    $ARCHIP verify vm-disk0
     stop_daemon
 else
     echo "(skipped: attaching needs root, /dev/fuse and loop devices)"

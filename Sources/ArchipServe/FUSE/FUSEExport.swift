@@ -9,6 +9,8 @@ public final class FUSEExport: @unchecked Sendable {
     public let device: any BlockDevice
     public let mountpoint: String
     public let fileName: String
+    let fsName: String
+    static let log = ServeLogger.standardError(label: "archip.fuse")
     private var handle: OpaquePointer?
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
@@ -22,6 +24,7 @@ public final class FUSEExport: @unchecked Sendable {
         self.device = device
         self.mountpoint = mountpoint
         self.fileName = fileName
+        self.fsName = fsName
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let ctx = Unmanaged.passRetained(self)
         context = ctx
@@ -53,7 +56,16 @@ public final class FUSEExport: @unchecked Sendable {
         cb.release = { _, keep in
             if let keep { Unmanaged<ReadPieces>.fromOpaque(keep).release() }
         }
-        cb.flush = { ctx in FUSEExport.errno { try FUSEExport.from(ctx).device.flush() } }
+        cb.flush = { ctx in
+            FUSEExport.errno {
+                let export = FUSEExport.from(ctx)
+                do { try export.device.flush() } catch {
+                    // The kernel passes on only EIO; the cause is for the operator.
+                    FUSEExport.log.error("fsync of \(export.fsName) failed: \(error)")
+                    throw error
+                }
+            }
+        }
         cb.trim = { ctx, off, len in FUSEExport.errno { try FUSEExport.from(ctx).device.trim(at: off, length: len) } }
         var err = [CChar](repeating: 0, count: 256)
         guard let h = archip_fuse_mount(mountpoint, fileName, fsName, cb, &err, err.count) else {

@@ -53,7 +53,7 @@ public enum SHA256 {
         let ok = md.withUnsafeMutableBufferPointer { out in
             EVP_Digest(data.baseAddress, data.count, out.baseAddress, &len, EVP_sha256(), nil)
         }
-        precondition(ok == 1 && len == 32, "EVP_Digest(sha256) failed")
+        if ok != 1 || len != 32 { fatalError("EVP_Digest(sha256) failed") }
         return md.withUnsafeBytes { ContentHash(bytes: $0) }
     }
 
@@ -93,25 +93,34 @@ enum ZeroScan {
 }
 
 /// Incremental SHA-256, for a whole-image digest fed block by block in order.
+///
+/// The calls are made outside `precondition`: this module is built with
+/// `-Ounchecked` in release, which drops preconditions and what they evaluate
+/// (it once dropped the init and every update: each digest came out zero).
 public final class SHA256Stream: @unchecked Sendable {
     private let ctx: OpaquePointer
 
     public init() {
-        ctx = EVP_MD_CTX_new()
-        precondition(EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1, "EVP_DigestInit_ex(sha256) failed")
+        guard let ctx = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new failed: out of memory") }
+        self.ctx = ctx
+        let ok = EVP_DigestInit_ex(ctx, EVP_sha256(), nil)
+        if ok != 1 { fatalError("EVP_DigestInit_ex(sha256) failed") }
     }
 
     deinit { EVP_MD_CTX_free(ctx) }
 
     public func update(_ data: UnsafeRawBufferPointer) {
         if data.isEmpty { return }
-        precondition(EVP_DigestUpdate(ctx, data.baseAddress, data.count) == 1)
+        let ok = EVP_DigestUpdate(ctx, data.baseAddress, data.count)
+        if ok != 1 { fatalError("EVP_DigestUpdate(sha256) failed") }
     }
 
+    /// The digest. Call once.
     public func finish() -> ContentHash {
         var md = [UInt8](repeating: 0, count: 32)
         var len: UInt32 = 0
-        precondition(EVP_DigestFinal_ex(ctx, &md, &len) == 1 && len == 32)
+        let ok = EVP_DigestFinal_ex(ctx, &md, &len)
+        if ok != 1 || len != 32 { fatalError("EVP_DigestFinal_ex(sha256) failed") }
         return md.withUnsafeBytes { ContentHash(bytes: $0) }
     }
 }

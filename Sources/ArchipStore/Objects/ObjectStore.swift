@@ -10,8 +10,10 @@ public struct ObjectName: Hashable, Sendable, CustomStringConvertible {
     }
 
     public init(components: [String]) {
-        for c in components {
-            precondition(ObjectName.isSafeComponent(c), "unsafe object name component '\(c)'")
+        // Not `precondition`: release builds of this module drop those, and
+        // this is the last guard between a name and a path outside the store.
+        for c in components where !ObjectName.isSafeComponent(c) {
+            fatalError("unsafe object name component '\(c)'")
         }
         path = components.joined(separator: "/")
     }
@@ -166,6 +168,11 @@ public protocol ObjectStore: AnyObject, Sendable {
     /// that move its bytes without copying them (splice, sendfile); nil where
     /// objects are not local files. Throws `.notFound` for a missing object.
     func readDescriptor(_ name: ObjectName) throws -> ObjectReadDescriptor?
+
+    /// A hint that `name` was written to its end and will likely not change
+    /// before the next sync: backends that buffer may start writing it out
+    /// now. Never fails (a sync later reports errors).
+    func startWriteback(_ name: ObjectName)
 }
 
 /// A read descriptor of one object's file, valid while this value lives
@@ -189,6 +196,9 @@ extension ObjectStore {
 
     /// Objects that are not local files have no descriptor.
     public func readDescriptor(_ name: ObjectName) throws -> ObjectReadDescriptor? { nil }
+
+    /// Backends whose writes are not buffered have nothing to start.
+    public func startWriteback(_ name: ObjectName) {}
 
     /// Calls `body` for every object under any of `prefixes` (folders, each
     /// ending in `/`; none inside another), in no particular order across

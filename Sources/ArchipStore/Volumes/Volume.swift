@@ -25,8 +25,11 @@ public final class Volume: @unchecked Sendable {
 
     /// A block changed since the last flush.
     enum Pending {
-        /// The layer's own object holds the block; hash known if written whole.
-        case data(ContentHash?)
+        /// The layer's own object holds the block, written whole: its hash.
+        case whole(ContentHash)
+        /// The layer's own object holds the block, written in pieces: the
+        /// hash so far.
+        case pieces(PartialBlockHash)
         /// The whole block was zeroed; no object needed.
         case zero
     }
@@ -122,7 +125,7 @@ public final class Volume: @unchecked Sendable {
     private func resolve(_ b: UInt32) -> Source {
         state.withLock { s in
             switch s.overlay[b] {
-            case .data?: return .object(StoreLayout.owned(s.top.id, b), fromAncestor: false)
+            case .whole?, .pieces?: return .object(StoreLayout.owned(s.top.id, b), fromAncestor: false)
             case .zero?: return .zero
             case nil: return Volume.resolveCommitted(b, top: s.top, ancestors: s.ancestors).0
             }
@@ -320,34 +323,47 @@ public final class Volume: @unchecked Sendable {
             if whole {
                 let h = SHA256.blockHash(data)
                 try objects.put(obj, data, length: 0, durable: false)
-                state.withLock { $0.overlay[b] = .data(h) }
+                state.withLock { $0.overlay[b] = .whole(h) }
                 return
             }
+            let hash: PartialBlockHash
             switch pending {
-            case .data?:
+            case .pieces(let p)?:
                 try objects.write(obj, at: UInt64(inBlock), data)
+                hash = p
+            case .whole?:
+                try objects.write(obj, at: UInt64(inBlock), data)
+                hash = PartialBlockHash(knownZeroFrom: blockSize)
             case .zero?:
                 try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
                 try objects.write(obj, at: UInt64(inBlock), data)
+                hash = PartialBlockHash(knownZeroFrom: 0)
             case nil:
                 if committedOwned {
                     try objects.write(obj, at: UInt64(inBlock), data)
+                    hash = PartialBlockHash(knownZeroFrom: blockSize)
                 } else {
-                    try copyOnWrite(b, into: obj, inBlock: inBlock, data)
+                    let fromZeros = try copyOnWrite(b, into: obj, inBlock: inBlock, data)
+                    hash = PartialBlockHash(knownZeroFrom: fromZeros ? 0 : blockSize)
                 }
             }
-            state.withLock { $0.overlay[b] = .data(nil) }
+            hash.wrote(at: inBlock, data)
+            state.withLock { $0.overlay[b] = .pieces(hash) }
+            // A block written up to its end is likely done with (streaming
+            // writes): start its writeback now, so the flush finds little left.
+            if inBlock + data.count == blockSize { objects.startWriteback(obj) }
         }
     }
 
     /// First write to a block this layer does not own: copy what shows through
     /// (parent, content block, or zeros) into a new owned object, with the write applied.
-    private func copyOnWrite(_ b: UInt32, into obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer) throws {
+    /// Returns whether the block was zeros before.
+    private func copyOnWrite(_ b: UInt32, into obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer) throws -> Bool {
         let src = state.withLock { Volume.resolveCommitted(b, top: $0.top, ancestors: $0.ancestors).0 }
         if case .zero = src {
             try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
             try objects.write(obj, at: UInt64(inBlock), data)
-            return
+            return true
         }
         var buffer = [UInt8](repeating: 0, count: blockSize)
         try buffer.withUnsafeMutableBytes { buf in
@@ -355,6 +371,7 @@ public final class Volume: @unchecked Sendable {
             (buf.baseAddress! + inBlock).copyMemory(from: data.baseAddress!, byteCount: data.count)
             try objects.put(obj, UnsafeRawBufferPointer(buf), length: 0, durable: false)
         }
+        return false
     }
 
     /// Blocks whose intents are logged together: one synced append covers a
@@ -412,8 +429,8 @@ public final class Volume: @unchecked Sendable {
         }
         if overlay.isEmpty { return }
         let dirty = overlay.compactMap { b, p -> ObjectName? in
-            if case .data = p { return StoreLayout.owned(topID, b) }
-            return nil
+            if case .zero = p { return nil }
+            return StoreLayout.owned(topID, b)
         }
         // The sync waits for the disk, the hashing below for the CPU: run them
         // at once. Nothing is recorded in the map before both have finished.
@@ -424,7 +441,8 @@ public final class Volume: @unchecked Sendable {
             do { try objects.sync(dirty) } catch { failure.withLock { $0 = $0 ?? error } }
         }
 
-        // Checksums of blocks written in pieces: read back and hash, in parallel.
+        // Checksums of blocks written in pieces: hash what the writes did not
+        // feed already (read back), in parallel.
         let keys = Array(overlay.keys)
         let results = Locked<[UInt32: ContentHash?]>([:])
         let workers = min(keys.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
@@ -437,13 +455,14 @@ public final class Volume: @unchecked Sendable {
                 switch overlay[b]! {
                 case .zero:
                     results.withLock { $0[b] = .some(nil) }
-                case .data(let known?):
+                case .whole(let known):
                     results.withLock { $0[b] = known }
-                case .data(nil):
+                case .pieces(let partial):
                     do {
                         let h = try buffer.withUnsafeMutableBytes { buf -> ContentHash in
-                            try readSource(b, .object(StoreLayout.owned(topID, b), fromAncestor: false), at: 0, into: buf)
-                            return SHA256.blockHash(UnsafeRawBufferPointer(buf))
+                            try partial.finish(buffer: buf) { offset, chunk in
+                                try readSource(b, .object(StoreLayout.owned(topID, b), fromAncestor: false), at: offset, into: chunk)
+                            }
                         }
                         results.withLock { $0[b] = h }
                     } catch {
