@@ -123,6 +123,12 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
     /// (measured: ext4, Linux 6.18, 134k vs 700k writes/s). Writing them in
     /// 16 KiB pieces keeps the cache in small folios.
     static let replaceChunk = 16 << 10
+    /// The same for in-place writes (a guest's 1 MiB writes into a block):
+    /// written in 1 MiB calls, the random 4 KiB writes that follow ran at
+    /// 47k/38k IOPS through loop/NBD; in 64 KiB pieces at 73-86k/73-79k, while
+    /// 1 MiB sequential writes stay within noise (1.2-1.6 GB/s either way;
+    /// 16 KiB pieces cost them 20%).
+    static let inPlaceChunk = 64 << 10
 
     private func writeTemporary(for name: ObjectName, _ data: UnsafeRawBufferPointer, length: UInt64, durable: Bool,
                                 chunk: Int = Int.max) throws -> String {
@@ -277,7 +283,8 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         var done = 0
         while done < data.count {
             let n = Syscall.retry {
-                pwrite(fd.fd, data.baseAddress! + done, data.count - done, off_t(offset) + off_t(done))
+                pwrite(fd.fd, data.baseAddress! + done, min(DirObjectStore.inPlaceChunk, data.count - done),
+                       off_t(offset) + off_t(done))
             }
             if n < 0 { throw StoreError.posix("write", path(name), errno: errno) }
             done += n
