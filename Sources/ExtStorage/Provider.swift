@@ -240,13 +240,13 @@ public struct Provider {
         if origin.hasPrefix("disk:") {
             let cname = String(origin.dropFirst(5))
             guard !cname.isEmpty else { throw ExtStorageError(.badInput, "EXTP_ORIGIN: 'disk:' needs a Ganeti disk name") }
-            let found = try store.list().filter { $0.kind == "volume" && $0.metadata[Key.cname] == cname }
+            let found = try store.volumes(withMetadata: Key.cname, equalTo: cname)
             guard found.count == 1, let only = found.first else {
                 throw ExtStorageError(found.isEmpty ? .badInput : .failed,
                                       found.isEmpty ? "origin \(origin): no volume of Ganeti disk '\(cname)' in store \(config.storePath)"
-                                                    : "origin \(origin): \(found.count) volumes claim Ganeti disk '\(cname)' (\(found.map(\.name).joined(separator: ", ")))")
+                                                    : "origin \(origin): \(found.count) volumes claim Ganeti disk '\(cname)' (\(found.map(\.value).joined(separator: ", ")))")
             }
-            return .volume(try VolumeName(only.name))
+            return .volume(only)
         }
         do {
             return try SourceSpec(parsing: origin)
