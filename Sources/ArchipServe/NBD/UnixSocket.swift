@@ -145,6 +145,20 @@ final class UnixListener: @unchecked Sendable {
         }
     }
 
+    /// Room for several 1 MiB read replies in the socket. A unix socket
+    /// charges what is queued to the sender: with the default 208 KiB, a
+    /// 1 MiB reply goes out in five rounds of "client reads, server wakes".
+    /// SO_SNDBUFFORCE (root) passes net.core.wmem_max; else the capped SO_SNDBUF.
+    static let sendBufferBytes: Int32 = 4 << 20
+
+    static func enlargeSendBuffer(_ fd: Int32) {
+        var size = sendBufferBytes
+        let len = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, len) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, len)
+        }
+    }
+
     /// The next waiting client, or nil if none is waiting (or it left again).
     func accept() throws -> Int32? {
         let fd = Sys.retry { Glibc.accept(self.fd, nil, nil) }
@@ -152,6 +166,7 @@ final class UnixListener: @unchecked Sendable {
             // accept4(SOCK_CLOEXEC) is hidden by Glibc's module map; the short
             // window before FD_CLOEXEC only matters if another thread forks.
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            UnixListener.enlargeSendBuffer(fd)
             return fd
         }
         switch errno {
