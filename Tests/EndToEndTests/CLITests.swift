@@ -28,9 +28,10 @@ struct CLI {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLI.binDir + "/archip")
         p.arguments = args
-        var environment = ProcessInfo.processInfo.environment
+        // Nothing of the caller's archip settings (ARCHIP_NODE, ARCHIP_RUNTIME_DIR, ...
+        // from an operator's shell) may reach the binary: only what the test sets.
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ARCHIP_") }
         environment["ARCHIP_STORE"] = withStore ? store : nil
-        environment["ARCHIP_CONFIG"] = nil
         for (k, v) in env { environment[k] = v }
         p.environment = environment
         let out = Pipe(), err = Pipe(), inp = Pipe()

@@ -85,7 +85,7 @@ import Testing
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLI.binDir + "/archip")
         p.arguments = args
-        var env = ProcessInfo.processInfo.environment
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ARCHIP_") }
         env["ARCHIP_STORE"] = cli.store
         env["ARCHIP_NODE"] = "unit-node"
         env["ARCHIP_CONFIG"] = nil
