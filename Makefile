@@ -57,7 +57,9 @@ unit-test:
 
 crash-test:
 	$(SWIFT) build -c release --product archip-torture
-	.build/release/archip-torture crash --store $(TMPDIR)/archip-crash-$$$$ --iterations $(CRASH_ITERATIONS)
+	@# The store (about 1 GiB) is removed when the test passes, kept for a look when it fails.
+	store=$(TMPDIR)/archip-crash-$$$$; .build/release/archip-torture crash --store $$store --iterations $(CRASH_ITERATIONS) \
+	  && rm -rf $$store $$store.journal || { echo "crash test store kept in $$store"; exit 1; }
 
 # The rados backend on a real one-node Ceph cluster (tests/e2e/ceph/ceph-up.sh: one mon,
 # one memstore OSD, loopback; root): the store's and the filler's suites again with
@@ -103,7 +105,8 @@ cyclades-test:
 
 soak:
 	$(SWIFT) build -c release --product archip-torture
-	.build/release/archip-torture crash --store $(TMPDIR)/archip-soak-$$$$ --iterations $(SOAK_ITERATIONS) --verbose
+	store=$(TMPDIR)/archip-soak-$$$$; .build/release/archip-torture crash --store $$store --iterations $(SOAK_ITERATIONS) --verbose \
+	  && rm -rf $$store $$store.journal || { echo "soak test store kept in $$store"; exit 1; }
 
 demo: release
 	scripts/demo.sh

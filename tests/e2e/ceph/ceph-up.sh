@@ -96,6 +96,10 @@ osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
 mon allow pool delete = true
+# A test cluster on a developer's nearly full disk: the monitor's default
+# (refuse below 5% free: ceph-mon --mkfs exits 28) stops make test for nothing.
+mon data avail crit = 1
+mon data avail warn = 2
 mon allow pool size one = true
 mon mgr mkfs grace = 86400
 mon warn on pool no redundancy = false
@@ -128,9 +132,10 @@ up() {
         --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
     ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/client.admin.keyring" >/dev/null
     monmaptool --create --fsid "$fsid" --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' "$DIR/monmap" >/dev/null
-    ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring"
+    ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring" ||
+        { rc=$?; log "ceph-mon --mkfs failed (exit $rc; 28: no space); see $DIR/log/mon.a.log"; exit 1; }
     cp "$DIR/mon.keyring" "$DIR/mon/mon.a/keyring"
-    ceph-mon -c "$CONF" -i a
+    ceph-mon -c "$CONF" -i a || { rc=$?; log "ceph-mon failed to start (exit $rc); see $DIR/log/mon.a.log"; exit 1; }
 
     local uuid=$(cat /proc/sys/kernel/random/uuid)
     local key=$(ceph-authtool --gen-print-key)
