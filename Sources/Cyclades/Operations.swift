@@ -147,6 +147,9 @@ extension Registry {
             let refund = held.reduce(Int64(0)) { $0 + $1.sizeBytes }
             if refund > 0 { _ = try charge(db, project: s.project, delta: -refund, serverID: id, volumeIDs: held.compactMap(\.id)) }
             s.pendingAction = "remove"
+            // Until the remove's job id is recorded, the poller must not take
+            // the previous (ended) job for it and settle the remove early.
+            s.backendJobID = nil
             s.updated = now()
             try s.update(db)
             return (s, try backendOf(db, s))

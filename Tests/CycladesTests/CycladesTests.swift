@@ -336,6 +336,30 @@ func recorded(_ name: String) throws -> Data {
         #expect(try r.reconcile(store: nil, fix: false).isEmpty)
     }
 
+    /// The poller runs while a remove is being sent: it must not take the
+    /// server's previous (ended) job for the remove's and settle it early.
+    /// (Seen in CI: the server was marked deleted before Ganeti removed it,
+    /// and its refund stayed pending for ever.)
+    @Test func thePollerDoesNotSettleARemoveByThePreviousJob() throws {
+        let f = try Fixture()
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try f.usage() == (2 << 30, 0))
+        f.ganeti.whileSubmitting = { _ = try? r.processJobs() }
+        _ = try r.removeServer(s.id!)
+        f.ganeti.whileSubmitting = nil
+        try r.processJobs()
+        let pending = try r.db.read { try Server.fetchOne($0, key: s.id!)! }
+        #expect(pending.status != .deleted && pending.pendingAction == "remove", "settled before Ganeti ended the remove")
+        #expect(try f.usage() == (2 << 30, 0), "refunded only when the remove ends")
+        f.ganeti.finishAll()
+        try r.processJobs()
+        #expect(try r.db.read { try Server.fetchOne($0, key: s.id!)!.status } == .deleted)
+        #expect(try f.usage() == (0, 0))
+    }
+
     @Test func aJobThatCannotBeSentIsRejectedAtOnce() throws {
         let f = try Fixture()
         f.ganeti.refuseNext = "RAPI: connection refused"

@@ -14,8 +14,13 @@ final class FakeGaneti: GanetiBackend, @unchecked Sendable {
     /// Every disk asked for, in order (instance creates and disk adds).
     var sentDisks: [DiskSpec] = []
 
+    /// Runs while a submission is on its way, before Ganeti answers with the
+    /// job id: what cyclades-api's poller may do meanwhile.
+    var whileSubmitting: (() -> Void)?
+
     private func submit(_ effect: @escaping () -> Void) throws -> Int64 {
-        try lock.withLock {
+        whileSubmitting?()
+        return try lock.withLock {
             if let m = refuseNext { refuseNext = nil; throw CycladesError(.backend, m) }
             let id = nextJob
             nextJob += 1
