@@ -84,7 +84,9 @@ extension Registry {
         }
         // 3. Stranded volume commissions (volume create/remove whose job was never recorded).
         out += try strandedVolumes(ganetiDisks, fix: fix)
-        // 4. The store.
+        // 4. Commissions left pending by a job that was settled without them.
+        out += try orphanedCommissions(fix: fix)
+        // 5. The store.
         if let store { out += try compareStore(store) }
         return out
     }
@@ -181,6 +183,56 @@ extension Registry {
                 let ok = creating ? has : !has
                 try db.write { db in try settle(db, change: creating ? .volumeCreate : .volumeRemove, serverID: nil, volumeIDs: [v.id!], jobID: nil, result: ok ? .success : .failed("no job")) }
                 d.fixed = ok ? "settled as done" : "settled as failed, charge rejected"
+            }
+            out.append(d)
+        }
+        return out
+    }
+
+    /// A commission is resolved in the transaction that settles its job, so one
+    /// still pending whose server and volumes have no job in flight was missed:
+    /// before 80d3e4c, a server remove could be settled by the server's previous
+    /// job and its refund then stayed pending for ever. Decided by what the
+    /// records say happened: a refund is accepted if its volumes are all
+    /// deleted (rejected if all are still in use), a charge accepted if its
+    /// volumes were all created (rejected if all failed); anything mixed is
+    /// only reported.
+    private func orphanedCommissions(fix: Bool) throws -> [Difference] {
+        struct Orphan { var commission: Commission; var accept: Bool? }
+        let busy: Set<String> = [VolumeStatus.creating.rawValue, VolumeStatus.deleting.rawValue, VolumeStatus.extending.rawValue]
+        func decide(_ db: GRDB.Database, _ c: Commission) throws -> Orphan? {
+            if let sid = c.serverID, let s = try Server.fetchOne(db, key: sid), s.pendingAction != nil { return nil }
+            let ids = c.volumeIDs.split(separator: ",").compactMap { Int64($0) }
+            let vols = try ids.compactMap { try Volume.fetchOne(db, key: $0) }
+            if vols.contains(where: { busy.contains($0.status.rawValue) }) { return nil }
+            guard !vols.isEmpty else { return Orphan(commission: c, accept: nil) }
+            if c.delta < 0 {
+                if vols.allSatisfy(\.deleted) { return Orphan(commission: c, accept: true) }
+                if vols.allSatisfy({ $0.status == .inUse }) { return Orphan(commission: c, accept: false) }
+            } else {
+                if vols.allSatisfy({ $0.status == .error }) { return Orphan(commission: c, accept: false) }
+                if vols.allSatisfy({ $0.status != .error }) { return Orphan(commission: c, accept: true) }
+            }
+            return Orphan(commission: c, accept: nil)
+        }
+        let orphans = try db.read { db in
+            try Commission.filter(Column("state") == Commission.State.pending.rawValue && Column("backendJobID") != nil)
+                .order(Column("id")).fetchAll(db).compactMap { try decide(db, $0) }
+        }
+        var out: [Difference] = []
+        for o in orphans {
+            let c = o.commission
+            var d = Difference(kind: .stuckCommission, server: c.serverID, volume: nil,
+                               detail: "commission \(c.id!) (\(c.delta) bytes, job \(c.backendJobID!), volumes \(c.volumeIDs.isEmpty ? "none" : c.volumeIDs)) is pending, but no job of its server or volumes is in flight",
+                               fixed: nil)
+            if fix, let accept = o.accept {
+                try db.write { db in
+                    // Decide again inside the write: the API may have moved on meanwhile.
+                    guard let fresh = try Commission.fetchOne(db, key: c.id!), fresh.state == .pending,
+                          let again = try decide(db, fresh), again.accept == accept else { return }
+                    try resolveCommissions(db, where: Column("id") == c.id!, accept: accept)
+                    d.fixed = accept ? "accepted (\(c.delta) bytes)" : "rejected"
+                }
             }
             out.append(d)
         }

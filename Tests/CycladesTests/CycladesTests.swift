@@ -360,6 +360,40 @@ func recorded(_ name: String) throws -> Data {
         #expect(try f.usage() == (0, 0))
     }
 
+    /// What that race left in databases written before the fix: the server
+    /// and its volumes deleted, their refund pending with a job id. Reconcile
+    /// reports it, and --fix gives the quota back.
+    @Test func reconcileResolvesARefundLeftPending() throws {
+        let f = try Fixture()
+        let r = f.registry
+        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
+        f.ganeti.finishAll()
+        try r.processJobs()
+        try r.db.write { db in
+            var srv = try Server.fetchOne(db, key: s.id!)!
+            srv.status = .deleted; srv.deleted = true; srv.pendingAction = nil; srv.backendJobID = 7
+            try srv.update(db)
+            var ids: [Int64] = []
+            for var v in try r.liveVolumes(db, server: s.id!) {
+                v.status = .deleted; v.deleted = true; v.machineID = nil
+                try v.update(db)
+                ids.append(v.id!)
+            }
+            var c = Commission(id: nil, project: f.user.defaultProject, resource: Registry.diskResource, delta: -(2 << 30), state: .pending,
+                               backendJobID: 7, serverID: s.id, volumeIDs: ids.map(String.init).joined(separator: ","), created: Date(), resolved: nil)
+            try c.insert(db)
+        }
+        f.ganeti.instances = [:]
+        #expect(try f.usage() == (2 << 30, 0))
+        let seen = try r.reconcile(store: nil, fix: false)
+        #expect(seen.map(\.kind) == [.stuckCommission] && seen.first?.fixed == nil, "\(seen)")
+        #expect(try f.usage() == (2 << 30, 0), "a report changes nothing")
+        let fixed = try r.reconcile(store: nil, fix: true)
+        #expect(fixed.first?.fixed?.hasPrefix("accepted") == true, "\(fixed)")
+        #expect(try f.usage() == (0, 0))
+        #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+    }
+
     @Test func aJobThatCannotBeSentIsRejectedAtOnce() throws {
         let f = try Fixture()
         f.ganeti.refuseNext = "RAPI: connection refused"
