@@ -113,9 +113,7 @@ func recorded(_ name: String) throws -> Data {
     @Test func refusedRequestsChangeNothing() throws {
         let f = try Fixture(quota: 10 << 30)
         let r = f.registry
-        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
-        f.ganeti.finishAll()
-        try r.processJobs()
+        let s = try f.activeServer()
         let sid = s.id!
         let bob = try r.createUser(name: "bob", diskLimit: 1 << 30).0
         let big = try r.registerImage(name: "big", location: "file:/srv/big.raw", size: 3 << 30, owner: "system", isPublic: true, checksum: nil)
@@ -270,9 +268,7 @@ func recorded(_ name: String) throws -> Data {
     @Test func atMostTenKeys() throws {
         let f = try Fixture()
         let r = f.registry
-        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
-        f.ganeti.finishAll()
-        try r.processJobs()
+        let s = try f.activeServer()
         let eleven = Dictionary(uniqueKeysWithValues: (0..<11).map { ("k\($0)", "v") })
         let before = try f.dump()
         #expect(throws: CycladesError.self) { _ = try r.createVolume(server: s.id!, user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil, metadata: eleven) }
@@ -343,9 +339,7 @@ func recorded(_ name: String) throws -> Data {
     @Test func thePollerDoesNotSettleARemoveByThePreviousJob() throws {
         let f = try Fixture()
         let r = f.registry
-        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
-        f.ganeti.finishAll()
-        try r.processJobs()
+        let s = try f.activeServer()
         #expect(try f.usage() == (2 << 30, 0))
         f.ganeti.whileSubmitting = { _ = try? r.processJobs() }
         _ = try r.removeServer(s.id!)
@@ -366,9 +360,7 @@ func recorded(_ name: String) throws -> Data {
     @Test func reconcileResolvesARefundLeftPending() throws {
         let f = try Fixture()
         let r = f.registry
-        let s = try r.createServer(name: "vm", user: "alice", flavor: "small", image: f.image.id, volumes: [])
-        f.ganeti.finishAll()
-        try r.processJobs()
+        let s = try f.activeServer()
         try r.db.write { db in
             var srv = try Server.fetchOne(db, key: s.id!)!
             srv.status = .deleted; srv.deleted = true; srv.pendingAction = nil; srv.backendJobID = 7

@@ -108,6 +108,14 @@ struct Fixture {
         }
     }
 
+    /// alice's server "vm" (the image's root disk only), its create job ended and settled.
+    func activeServer() throws -> Server {
+        let s = try registry.createServer(name: "vm", user: "alice", flavor: "small", image: image.id, volumes: [])
+        ganeti.finishAll()
+        try registry.processJobs()
+        return s
+    }
+
     func usage() throws -> (Int64, Int64) {
         let q = try registry.quotas().first { $0.project == user.defaultProject }!
         return (q.usage, q.pending)
