@@ -22,7 +22,7 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
     public let root: String
     public var location: String { root }
     private let rootFD: Int32
-    private let cache = Locked<FDCache>(FDCache(capacity: 512))
+    private let cache = StripedFDCache(capacity: 512)
 
     public init(root: String) throws {
         var r = root
@@ -40,7 +40,7 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
     // MARK: descriptors
 
     private func descriptor(_ name: ObjectName, writable: Bool) throws -> SharedFD {
-        if let fd = cache.withLock({ $0.get(name.path) }), fd.writable || !writable { return fd }
+        if let fd = cache.get(name.path), fd.writable || !writable { return fd }
         let p = path(name)
         var fd = Syscall.retry { open(p, O_RDWR | O_CLOEXEC) }
         var isWritable = true
@@ -50,12 +50,12 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         }
         guard fd >= 0 else { throw StoreError.posix("open", p, errno: errno) }
         let shared = SharedFD(fd: fd, writable: isWritable)
-        cache.withLock { $0.set(name.path, shared) }
+        cache.set(name.path, shared)
         return shared
     }
 
     private func invalidate(_ name: ObjectName) {
-        cache.withLock { $0.remove(name.path) }
+        cache.remove(name.path)
     }
 
     /// Starts writeback of the object's dirty pages (`sync_file_range`), so
@@ -331,7 +331,7 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
 
     public func removeAll(prefix: String) throws {
         let dir = root + "/" + prefix
-        cache.withLock { $0.removeAll(prefix: prefix) }
+        cache.removeAll(prefix: prefix)
         do {
             if FileManager.default.fileExists(atPath: dir) {
                 try FileManager.default.removeItem(atPath: dir)
@@ -501,6 +501,30 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
             if mkdir(dir, 0o755) == 0 || errno == EEXIST { return }
         }
         throw StoreError.posix("mkdir", dir, errno: errno)
+    }
+}
+
+/// The descriptor cache in stripes, each behind its own mutex and picked by
+/// the path's hash: every read looks a descriptor up, and with one mutex the
+/// serving threads slept on it in turn (futex waits under 4 KiB random reads).
+final class StripedFDCache: @unchecked Sendable {
+    private let stripes: [Locked<FDCache>]
+
+    init(capacity: Int, stripes count: Int = 16) {
+        stripes = (0..<count).map { _ in Locked(FDCache(capacity: max(8, capacity / count))) }
+    }
+
+    private func stripe(_ key: String) -> Locked<FDCache> {
+        var h = Hasher()
+        h.combine(key)
+        return stripes[Int(UInt(bitPattern: h.finalize()) % UInt(stripes.count))]
+    }
+
+    func get(_ key: String) -> SharedFD? { stripe(key).withLock { $0.get(key) } }
+    func set(_ key: String, _ fd: SharedFD) { stripe(key).withLock { $0.set(key, fd) } }
+    func remove(_ key: String) { stripe(key).withLock { $0.remove(key) } }
+    func removeAll(prefix: String) {
+        for s in stripes { s.withLock { $0.removeAll(prefix: prefix) } }
     }
 }
 

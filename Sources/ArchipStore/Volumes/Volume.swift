@@ -52,7 +52,7 @@ public final class Volume: @unchecked Sendable {
     private let io = ReadWriteLock()
     private let blockLocks = StripedLocks()
     private let logLock = NSLock()
-    let state: Locked<State>
+    let state: RWLocked<State>
 
     public let blockSize: Int
 
@@ -62,12 +62,12 @@ public final class Volume: @unchecked Sendable {
         self.mode = mode
         self.owner = owner
         self.blockSize = Int(state.top.blockSize)
-        self.state = Locked(state)
+        self.state = RWLocked(state)
     }
 
     // MARK: properties
 
-    public var size: UInt64 { state.withLock { $0.top.size } }
+    public var size: UInt64 { state.read { $0.top.size } }
     public var layer: LayerID { state.withLock { $0.top.id } }
     public var isWritable: Bool { mode != .readOnly }
     var top: LayerMap { state.withLock { $0.top } }
@@ -123,7 +123,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func resolve(_ b: UInt32) -> Source {
-        state.withLock { s in
+        state.read { s in
             switch s.overlay[b] {
             case .whole?, .pieces?: return .object(StoreLayout.owned(s.top.id, b), fromAncestor: false)
             case .zero?: return .zero
@@ -169,7 +169,7 @@ public final class Volume: @unchecked Sendable {
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         try io.shared {
             try refreshIfShared()
-            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
             try checkRange(offset, buffer.count, size: size)
             var done = 0
             while done < buffer.count {
@@ -194,7 +194,7 @@ public final class Volume: @unchecked Sendable {
     public func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]? {
         guard mode != .shared else { return nil }
         return try io.shared { () throws -> [VolumeReadPiece]? in
-            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
             try checkRange(offset, length, size: size)
             var pieces: [VolumeReadPiece] = []
             func zeros(_ n: Int) {
@@ -240,7 +240,7 @@ public final class Volume: @unchecked Sendable {
         try checkWritable()
         try io.shared {
             try refreshIfShared()
-            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
             try checkRange(offset, data.count, size: size)
             try writeUnlocked(at: offset, data)
         }
@@ -255,7 +255,7 @@ public final class Volume: @unchecked Sendable {
         try checkWritable()
         try io.shared {
             try refreshIfShared()
-            let size = try state.withLock { s -> UInt64 in try checkOpen(s); return s.top.size }
+            let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
             let (end, overflow) = offset.addingReportingOverflow(length)
             guard !overflow, end <= size else {
                 throw StoreError(.outOfRange, "\(name): range \(offset)+\(length) is beyond the end (size \(size) bytes)")
