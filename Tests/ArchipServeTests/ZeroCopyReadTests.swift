@@ -114,4 +114,63 @@ import Glibc
         #expect(expected.isEmpty)
         try c.disconnect()
     }
+
+    /// Small cached reads are answered by the connection's reader and their
+    /// replies batched into one send: many of them sent at once (more than a
+    /// batch holds), with a write and a flush in between that close a batch,
+    /// must each get exactly one reply with the volume's bytes.
+    @Test func nbdSmallReadsSentTogetherAreAnsweredInBatches() throws {
+        let dir = try TempDir("zc")
+        let (_, v) = try ZeroCopyReads.makeVolume(dir)
+        defer { try? v.close() }
+        // Block 2 is a hole; its zeros come from the batch as well.
+        let before = try v.read(at: 0, length: 4 * block)
+        let (server, path, socketDir) = try startServer([try NBDExport(name: "z", device: VolumeDevice(v))]) {
+            $0.workersPerConnection = 2
+        }
+        defer { withExtendedLifetime(socketDir) { try? server.stop() } }
+        let (c, _) = try NBDTestClient.connect(path: path, export: "z")
+        var wire: [UInt8] = []
+        var expected: [UInt64: [UInt8]] = [:]
+        var lengths: [UInt64: Int] = [:]
+        var handle: UInt64 = 1
+        func read(_ offset: Int, _ n: Int) {
+            wire += NBDRequestHeader(flags: 0, type: 0, handle: handle, offset: UInt64(offset), length: UInt32(n)).encoded()
+            expected[handle] = Array(before[offset..<(offset + n)])
+            lengths[handle] = n
+            handle += 1
+        }
+        // Reads stay below 3 blocks + 1 MiB; the write goes above it.
+        let span = 3 * block + (1 << 20)
+        for i in 0..<120 {
+            let n = i % 3 == 0 ? 65536 : 4096
+            read((i * 1_234_567) % (span - n) & ~4095, n)
+        }
+        let written = pattern(9, 65536, offset: 0)
+        let writeHandle = handle
+        wire += NBDRequestHeader(flags: 0, type: 1, handle: writeHandle, offset: UInt64(4 * block - 65536), length: 65536).encoded()
+        wire += written
+        handle += 1
+        let flushHandle = handle
+        wire += NBDRequestHeader(flags: 0, type: 3, handle: flushHandle, offset: 0, length: 0).encoded()
+        handle += 1
+        for i in 0..<30 { read((i * 7_654_321) % (span - 4096) & ~4095, 4096) }
+        try c.send(wire)
+
+        var others = Set<UInt64>()
+        for _ in 0..<(expected.count + 2) {
+            let r = try c.readReply(readLengths: lengths)
+            #expect(r.error == 0, "request \(r.handle)")
+            if let want = expected.removeValue(forKey: r.handle) {
+                let same = r.data == want // not the bytes themselves in a failure message
+                #expect(same, "read \(r.handle): \(r.data.count) bytes, not the volume's")
+            } else {
+                #expect(others.insert(r.handle).inserted, "second reply for \(r.handle)")
+            }
+        }
+        #expect(expected.isEmpty)
+        #expect(others == [writeHandle, flushHandle])
+        #expect(try v.read(at: UInt64(4 * block - 65536), length: 65536) == written)
+        try c.disconnect()
+    }
 }

@@ -50,7 +50,10 @@ extension NBDConnection {
         let header = UnsafeMutableRawBufferPointer.allocate(byteCount: NBDProtocol.requestHeaderBytes, alignment: 8)
         defer { header.deallocate() }
 
+        // Batched replies go out before the reader can wait, and when it stops.
+        defer { replies.flushBatch() }
         while true {
+            if reader.buffered < NBDProtocol.requestHeaderBytes { replies.flushBatch() }
             guard try reader.readExactly(header, what: "a request header") else { return }
             let h = NBDRequestHeader(decoding: UnsafeRawBufferPointer(header))
             guard h.magic == NBDProtocol.requestMagic else {
@@ -64,6 +67,10 @@ extension NBDConnection {
                 // The spec: requests received while shutting down get ESHUTDOWN.
                 verdict = .reject(.shutdown)
             }
+            // Only an inline read keeps the batch open; anything else may wait.
+            let inline = verdict == .accept && h.command == .read && h.length <= configuration.inlineReadBytes
+                && !configuration.traceRequests
+            if !inline { replies.flushBatch() }
             switch verdict {
             case .disconnect(let why):
                 throw ServeError(.protocolViolation, "\(socket.name): \(why)", cause: "closing the connection")
@@ -86,10 +93,13 @@ extension NBDConnection {
                     logger.debug("\(socket.name): client disconnected (NBD_CMD_DISC)", [("export", exportName)])
                     return
                 }
-                if command == .read && h.length <= configuration.inlineReadBytes && !configuration.traceRequests
-                    && answerFromPageCache(h, device: device, replies: replies) {
-                    pipeline.countRefused()
-                    continue
+                if inline {
+                    if answerFromPageCache(h, device: device, replies: replies) {
+                        pipeline.countRefused()
+                        continue
+                    }
+                    // To a worker: it may wait for the disk.
+                    replies.flushBatch()
                 }
                 let bytes = (command == .read || command == .write) ? Int(h.length) : 0
                 pipeline.admit(bytes: bytes)
@@ -117,21 +127,20 @@ extension NBDConnection {
     /// as usual (false), so the reader never blocks on the store.
     private func answerFromPageCache(_ h: NBDRequestHeader, device: any BlockDevice, replies: ReplyWriter) -> Bool {
         guard let pieces = try? device.readPieces(at: h.offset, length: Int(h.length)) else { return false }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(h.length), alignment: 4096)
-        defer { buffer.deallocate() }
-        var at = 0
-        for p in pieces {
-            switch p {
-            case .zeros(let n):
-                UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + n)]).initializeMemory(as: UInt8.self, repeating: 0)
-                at += n
-            case .file(let d, let offset, let count):
-                guard archip_pread_nowait(d.fd, buffer.baseAddress! + at, count, offset) == count else { return false }
-                at += count
+        return replies.queueRead(handle: h.handle, length: Int(h.length)) { buffer in
+            var at = 0
+            for p in pieces {
+                switch p {
+                case .zeros(let n):
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + n)]).initializeMemory(as: UInt8.self, repeating: 0)
+                    at += n
+                case .file(let d, let offset, let count):
+                    guard archip_pread_nowait(d.fd, buffer.baseAddress! + at, count, offset) == count else { return false }
+                    at += count
+                }
             }
+            return true
         }
-        replies.send(handle: h.handle, error: .success, payload: UnsafeRawBufferPointer(buffer))
-        return true
     }
 
     /// Runs one request on the device and sends its reply.

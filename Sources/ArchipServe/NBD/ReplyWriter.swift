@@ -14,10 +14,58 @@ final class ReplyWriter: @unchecked Sendable {
     private let logger: ServeLogger
     private let lock = NSLock()
     private var broken = false
+    /// Replies the reader thread answered itself and has not sent yet (see
+    /// `queueRead`). Only the reader touches it; the send takes the lock.
+    private let batch: UnsafeMutableRawBufferPointer
+    private var batched = 0
+    private var batchedReplies = 0
 
-    init(socket: ConnectionSocket, logger: ServeLogger) {
+    init(socket: ConnectionSocket, logger: ServeLogger, batchBytes: Int = 256 << 10) {
         self.socket = socket
         self.logger = logger
+        batch = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes, alignment: 4096)
+    }
+
+    deinit { batch.deallocate() }
+
+    /// Adds a successful read's reply to the reader's batch: `fill` writes the
+    /// `length` payload bytes in place (false: it could not, nothing is
+    /// added). A client with several requests in flight sends them together,
+    /// and their replies then go out in one `sendmsg` instead of one each
+    /// (a system call and a wake-up of the client saved per reply). The reader
+    /// must call `flushBatch()` before anything that can wait: reading from
+    /// the socket, admitting work, returning.
+    func queueRead(handle: UInt64, length: Int, fill: (UnsafeMutableRawBufferPointer) -> Bool) -> Bool {
+        let need = NBDProtocol.simpleReplyHeaderBytes + length
+        guard need <= batch.count else { return false }
+        if batched + need > batch.count { flushBatch() }
+        let header = UnsafeMutableRawBufferPointer(rebasing: batch[batched..<(batched + NBDProtocol.simpleReplyHeaderBytes)])
+        let payload = UnsafeMutableRawBufferPointer(rebasing: batch[(batched + header.count)..<(batched + need)])
+        guard fill(payload) else { return false }
+        BigEndian.store(NBDProtocol.simpleReplyMagic, into: header, at: 0)
+        BigEndian.store(NBDErrno.success.rawValue, into: header, at: 4)
+        BigEndian.store(handle, into: header, at: 8)
+        batched += need
+        batchedReplies += 1
+        return true
+    }
+
+    /// Sends the batched replies, if any.
+    func flushBatch() {
+        guard batched > 0 else { return }
+        let bytes = UnsafeRawBufferPointer(rebasing: batch[0..<batched])
+        batched = 0
+        batchedReplies = 0
+        lock.lock()
+        defer { lock.unlock() }
+        if broken { return }
+        do {
+            try socket.sendAll([bytes])
+        } catch {
+            broken = true
+            socket.shutdown(.both)
+            logger.info("\(socket.name): cannot send replies any more, dropping the rest: \(error)")
+        }
     }
 
     var isBroken: Bool { lock.withLock { broken } }
