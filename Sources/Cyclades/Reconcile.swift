@@ -240,12 +240,13 @@ extension Registry {
     }
 
     /// Store volumes carry the disk name Ganeti gave them (`ganeti.cname`).
+    /// Read from the volumes' records only: a store with thousands of volumes
+    /// costs one record read each, and a damaged map is `archip verify`'s
+    /// business, not a reason for reconcile to fail.
     private func compareStore(_ store: VolumeStore) throws -> [Difference] {
         var out: [Difference] = []
         var inStore: [String: String] = [:]   // snf-vol-N -> store name
-        for info in try store.list() where info.kind == "volume" {
-            if let c = info.metadata["ganeti.cname"], c.hasPrefix("snf-vol-") { inStore[c] = info.name }
-        }
+        for (name, c) in try store.volumeMetadata("ganeti.cname") where c.hasPrefix("snf-vol-") { inStore[c] = name.value }
         let vols = try db.read { db in try Volume.filter(Column("deleted") == false && Column("status") == VolumeStatus.inUse.rawValue).fetchAll(db) }
         var live = Set<String>()
         for v in vols {

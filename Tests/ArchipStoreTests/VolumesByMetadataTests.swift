@@ -19,5 +19,9 @@ import Testing
         // A map that cannot be read does not matter to the lookup.
         try t.outsideObjects().put(ObjectName("layers", try store.record(try VolumeName("b")).layer.hex, "map"), [1, 2, 3], durable: true)
         #expect(try store.volumes(withMetadata: "ganeti.cname", equalTo: "snf-vol-2") == [try VolumeName("b")])
+        // Every value of the key, volumes only (the snapshot of a copies its metadata).
+        let all = try store.volumeMetadata("ganeti.cname")
+        #expect(all.map(\.name.value) == ["a", "b"] && all.map(\.value) == ["snf-vol-1", "snf-vol-2"])
+        #expect(try store.volumeMetadata("no.such.key").isEmpty)
     }
 }

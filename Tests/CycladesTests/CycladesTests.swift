@@ -1,4 +1,5 @@
 @testable import Cyclades
+import ArchipStore
 import Foundation
 import GRDB
 import Testing
@@ -384,6 +385,34 @@ func recorded(_ name: String) throws -> Data {
         #expect(fixed.first?.fixed?.hasPrefix("accepted") == true, "\(fixed)")
         #expect(try f.usage() == (0, 0))
         #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+    }
+
+    /// Reconcile against the store: an IN_USE volume no store volume records,
+    /// and a store volume recording a disk the database does not have live,
+    /// are both reported; a store volume whose map is damaged does not stop it.
+    @Test func reconcileComparesTheStoreByRecords() throws {
+        let f = try Fixture()
+        let r = f.registry
+        let s = try f.activeServer()
+        let disks = try r.db.read { db in try r.liveVolumes(db, server: s.id!) }
+        #expect(disks.count == 1 && disks.first?.status == .inUse)
+        let disk = try #require(disks.first)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("reconcile-store-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try VolumeStore.directory(dir, node: "node1")
+        // In step: the server's disk is in the store.
+        try store.create(try VolumeName("d1"), size: .mebibytes(8), metadata: ["ganeti.cname": disk.diskName])
+        #expect(try r.reconcile(store: store, fix: false).isEmpty)
+        // An orphan: a store volume for a disk the database never had.
+        try store.create(try VolumeName("d2"), size: .mebibytes(8), metadata: ["ganeti.cname": "snf-vol-999"])
+        var seen = try r.reconcile(store: store, fix: false)
+        #expect(seen.map(\.kind) == [.orphanStoreVolume] && seen.first?.volume == 999, "\(seen)")
+        // Missing: the server's disk leaves the store; then the orphan's map is damaged.
+        try store.remove(try VolumeName("d1"))
+        try store.objects.put(ObjectName("layers", try store.info(try VolumeName("d2")).layer, "map"), [1, 2, 3], durable: true)
+        seen = try r.reconcile(store: store, fix: false)
+        #expect(Set(seen.map(\.kind)) == [.orphanStoreVolume, .missingInStore], "\(seen)")
+        #expect(seen.first { $0.kind == .missingInStore }?.volume == disk.id)
     }
 
     @Test func aJobThatCannotBeSentIsRejectedAtOnce() throws {

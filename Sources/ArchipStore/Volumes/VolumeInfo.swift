@@ -80,6 +80,17 @@ extension VolumeStore {
         try allRecords().filter { $0.1.kind == .volume && $0.1.metadata[key] == value }.map(\.0)
     }
 
+    /// Every volume that has metadata `key`, with its value, sorted by name:
+    /// for comparing the store with another system's records (Cyclades'
+    /// reconcile looks for `ganeti.cname`). Records only, like
+    /// `volumes(withMetadata:equalTo:)`: no map is read, none can fail it.
+    public func volumeMetadata(_ key: String) throws -> [(name: VolumeName, value: String)] {
+        try allRecords().compactMap { name, rec in
+            guard rec.kind == .volume, let v = rec.metadata[key] else { return nil }
+            return (name, v)
+        }.sorted { $0.name.value < $1.name.value }
+    }
+
     /// nil when the name does not exist.
     public func summary(_ name: VolumeName) throws -> VolumeSummary? {
         guard let rec = try recordIfPresent(name) else { return nil }
