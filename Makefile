@@ -23,8 +23,9 @@ DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config 
                   ganeti curl iproute2 libsqlite3-dev sqlite3
 
 # The data path's bench (fio, with its nbd engine) and attach --device=nbd (nbd-client);
-# liburing for the bench's FUSE-over-io_uring probe (scripts/fuse-probe.c).
-DEBIAN_PACKAGES += fio nbd-client liburing-dev
+# liburing for the bench's FUSE-over-io_uring probe (scripts/fuse-probe.c);
+# nbdkit as a reference NBD server in the bench (scripts/bench-nbd-reference.sh).
+DEBIAN_PACKAGES += fio nbd-client liburing-dev nbdkit
 
 # The rados backend: librados to build; a one-node Ceph cluster for make rados-test.
 DEBIAN_PACKAGES += librados-dev ceph-mon ceph-osd ceph-common bc
@@ -141,6 +142,7 @@ bench:
 	.build/release/archip-bench
 	scripts/bench-datapath.sh .build/release/archip
 	scripts/bench-fuse-ceiling.sh .build/release/archip
+	scripts/bench-nbd-reference.sh .build/release/archip
 	scripts/bench-rados.sh .build/release/archip
 	$(SWIFT) build -c release --product snf-manage
 	$(SWIFT) build -c release --product cyclades-api
