@@ -33,7 +33,8 @@ WORK=$BENCH_DIR/fuse-ceiling
 RESULTS=$BENCH_DIR/results.txt
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-say() { printf '%s\n' "$*"; mkdir -p "$BENCH_DIR"; printf '%s\n' "$*" >> "$RESULTS"; }
+# shellcheck source=scripts/bench-rounds.sh
+. "$(dirname "$0")/bench-rounds.sh"
 skip() { say "fuse-ceiling: skipped: $*"; exit 0; }
 
 [ "$(id -u)" = 0 ] || skip "not root"
@@ -124,37 +125,7 @@ run_target() {
 # One data file for the plain loop device and the probe, written and in the page cache.
 dd if=/dev/urandom of="$WORK/data.img" bs=4M count=256 status=none
 TARGETS="plain archip fuse-classic-2 fuse-classic-8 fuse-uring-4 fuse-cached"
-round=1
-while [ "$round" -le "$ROUNDS" ]; do
-    OUT="$WORK/round.$round"
-    order=$TARGETS
-    i=0
-    while [ $i -lt $((round - 1)) ]; do order="${order#* } ${order%% *}"; i=$((i + 1)); done
-    for t in $order; do run_target "$t"; done
-    round=$((round + 1))
-done
+run_rounds
 
 say "# fuse ceiling: the read jobs of the data-path bench (fio, iodepth 16, 1 GiB, random ${SECS} s) on a minimal FUSE server in C (scripts/fuse-probe.c) per transport, $ROUNDS rounds in rotated order; median of the per-round ratios against the plain loop device [min-max]"
-[ -f "$WORK/skipped" ] && sort -u "$WORK/skipped" | while read -r l; do say "fuse-ceiling: skipped $l"; done
-python3 - "$WORK" "$ROUNDS" "$TARGETS" <<'EOF' | while IFS= read -r line; do say "$line"; done
-import statistics, sys
-work, rounds, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
-res = {}
-for r in range(1, rounds + 1):
-    for line in open(f"{work}/round.{r}"):
-        name, bw, iops = line.split()
-        res.setdefault(name, []).append((int(bw), int(iops)))
-goal = {"seqread": 0.8, "randread": 0.5}
-for job in ("seqread", "randread"):
-    base = res.get(f"plain.{job}", [])
-    for t in targets:
-        vals = res.get(f"{t}.{job}", [])
-        if not vals or len(vals) != len(base):
-            continue
-        idx = 0 if job == "seqread" else 1
-        ratios = [v[idx] / b[idx] for v, b in zip(vals, base) if b[idx] > 0]
-        med = statistics.median(v[idx] for v in vals)
-        unit = f"{med / 1e6:.0f} MB/s" if idx == 0 else f"{med / 1e3:.1f}k IOPS"
-        tail = "" if t == "plain" else f" ratio {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}] (goal {goal[job]})"
-        print(f"fuse-ceiling: {job:8} {t:15} {unit:>12}{tail}")
-EOF
+report fuse-ceiling 0.8 0.5

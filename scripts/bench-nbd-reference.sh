@@ -25,7 +25,8 @@ SECS=${BENCH_NR_SECONDS:-6}
 WORK=$BENCH_DIR/nbd-reference
 RESULTS=$BENCH_DIR/results.txt
 
-say() { printf '%s\n' "$*"; mkdir -p "$BENCH_DIR"; printf '%s\n' "$*" >> "$RESULTS"; }
+# shellcheck source=scripts/bench-rounds.sh
+. "$(dirname "$0")/bench-rounds.sh"
 skip() { say "nbd-reference: skipped: $*"; exit 0; }
 
 [ "$(id -u)" = 0 ] || skip "not root"
@@ -110,36 +111,7 @@ run_target() {
 dd if=/dev/urandom of="$WORK/data.img" bs=4M count=256 status=none
 cat "$WORK/data.img" > /dev/null
 TARGETS="plain archip nbdkit-file nbdkit-memory qemu-nbd"
-round=1
-while [ "$round" -le "$ROUNDS" ]; do
-    OUT="$WORK/round.$round"
-    : > "$OUT"
-    order=$TARGETS
-    i=0
-    while [ $i -lt $((round - 1)) ]; do order="${order#* } ${order%% *}"; i=$((i + 1)); done
-    for t in $order; do run_target "$t"; done
-    round=$((round + 1))
-done
+run_rounds
 
 say "# nbd reference: fio's nbd engine (iodepth 16, 1 GiB, random ${SECS} s) on archip's export and on other NBD servers over a cached file, $ROUNDS rounds in rotated order; median of the per-round ratios against the plain loop device [min-max]"
-[ -f "$WORK/skipped" ] && sort -u "$WORK/skipped" | while read -r l; do say "nbd-reference: skipped $l"; done
-python3 - "$WORK" "$ROUNDS" "$TARGETS" <<'EOF' | while IFS= read -r line; do say "$line"; done
-import statistics, sys
-work, rounds, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
-res = {}
-for r in range(1, rounds + 1):
-    for line in open(f"{work}/round.{r}"):
-        name, bw, iops = line.split()
-        res.setdefault(name, []).append((int(bw), int(iops)))
-for job, idx in (("seqread", 0), ("randread", 1)):
-    base = res.get(f"plain.{job}", [])
-    for t in targets:
-        vals = res.get(f"{t}.{job}", [])
-        if not vals or len(vals) != len(base):
-            continue
-        ratios = [v[idx] / b[idx] for v, b in zip(vals, base) if b[idx] > 0]
-        med = statistics.median(v[idx] for v in vals)
-        unit = f"{med / 1e6:.0f} MB/s" if idx == 0 else f"{med / 1e3:.1f}k IOPS"
-        tail = "" if t == "plain" else f" ratio {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
-        print(f"nbd-reference: {job:8} {t:14} {unit:>12}{tail}")
-EOF
+report nbd-reference
