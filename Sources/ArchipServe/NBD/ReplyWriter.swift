@@ -18,7 +18,6 @@ final class ReplyWriter: @unchecked Sendable {
     /// `queueRead`). Only the reader touches it; the send takes the lock.
     private let batch: UnsafeMutableRawBufferPointer
     private var batched = 0
-    private var batchedReplies = 0
 
     init(socket: ConnectionSocket, logger: ServeLogger, batchBytes: Int = 256 << 10) {
         self.socket = socket
@@ -46,7 +45,6 @@ final class ReplyWriter: @unchecked Sendable {
         BigEndian.store(NBDErrno.success.rawValue, into: header, at: 4)
         BigEndian.store(handle, into: header, at: 8)
         batched += need
-        batchedReplies += 1
         return true
     }
 
@@ -55,7 +53,6 @@ final class ReplyWriter: @unchecked Sendable {
         guard batched > 0 else { return }
         let bytes = UnsafeRawBufferPointer(rebasing: batch[0..<batched])
         batched = 0
-        batchedReplies = 0
         lock.lock()
         defer { lock.unlock() }
         if broken { return }
