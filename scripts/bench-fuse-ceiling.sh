@@ -26,16 +26,12 @@
 set -eu
 
 ARCHIP=${1:-.build/release/archip}
-BENCH_DIR=${BENCH_DIR:-$PWD/.bench}
 ROUNDS=${BENCH_FC_ROUNDS:-3}
 SECS=${BENCH_FC_SECONDS:-8}
-WORK=$BENCH_DIR/fuse-ceiling
-RESULTS=$BENCH_DIR/results.txt
 HERE=$(cd "$(dirname "$0")" && pwd)
-
+BENCH_NAME=fuse-ceiling
 # shellcheck source=scripts/bench-rounds.sh
-. "$(dirname "$0")/bench-rounds.sh"
-skip() { say "fuse-ceiling: skipped: $*"; exit 0; }
+. "$HERE/bench-rounds.sh"
 
 [ "$(id -u)" = 0 ] || skip "not root"
 [ -e /dev/fuse ] || skip "/dev/fuse is missing"
@@ -43,7 +39,7 @@ command -v fio >/dev/null || skip "fio is not installed (make deps)"
 command -v cc >/dev/null || skip "no C compiler"
 [ -x "$ARCHIP" ] || { echo "bench-fuse-ceiling: $ARCHIP is not an executable" >&2; exit 1; }
 
-rm -rf "$WORK"
+bench_workdir
 mkdir -p "$WORK/mnt"
 cc -O2 -Wall -o "$WORK/fuse-probe" "$HERE/fuse-probe.c" -luring -lpthread 2>"$WORK/cc.err" ||
     skip "cannot build fuse-probe (liburing-dev?): $(head -1 "$WORK/cc.err")"
@@ -51,8 +47,6 @@ cc -O2 -Wall -o "$WORK/fuse-probe" "$HERE/fuse-probe.c" -luring -lpthread 2>"$WO
 URING_PARAM=/sys/module/fuse/parameters/enable_uring
 URING_WAS=""
 [ -w "$URING_PARAM" ] && URING_WAS=$(cat "$URING_PARAM")
-export ARCHIP_STORE="$WORK/store" ARCHIP_NODE=bench ARCHIP_RUNTIME_DIR="$WORK/run"
-unset ARCHIP_CONFIG || true
 PROBE_PID="" DEV=""
 
 stop_target() {

@@ -19,25 +19,18 @@
 set -eu
 
 ARCHIP=${1:-.build/release/archip}
-BENCH_DIR=${BENCH_DIR:-$PWD/.bench}
 ROUNDS=${BENCH_NR_ROUNDS:-3}
 SECS=${BENCH_NR_SECONDS:-6}
-WORK=$BENCH_DIR/nbd-reference
-RESULTS=$BENCH_DIR/results.txt
-
+BENCH_NAME=nbd-reference
 # shellcheck source=scripts/bench-rounds.sh
 . "$(dirname "$0")/bench-rounds.sh"
-skip() { say "nbd-reference: skipped: $*"; exit 0; }
 
 [ "$(id -u)" = 0 ] || skip "not root"
 command -v fio >/dev/null || skip "fio is not installed (make deps)"
 fio --enghelp 2>/dev/null | grep -qw nbd || skip "this fio has no nbd engine"
 [ -x "$ARCHIP" ] || { echo "bench-nbd-reference: $ARCHIP is not an executable" >&2; exit 1; }
 
-rm -rf "$WORK"
-mkdir -p "$WORK"
-export ARCHIP_STORE="$WORK/store" ARCHIP_NODE=bench ARCHIP_RUNTIME_DIR="$WORK/run"
-unset ARCHIP_CONFIG || true
+bench_workdir
 SERVER_PID="" DEV="" URI=""
 
 stop_target() {

@@ -1,10 +1,25 @@
 # Sourced by the bench scripts that compare read jobs on several targets
 # against a plain loop device (bench-fuse-ceiling.sh, bench-nbd-reference.sh).
-# The sourcing script sets BENCH_DIR, RESULTS, WORK, ROUNDS, TARGETS (the first
+# The sourcing script sets BENCH_NAME first, then ROUNDS, TARGETS (the first
 # is "plain") and defines run_target NAME, which appends "NAME.JOB bytes/s
 # iops" lines to $OUT for the jobs seqread and randread.
 
+# Before sourcing: BENCH_NAME (the results' prefix and the work folder's name).
+BENCH_DIR=${BENCH_DIR:-$PWD/.bench}
+RESULTS=$BENCH_DIR/results.txt
+WORK=$BENCH_DIR/$BENCH_NAME
+
 say() { printf '%s\n' "$*"; mkdir -p "$BENCH_DIR"; printf '%s\n' "$*" >> "$RESULTS"; }
+skip() { say "$BENCH_NAME: skipped: $*"; exit 0; }
+
+# A fresh work folder, with a store and a node runtime folder of its own for
+# archip (whatever ARCHIP_* the caller had).
+bench_workdir() {
+    rm -rf "$WORK"
+    mkdir -p "$WORK"
+    export ARCHIP_STORE="$WORK/store" ARCHIP_NODE=bench ARCHIP_RUNTIME_DIR="$WORK/run"
+    unset ARCHIP_CONFIG || true
+}
 
 # Runs every target once per round, the order rotated from round to round
 # (the page cache and the disk carry state from one run to the next, so no
