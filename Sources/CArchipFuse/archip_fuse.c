@@ -18,6 +18,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/mount.h>
+#include <sched.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -83,16 +86,24 @@ static void *af_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     return fuse_get_context()->private_data;
 }
 
+/* Every callback takes whatever libfuse passes: with nullpath_ok a path may be
+   NULL (libfuse 3 passes NULL to readdir of an opened directory; a NULL path
+   once killed the daemon and every volume it served), and any path the kernel
+   resolves under the mount may arrive. The file system holds "/" and one file;
+   everything else is ENOENT, and nothing the caller sends can crash the daemon. */
+static int is_root(const char *path) { return path == NULL || strcmp(path, "/") == 0; }
+static int is_file(const char *path) { return path != NULL && strcmp(path, self()->path) == 0; }
+
 static int af_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
     struct archip_fuse *f = self();
     memset(st, 0, sizeof *st);
     if (path == NULL && fi == NULL) return -ENOENT;
-    if (path != NULL && strcmp(path, "/") == 0) {
+    if (path != NULL && is_root(path)) {
         st->st_mode = S_IFDIR | 0700;
         st->st_nlink = 2;
         return 0;
     }
-    if (path != NULL && strcmp(path, f->path) != 0) return -ENOENT;
+    if (path != NULL && !is_file(path)) return -ENOENT;
     st->st_mode = S_IFREG | (f->cb.readonly ? 0400 : 0600);
     st->st_nlink = 1;
     st->st_size = (off_t)f->cb.size(f->cb.ctx);
@@ -104,16 +115,38 @@ static int af_getattr(const char *path, struct stat *st, struct fuse_file_info *
 static int af_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off, struct fuse_file_info *fi,
                       enum fuse_readdir_flags flags) {
     (void)off; (void)fi; (void)flags;
-    if (strcmp(path, "/") != 0) return -ENOENT;
+    /* The only directory is the root: an opened directory (NULL path) is it. */
+    if (!is_root(path)) return -ENOTDIR;
+    if (fill == NULL || buf == NULL) return -EINVAL;
     fill(buf, ".", NULL, 0, 0);
     fill(buf, "..", NULL, 0, 0);
     fill(buf, self()->path + 1, NULL, 0, 0);
     return 0;
 }
 
+static int af_opendir(const char *path, struct fuse_file_info *fi) {
+    (void)fi;
+    return is_root(path) ? 0 : -ENOTDIR;
+}
+
+static int af_statfs(const char *path, struct statvfs *st) {
+    (void)path;
+    if (st == NULL) return -EINVAL;
+    struct archip_fuse *f = self();
+    memset(st, 0, sizeof *st);
+    st->f_bsize = 4096;
+    st->f_frsize = 4096;
+    st->f_blocks = f->cb.size(f->cb.ctx) / 4096;
+    st->f_files = 2;
+    st->f_namemax = 255;
+    return 0;
+}
+
 static int af_open(const char *path, struct fuse_file_info *fi) {
     struct archip_fuse *f = self();
-    if (strcmp(path, f->path) != 0) return -ENOENT;
+    if (is_root(path) && path != NULL) return -EISDIR;
+    if (!is_file(path)) return -ENOENT;
+    if (fi == NULL) return -EINVAL;
     if (f->cb.readonly && (fi->flags & O_ACCMODE) != O_RDONLY) return -EROFS;
     /* The store has its own cache; the page cache on top would hold every block twice. */
     fi->direct_io = 1;
@@ -226,7 +259,7 @@ static int af_fallocate(const char *path, int mode, off_t off, off_t len, struct
 }
 
 static int af_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
-    (void)path; (void)fi;
+    if (fi == NULL && !is_file(path)) return is_root(path) ? -EISDIR : -ENOENT;
     /* The size is the volume's; resize the volume instead. Opening with O_TRUNC
        at the same size is harmless. */
     return (uint64_t)size == self()->cb.size(self()->cb.ctx) ? 0 : -EPERM;
@@ -236,6 +269,8 @@ static const struct fuse_operations ops = {
     .init = af_init,
     .getattr = af_getattr,
     .readdir = af_readdir,
+    .opendir = af_opendir,
+    .statfs = af_statfs,
     .open = af_open,
     .read = af_read,
     .read_buf = af_read_buf,
@@ -297,6 +332,78 @@ void archip_fuse_unmount(struct archip_fuse *f) {
         fuse_unmount(f->fuse);
         f->mounted = 0;
     }
+}
+
+static int open_loop(int minor, int flags);
+
+int archip_fuse_device(const char *mountpoint, uint64_t *dev_out) {
+    struct stat st;
+    if (stat(mountpoint, &st) != 0) return -errno;
+    *dev_out = (uint64_t)st.st_dev;
+    return 0;
+}
+
+int archip_fuse_abort(uint64_t dev) {
+    /* fusectl names a connection by its device number as the kernel encodes
+       it (major << 20 | minor; FUSE's anonymous devices have major 0). */
+    unsigned kdev = (major((dev_t)dev) << 20) | minor((dev_t)dev);
+    char path[96];
+    snprintf(path, sizeof path, "/sys/fs/fuse/connections/%u/abort", kdev);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        /* fusectl is not mounted in this mount namespace: mount it (once). */
+        if (mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, NULL) != 0 && errno != EBUSY) return -ENOENT;
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+    }
+    if (fd < 0) return -errno;
+    ssize_t n = write(fd, "1", 1);
+    int e = errno;
+    close(fd);
+    return n == 1 ? 0 : -e;
+}
+
+int archip_unshare_mounts(int *old_ns) {
+    *old_ns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (*old_ns < 0) return -errno;
+    if (unshare(CLONE_NEWNS) != 0) { int e = errno; close(*old_ns); *old_ns = -1; return -e; }
+    /* Slave: mounts the host makes later (a shared store mounted after boot)
+       still reach the daemon; the daemon's own never reach the host. */
+    if (mount("none", "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) {
+        int e = errno;
+        archip_return_to_mount_ns(*old_ns);
+        *old_ns = -1;
+        return -e;
+    }
+    return 0;
+}
+
+int archip_return_to_mount_ns(int old_ns) {
+    int r = setns(old_ns, CLONE_NEWNS);
+    int e = errno;
+    close(old_ns);
+    return r == 0 ? 0 : -e;
+}
+
+int archip_loop_backing_device(int minor, uint64_t *dev_out, uint64_t *inode_out) {
+    int fd = open_loop(minor, O_RDONLY);
+    if (fd < 0) return fd;
+    struct loop_info64 info;
+    int r = ioctl(fd, LOOP_GET_STATUS64, &info);
+    int e = errno;
+    close(fd);
+    if (r != 0) return -e;
+    *dev_out = info.lo_device;
+    *inode_out = info.lo_inode;
+    return 0;
+}
+
+int archip_blk_in_exclusive_use(const char *device) {
+    /* An O_EXCL open of a block device fails with EBUSY while a file system
+       is mounted on it (in any mount namespace) or another exclusive opener
+       holds it: the device cannot be taken away from under it. */
+    int fd = open(device, O_RDONLY | O_EXCL | O_CLOEXEC);
+    if (fd >= 0) { close(fd); return 0; }
+    return errno == EBUSY ? 1 : -errno;
 }
 
 void archip_fuse_destroy(struct archip_fuse *f) {

@@ -23,7 +23,7 @@ public final class DaemonAttachments: NodeAttachments {
 
     public init(config: ProviderConfig) { self.config = config }
 
-    private var running: ControlClient? { ControlClient.connect(runtimeDir: config.runtimeDir) }
+    private var running: ControlClient? { ControlClient.connect(runtimeDir: config.runtimeDir, store: config.storePath) }
 
     private func startingIfNeeded() throws -> ControlClient {
         try DaemonLauncher.connectOrStart(executable: config.serveExecutable, runtimeDir: config.runtimeDir,
@@ -31,13 +31,13 @@ public final class DaemonAttachments: NodeAttachments {
     }
 
     public func attach(_ name: VolumeName) throws -> AttachmentInfo {
-        let reply = try startingIfNeeded().call(ControlRequest(op: .attach, name: name.value, mode: "none"))
+        let reply = try startingIfNeeded().call(ControlRequest(op: .attach, name: name.value, mode: Hold.none))
         guard let a = reply.attachment else { throw ExtStorageError(.failed, "archip serve returned no device for \(name)") }
         return a
     }
 
     public func open(_ name: VolumeName, exclusive: Bool) throws {
-        _ = try startingIfNeeded().call(ControlRequest(op: .open, name: name.value, mode: exclusive ? "exclusive" : "shared"))
+        _ = try startingIfNeeded().call(ControlRequest(op: .open, name: name.value, mode: exclusive ? .exclusive : .shared))
     }
 
     public func close(_ name: VolumeName) throws {

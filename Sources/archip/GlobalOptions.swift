@@ -36,7 +36,9 @@ struct GlobalOptions: ParsableArguments {
         return [args[i]] + leading + args[(i + 1)...]
     }
 
-    func openStore() throws -> VolumeStore {
+    /// The store's location and this node's name, from the options, the
+    /// environment or the configuration file, without opening anything.
+    func resolve() throws -> (location: String, node: String) {
         let env = ProcessInfo.processInfo.environment
         let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
         let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
@@ -50,6 +52,11 @@ struct GlobalOptions: ParsableArguments {
             throw CLIError(message: "no store given: use --store DIR (or rados://POOL?conf=FILE&id=NAME), set ARCHIP_STORE, or set 'path' (or backend = rados and 'pool') in the [store] section of \(configPath)", status: 2)
         }
         let nodeName = node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
+        return (location, nodeName)
+    }
+
+    func openStore() throws -> VolumeStore {
+        let (location, nodeName) = try resolve()
         return try StoreOpener.open(location, node: nodeName)
     }
 }

@@ -22,11 +22,17 @@ func startDaemon(store: VolumeStore, runtime: String) throws {
                              store: store.objects.location, node: store.node)
 }
 
+/// A client of this node's daemon for the store the options name (the
+/// daemon refuses calls for another store). Without a store in the options,
+/// the configuration or the environment, calls go to whatever store it serves.
 func daemonClient(_ global: GlobalOptions, _ runtime: RuntimeOptions, start: Bool) throws -> ControlClient? {
-    if let c = ControlClient.connect(runtimeDir: runtime.path) { return c }
+    let location = try? global.resolve().location
+    if let c = ControlClient.connect(runtimeDir: runtime.path, store: location) { return c }
     guard start else { return nil }
     let store = try global.openStore()
-    return try ControlClient.connectOrStart(runtimeDir: runtime.path) { try startDaemon(store: store, runtime: runtime.path) }
+    return try ControlClient.connectOrStart(runtimeDir: runtime.path, store: store.objects.location) {
+        try startDaemon(store: store, runtime: runtime.path)
+    }
 }
 
 struct Serve: ParsableCommand {
@@ -41,13 +47,30 @@ struct Serve: ParsableCommand {
         """)
     @OptionGroup var global: GlobalOptions
     @OptionGroup var runtime: RuntimeOptions
+    @Option(name: .customLong("mount-namespace"), help: ArgumentHelp("Where the volumes' FUSE mounts live: private (a mount namespace of the daemon's own, a slave of the host's: namespaces other programs create cannot copy them), host, or auto (private where the host's root mount is shared, as under systemd; host where mounts are private, since a copy would keep file systems the host unmounts).", valueName: "auto|private|host"))
+    var mountNamespace = "auto"
+
+    func validate() throws {
+        guard ["auto", "private", "host"].contains(mountNamespace) else {
+            throw ValidationError("--mount-namespace must be auto, private or host, not '\(mountNamespace)'")
+        }
+    }
 
     func run() throws {
-        let store = try global.openStore()
-        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path) { line in
+        func say(_ line: String) {
             let stamp = ISO8601DateFormatter().string(from: Date())
             FileHandle.standardError.write(Data("\(stamp) archip-serve[\(getpid())]: \(line)\n".utf8))
         }
+        // First, before anything starts a thread: this may re-execute the process.
+        let privateMounts = mountNamespace == "private" || (mountNamespace == "auto" && PrivateMountNamespace.rootIsShared())
+        var mountsWhere = privateMounts ? "a private mount namespace" : "the mount namespace it started in (\(mountNamespace == "auto" ? "its root mount is not shared" : "--mount-namespace host"))"
+        let keep = [runtime.path] + ((try? global.resolve().location).map { [StoreLocation.canonical($0)] } ?? [])
+        if privateMounts, let why = PrivateMountNamespace.enter(keeping: keep.map(StoreLocation.canonical)) {
+            mountsWhere = "the mount namespace it started in (\(why))"
+        }
+        let store = try global.openStore()
+        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path, log: say)
+        say("FUSE mounts in \(mountsWhere)")
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
@@ -89,8 +112,8 @@ struct Attach: ParsableCommand {
             throw StoreError(.unsupported, why)
         }
         let client = try daemonClient(global, runtime, start: true)!
-        let reply = try client.call(ControlRequest(op: .attach, name: n.value, mode: shared ? "shared" : "exclusive",
-                                                   device: device == "loop" ? nil : device))
+        let reply = try client.call(ControlRequest(op: .attach, name: n.value, mode: shared ? .shared : .exclusive,
+                                                   device: KernelDeviceKind(rawValue: device)))
         guard let a = reply.attachment else { throw CLIError(message: "archip serve returned no device") }
         if json { return try printJSON(a) }
         print(a.device)
@@ -108,7 +131,7 @@ struct Open: ParsableCommand {
     func run() throws {
         let n = try volumeName(name)
         let client = try daemonClient(global, runtime, start: true)!
-        _ = try client.call(ControlRequest(op: .open, name: n.value, mode: shared ? "shared" : "exclusive"))
+        _ = try client.call(ControlRequest(op: .open, name: n.value, mode: shared ? .shared : .exclusive))
     }
 }
 

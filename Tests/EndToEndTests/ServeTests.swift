@@ -124,7 +124,8 @@ func skipDataPath(_ what: String) -> Bool {
         #expect(try shell("mount \(dev2[0]) \(mnt) && sha256sum -c \(cli.store).sum && umount \(mnt)").status == 0)
         let fsck = try shell("fsck.ext4 -fn \(dev2[0])")
         #expect(fsck.status == 0, "\(fsck.out)")
-        #expect(try node.run(["detach", "v"]).status == 0)
+        let detach = try node.run(["detach", "v"])
+        #expect(detach.status == 0, "\(detach.stderr)")
         #expect(try node.run(["verify", "v"]).status == 0)
         let log = (try? String(contentsOfFile: node.runtime + "/serve.log", encoding: .utf8)) ?? ""
         #expect(log.contains("recovery"), "the new daemon did not clean up: \(log)")

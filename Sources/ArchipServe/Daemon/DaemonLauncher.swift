@@ -47,7 +47,7 @@ public enum DaemonLauncher {
 
     /// A client of the running daemon, starting one first if none answers.
     public static func connectOrStart(executable: String, runtimeDir: String, store: String, node: String) throws -> ControlClient {
-        try ControlClient.connectOrStart(runtimeDir: runtimeDir) {
+        try ControlClient.connectOrStart(runtimeDir: runtimeDir, store: store) {
             try start(executable: executable, runtimeDir: runtimeDir, store: store, node: node)
         }
     }

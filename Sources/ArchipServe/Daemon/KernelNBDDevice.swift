@@ -3,21 +3,13 @@ import CArchipFuse
 import Foundation
 
 /// How an attached volume becomes a kernel block device.
-public enum KernelDeviceKind: String, Sendable, CaseIterable {
+public enum KernelDeviceKind: String, Codable, Sendable, CaseIterable {
     /// The volume as a FUSE file with a loop device over it (the default:
     /// needs only the fuse and loop drivers every kernel has).
     case loop
     /// The kernel's NBD client, set up by Debian's `nbd-client`, on the
     /// volume's own NBD socket (needs the nbd module).
     case nbd
-
-    /// The protocol's `device`: absent means loop.
-    public init(_ text: String?) throws {
-        guard let k = KernelDeviceKind(rawValue: text ?? "loop") else {
-            throw StoreError(.invalidArgument, "unknown device '\(text ?? "")': use loop or nbd")
-        }
-        self = k
-    }
 }
 
 /// `/dev/nbdN` connected by `nbd-client` to one of the daemon's NBD sockets.

@@ -11,15 +11,38 @@ import Foundation
 ///
 ///     control.sock        the control socket (0600)
 ///     serve.pid           this daemon's pid
-///     holds.json          locks this daemon took (node + token), so a restart
-///                         after a crash can release its own holds
-///     mnt/<name>/<name>   the FUSE file of an attached volume
+///     holds.json          locks this daemon took (node + token) and the devices
+///                         it made, so a restart after a crash can undo its own
+///     mnt/<name>/<name>   the FUSE file of an attached volume (mounted in the
+///                         daemon's private mount namespace: PrivateMountNamespace)
 ///     nbd/<name>.sock     its NBD socket
+///
+/// Waits and their bounds (nothing here waits without one, and no lock is
+/// held across a wait on the kernel, a device or a peer):
+///
+///     per volume   operations on one volume run one at a time (VolumeOperations);
+///                  another waits for it at most `limits.busyWait`, then fails
+///                  naming what runs. Other volumes, `list` and `ping` go on.
+///     detach       NBD clients get `limits.nbdGrace` to leave; the loop device
+///                  `limits.loopRelease` to let go of its file; the FUSE session
+///                  `limits.fuseStop` to end after its unmount, then it is
+///                  aborted (fusectl) and gets as long again.
+///     the table    `attached` is behind a mutex held only to read or change it.
 public final class NodeDaemon: @unchecked Sendable {
     public let store: VolumeStore
     public let runtimeDir: String
     public let owner: LockOwner
+    public let limits: Limits
     private let log: (String) -> Void
+
+    /// The bounds of the daemon's waits, in seconds.
+    public struct Limits: Sendable {
+        public var busyWait: TimeInterval = 20
+        public var nbdGrace: TimeInterval = 10
+        public var loopRelease: TimeInterval = 10
+        public var fuseStop: TimeInterval = 3
+        public init() {}
+    }
 
     final class Attachment {
         let device: VolumeDevice
@@ -28,6 +51,7 @@ public final class NodeDaemon: @unchecked Sendable {
         let loop: LoopDevice?
         let kernelNBD: KernelNBDDevice?
         let nbd: NBDServer
+        /// Changed only with the daemon's table lock held (`list` reads it there).
         var info: AttachmentInfo
         var volume: Volume { device.volume }
         init(device: VolumeDevice, fuse: FUSEExport?, loop: LoopDevice?, kernelNBD: KernelNBDDevice? = nil,
@@ -37,19 +61,26 @@ public final class NodeDaemon: @unchecked Sendable {
         }
     }
 
-    private var attached: [String: Attachment] = [:]
-    private let lock = NSLock()
+    private let attached = Locked<[String: Attachment]>([:])
+    private let operations: VolumeOperations
+    private let holds: HoldsFile
+    private let stopping = Locked(false)
     private var listener: UnixListener?
-    private var stopping = false
     private let stopped = DispatchSemaphore(value: 0)
+    /// The store as a client names it (StoreLocation.canonical), to refuse calls for another.
+    public let storeIdentity: String
 
     public var controlSocket: String { runtimeDir + "/control.sock" }
 
-    public init(store: VolumeStore, runtimeDir: String, log: @escaping (String) -> Void) {
+    public init(store: VolumeStore, runtimeDir: String, limits: Limits = Limits(), log: @escaping (String) -> Void) {
         self.store = store
         self.runtimeDir = runtimeDir
+        self.limits = limits
         self.owner = LockOwner(node: store.node, token: "serve-" + LockOwner.randomToken(), pid: getpid(), since: Date())
         self.log = log
+        self.operations = VolumeOperations(waitLimit: limits.busyWait)
+        self.holds = HoldsFile(path: runtimeDir + "/holds.json", owner: owner)
+        self.storeIdentity = StoreLocation.canonical(store.objects.location)
     }
 
     // MARK: life cycle
@@ -59,15 +90,15 @@ public final class NodeDaemon: @unchecked Sendable {
     public func run() throws {
         try FileManager.default.createDirectory(atPath: runtimeDir, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
-        try recoverFromPreviousRun()
+        CrashRecovery(runtimeDir: runtimeDir, store: store, node: owner.node, holds: holds, log: log).run()
         try "\(getpid())\n".write(toFile: runtimeDir + "/serve.pid", atomically: true, encoding: .utf8)
         let l = try UnixListener(path: controlSocket)
         listener = l
         log("serving node \(store.node) on \(controlSocket) (store \(store.objects.location))")
         // The listener is non-blocking: wait for a client (or, every second, for a stop).
-        while !lock.withLock({ stopping }) {
+        while !stopping.withLock({ $0 }) {
             guard try Sys.waitReadable(l.fd, timeoutMilliseconds: 1000, what: controlSocket) else { continue }
-            if lock.withLock({ stopping }) { break }
+            if stopping.withLock({ $0 }) { break }
             guard let fd = try l.accept() else { continue }
             let conn = ConnectionSocket(fd: fd, name: "control")
             Thread.detachNewThread { [self] in self.serve(conn) }
@@ -88,6 +119,8 @@ public final class NodeDaemon: @unchecked Sendable {
                 reply = try handle(req)
             } catch let e as StoreError {
                 reply = .failure(e.description, code: e.code.rawValue)
+            } catch let e as DecodingError {
+                reply = .failure("bad control request: \(ControlRequest.describe(e))", code: StoreError.Code.invalidArgument.rawValue)
             } catch {
                 reply = .failure("\(error)", code: nil)
             }
@@ -99,6 +132,10 @@ public final class NodeDaemon: @unchecked Sendable {
     }
 
     func handle(_ r: ControlRequest) throws -> ControlReply {
+        // ping answers whatever the store: it is how a client learns which one this is.
+        if r.op != .ping, let theirs = r.store, StoreLocation.canonical(theirs) != storeIdentity {
+            throw StoreError(.invalidArgument, "this node's archip serve (pid \(getpid()), \(controlSocket)) serves store \(store.objects.location), not \(theirs): one daemon serves one store per runtime folder; use the store it serves, or another --runtime-dir")
+        }
         func name() throws -> VolumeName {
             guard let n = r.name else { throw StoreError(.invalidArgument, "\(r.op.rawValue) needs a name") }
             return try VolumeName(n)
@@ -108,11 +145,13 @@ public final class NodeDaemon: @unchecked Sendable {
             var reply = ControlReply.success()
             reply.node = store.node
             reply.pid = getpid()
+            reply.store = store.objects.location
+            reply.busy = operations.inProgress()
             return reply
         case .attach:
-            return .success(try attach(try name(), hold: try Hold(r.mode), device: try KernelDeviceKind(r.device)))
+            return .success(try attach(try name(), hold: r.mode ?? .exclusive, device: r.device ?? .loop))
         case .open:
-            return .success(try open(try name(), hold: try Hold(r.mode)))
+            return .success(try open(try name(), hold: r.mode ?? .exclusive))
         case .close:
             try close(try name())
             return .success()
@@ -121,7 +160,7 @@ public final class NodeDaemon: @unchecked Sendable {
             return .success()
         case .list:
             var reply = ControlReply.success()
-            reply.attachments = lock.withLock { attached.values.map(\.info).sorted { $0.name < $1.name } }
+            reply.attachments = attached.withLock { $0.values.map(\.info).sorted { $0.name < $1.name } }
             return reply
         case .snapshot:
             guard let s = r.snapshot else { throw StoreError(.invalidArgument, "snapshot needs a snapshot name") }
@@ -137,30 +176,6 @@ public final class NodeDaemon: @unchecked Sendable {
 
     // MARK: operations
 
-    /// What this node holds on an attached volume. Ganeti separates the two:
-    /// `attach` only makes the device appear (it is called on a migration's
-    /// target while the source still writes), `open` takes the hold that
-    /// allows writes, exclusive or shared during live migration.
-    public enum Hold: String, Sendable {
-        case none, shared, exclusive
-
-        /// The protocol's `mode`: absent means exclusive (what `archip attach` wants).
-        public init(_ mode: String?) throws {
-            guard let h = Hold(rawValue: mode ?? "exclusive") else {
-                throw StoreError(.invalidArgument, "unknown mode '\(mode ?? "")': use exclusive, shared or none")
-            }
-            self = h
-        }
-
-        var openMode: OpenMode {
-            switch self {
-            case .none: return .readOnly
-            case .shared: return .shared
-            case .exclusive: return .exclusive
-            }
-        }
-    }
-
     /// Attaches (idempotent: an attached volume's device is returned again,
     /// whatever its hold; `open` changes the hold).
     public func attach(_ name: VolumeName, mode: OpenMode) throws -> AttachmentInfo {
@@ -168,70 +183,68 @@ public final class NodeDaemon: @unchecked Sendable {
     }
 
     public func attach(_ name: VolumeName, hold: Hold, device kind: KernelDeviceKind = .loop) throws -> AttachmentInfo {
-        lock.lock()
-        defer { lock.unlock() }
-        if let a = attached[name.value] {
-            guard (a.info.deviceKind ?? "loop") == kind.rawValue else {
-                throw StoreError(.alreadyExists, "\(name) is attached on this node with its \(a.info.deviceKind ?? "loop") device \(a.info.device); detach it first")
+        try operations.run(name.value, "attach") { try attachHoldingSlot(name, hold: hold, device: kind) }
+    }
+
+    private func attachment(_ name: VolumeName) -> Attachment? { attached.withLock { $0[name.value] } }
+
+    /// Caller holds `name`'s operation slot.
+    private func attachHoldingSlot(_ name: VolumeName, hold: Hold, device kind: KernelDeviceKind) throws -> AttachmentInfo {
+        if let a = attachment(name) {
+            let info = attached.withLock { _ in a.info }
+            guard (info.deviceKind ?? .loop) == kind else {
+                throw StoreError(.alreadyExists, "\(name) is attached on this node with its \((info.deviceKind ?? .loop).rawValue) device \(info.device); detach it first")
             }
-            return a.info
+            return info
         }
+        guard !stopping.withLock({ $0 }) else { throw StoreError(.closed, "archip serve is stopping; \(name) was not attached") }
         // Before anything is opened: a missing nbd module is a one-line refusal.
         if kind == .nbd, let why = KernelNBDDevice.unavailableReason() { throw StoreError(.unsupported, why) }
         let started = Date()
-        let volume = try store.open(name, mode: hold.openMode, owner: owner)
-        // A volume stays a writable device whatever its hold: the loop device
-        // cannot change from read-only to read-write later.
-        let isSnapshot = (try? store.info(name).kind) == "snapshot"
+        var undo = UndoStack()
         do {
-            try recordHolds(adding: name.value)
+            let volume = try store.open(name, mode: hold.openMode, owner: owner)
+            undo.push { try? volume.close() }
+            // A volume stays a writable device whatever its hold: the loop device
+            // cannot change from read-only to read-write later.
+            let isSnapshot = (try? store.info(name).kind) == "snapshot"
+            try holds.add(name.value)
+            undo.push { [holds] in try? holds.remove(name.value) }
             let device = VolumeDevice(volume, readOnly: isSnapshot)
             var fuse: FUSEExport?
             var loop: LoopDevice?
             if kind == .loop {
-                let mnt = runtimeDir + "/mnt/" + name.value
-                let f = try FUSEExport(device: device, mountpoint: mnt, fileName: name.value, fsName: "archip:" + name.value)
-                do {
-                    loop = try LoopDevice.attach(file: f.path, readOnly: isSnapshot)
-                } catch {
-                    f.stop()
-                    throw error
-                }
+                let f = try FUSEExport(device: device, mountpoint: runtimeDir + "/mnt/" + name.value, fileName: name.value,
+                                       fsName: "archip:" + name.value)
+                undo.push { [limits] in f.stop(timeout: limits.fuseStop) }
+                let l = try LoopDevice.attach(file: f.path, readOnly: isSnapshot)
+                undo.push { [limits] in try? l.detach(waitingUpTo: limits.loopRelease) }
+                try holds.record(name.value, devices: .init(loop: l.minor, fuse: f.connection))
                 fuse = f
+                loop = l
             }
             let socket = nbdSocketPath(name)
             try FileManager.default.createDirectory(atPath: runtimeDir + "/nbd", withIntermediateDirectories: true)
-            let nbd: NBDServer
-            do {
-                nbd = try NBDServer(socketPath: socket, exports: [try NBDExport(name: name.value, device: device)],
+            let nbd = try NBDServer(socketPath: socket, exports: [try NBDExport(name: name.value, device: device)],
                                     defaultExport: name.value)
-                try nbd.start()
-            } catch {
-                try? loop?.detach()
-                fuse?.stop()
-                throw error
-            }
+            try nbd.start()
+            undo.push { [limits] in try? nbd.stop(gracePeriod: .seconds(limits.nbdGrace)) }
             var kernelNBD: KernelNBDDevice?
             if kind == .nbd {
-                do {
-                    kernelNBD = try KernelNBDDevice.connect(socket: socket, export: name.value, size: volume.size,
-                                                            readOnly: isSnapshot, logFile: runtimeDir + "/nbd-client.log")
-                } catch {
-                    try? nbd.stop(gracePeriod: .seconds(1))
-                    throw error
-                }
+                kernelNBD = try KernelNBDDevice.connect(socket: socket, export: name.value, size: volume.size,
+                                                        readOnly: isSnapshot, logFile: runtimeDir + "/nbd-client.log")
             }
             var info = AttachmentInfo(name: name.value, device: kernelNBD?.path ?? loop?.path ?? "",
                                       uri: "nbd:unix:\(socket):exportname=\(name.value)",
                                       mode: isSnapshot ? "read-only" : hold.rawValue, readOnly: isSnapshot, size: volume.size)
-            info.deviceKind = kind.rawValue
-            attached[name.value] = Attachment(device: device, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
+            info.deviceKind = kind
+            let a = Attachment(device: device, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
+            attached.withLock { $0[name.value] = a }
             log(String(format: "attach %@: %@ %@ (%@) in %.0f ms", name.value, info.device, info.uri, info.mode,
                        Date().timeIntervalSince(started) * 1000))
             return info
         } catch {
-            try? volume.close()
-            try? recordHolds(removing: name.value)
+            undo.run()
             throw error
         }
     }
@@ -253,27 +266,28 @@ public final class NodeDaemon: @unchecked Sendable {
     /// the volume in between; a conversion another holder prevents fails and
     /// changes nothing.
     public func open(_ name: VolumeName, hold: Hold) throws -> AttachmentInfo {
-        _ = try attach(name, hold: hold)
-        lock.lock()
-        defer { lock.unlock() }
-        guard let a = attached[name.value] else { throw StoreError(.closed, "\(name) was detached while being opened") }
-        try changeHold(a, name, to: hold)
-        return a.info
+        try operations.run(name.value, "open") {
+            _ = try attachHoldingSlot(name, hold: hold, device: attachment(name)?.info.deviceKind ?? .loop)
+            guard let a = attachment(name) else { throw StoreError(.closed, "\(name) was detached while being opened") }
+            try changeHold(a, name, to: hold)
+            return attached.withLock { _ in a.info }
+        }
     }
 
     /// Ganeti's close: releases the hold (flushing first); the devices stay
     /// until detach. Idempotent.
     public func close(_ name: VolumeName) throws {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let a = attached[name.value] else { return }
-        try changeHold(a, name, to: .none)
+        try operations.run(name.value, "close") {
+            guard let a = attachment(name) else { return }
+            try changeHold(a, name, to: .none)
+        }
     }
 
-    /// Caller holds `lock`.
+    /// Caller holds `name`'s operation slot.
     private func changeHold(_ a: Attachment, _ name: VolumeName, to hold: Hold) throws {
-        guard !a.info.readOnly, a.info.mode != hold.rawValue else { return }
-        let from = a.info.mode
+        let info = attached.withLock { _ in a.info }
+        guard !info.readOnly, info.mode != hold.rawValue else { return }
+        let from = info.mode
         switch hold {
         case .none:
             try a.device.replaceVolume { old in
@@ -295,7 +309,7 @@ public final class NodeDaemon: @unchecked Sendable {
                 }
             }
         }
-        a.info.mode = hold.rawValue
+        attached.withLock { _ in a.info.mode = hold.rawValue }
         if hold != .none {
             // What the kernel cached of the device (udev's probe at attach, a
             // buffered reader) may predate the other node's last writes.
@@ -313,122 +327,101 @@ public final class NodeDaemon: @unchecked Sendable {
         if r != 0 { log("\(a.info.name): cannot drop the page cache of \(path): \(String(cString: strerror(-r)))") }
     }
 
-    /// Detaches (idempotent): flushes everything and releases the lock.
+    /// Detaches (idempotent): flushes everything and releases the lock. Every
+    /// step has a bound (see the type's comment); a device something still
+    /// holds (a mounted file system) is refused before anything is taken down.
     public func detach(_ name: VolumeName) throws {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let a = attached[name.value] else { return }
+        try operations.run(name.value, "detach") { try detachHoldingSlot(name) }
+    }
+
+    /// Caller holds `name`'s operation slot.
+    private func detachHoldingSlot(_ name: VolumeName) throws {
+        guard let a = attachment(name) else { return }
+        let started = Date()
+        if let dev = a.loop?.path ?? a.kernelNBD?.path, archip_blk_in_exclusive_use(dev) == 1 {
+            throw StoreError(.locked, "cannot detach \(name): \(dev) is in use (a mounted file system or an exclusive opener); unmount or close it first")
+        }
         // The kernel's NBD client first: it is a client of the server stopped next.
         try a.kernelNBD?.disconnect(logFile: runtimeDir + "/nbd-client.log")
-        try a.nbd.stop(gracePeriod: .seconds(10))
-        try a.loop?.detach()
-        a.fuse?.stop()
+        try a.nbd.stop(gracePeriod: .seconds(limits.nbdGrace))
+        try a.loop?.detach(waitingUpTo: limits.loopRelease)
+        var fuseNote = ""
+        if let f = a.fuse {
+            switch f.stop(timeout: limits.fuseStop) {
+            case .unmounted: break
+            case .aborted: fuseNote = "; its FUSE session outlived the unmount (held by another mount namespace) and was aborted"
+            case .abandoned: fuseNote = "; its FUSE session did not end even when aborted (its thread is left)"
+            }
+        }
         try a.volume.close()
-        attached[name.value] = nil
-        try recordHolds(removing: name.value)
-        log("detach \(name.value)")
+        attached.withLock { $0[name.value] = nil }
+        try holds.remove(name.value)
+        log(String(format: "detach %@ in %.0f ms%@", name.value, Date().timeIntervalSince(started) * 1000, fuseNote))
     }
 
     /// A snapshot consistent with every write acknowledged so far.
     public func snapshot(_ name: VolumeName, as snap: VolumeName) throws {
-        let a = lock.withLock { attached[name.value] }
-        guard let a, a.info.mode != Hold.none.rawValue else {
-            // Not held here: the store takes the volume's lock for the snapshot
-            // (an unheld attachment's read-only view still reads the same data).
-            try store.snapshot(name, as: snap, owner: nil)
-            return
+        try operations.run(name.value, "snapshot") {
+            guard let a = attachment(name), attached.withLock({ _ in a.info.mode }) != Hold.none.rawValue else {
+                // Not held here: the store takes the volume's lock for the snapshot
+                // (an unheld attachment's read-only view still reads the same data).
+                try store.snapshot(name, as: snap, owner: nil)
+                return
+            }
+            try a.volume.snapshot(snap)
+            log("snapshot \(name.value) as \(snap.value)")
         }
-        try a.volume.snapshot(snap)
-        log("snapshot \(name.value) as \(snap.value)")
     }
 
     public func grow(_ name: VolumeName, to size: ByteCount) throws -> AttachmentInfo? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let a = attached[name.value] else {
-            try store.withVolume(name) { try $0.resize(to: size, allowShrink: false) }
-            return nil
-        }
-        if a.info.mode == Hold.none.rawValue {
-            try store.withVolume(name) { try $0.resize(to: size, allowShrink: false) }
-            try a.device.replaceVolume { old in
-                try old.close()
-                return try store.open(name, mode: .readOnly)
+        try operations.run(name.value, "grow") {
+            guard let a = attachment(name) else {
+                try store.withVolume(name) { try $0.resize(to: size, allowShrink: false) }
+                return nil
             }
-        } else {
-            try a.volume.resize(to: size, allowShrink: false)
+            if attached.withLock({ _ in a.info.mode }) == Hold.none.rawValue {
+                try store.withVolume(name) { try $0.resize(to: size, allowShrink: false) }
+                try a.device.replaceVolume { old in
+                    try old.close()
+                    return try store.open(name, mode: .readOnly)
+                }
+            } else {
+                try a.volume.resize(to: size, allowShrink: false)
+            }
+            try a.loop?.refreshCapacity()
+            try a.kernelNBD?.refreshCapacity(size: a.volume.size)
+            let info = attached.withLock { _ in
+                a.info.size = a.volume.size
+                return a.info
+            }
+            log("grow \(name.value) to \(size.bytes) bytes")
+            return info
         }
-        try a.loop?.refreshCapacity()
-        try a.kernelNBD?.refreshCapacity(size: a.volume.size)
-        a.info.size = a.volume.size
-        log("grow \(name.value) to \(size.bytes) bytes")
-        return a.info
     }
 
-    /// Detaches everything and stops serving.
+    /// Detaches everything and stops serving. Each detach is bounded, so a
+    /// stop is too (systemd's TimeoutStopSec is the backstop).
     public func shutdown() {
-        let names = lock.withLock { () -> [String] in
-            if stopping { return [] }
-            stopping = true
-            return Array(attached.keys)
+        let first = stopping.withLock { s -> Bool in
+            defer { s = true }
+            return !s
         }
-        for n in names {
+        guard first else { return }
+        for n in attached.withLock({ Array($0.keys) }).sorted() {
             do { try detach(try VolumeName(n)) } catch { log("shutdown: detach \(n): \(error)") }
         }
         listener?.close()
         stopped.signal()
     }
+}
 
-    // MARK: crash recovery
-
-    private var holdsFile: String { runtimeDir + "/holds.json" }
-
-    struct Holds: Codable { var node: String; var token: String; var names: [String] }
-
-    private func recordHolds(adding: String? = nil, removing: String? = nil) throws {
-        var h = (try? JSONDecoder().decode(Holds.self, from: Data(contentsOf: URL(fileURLWithPath: holdsFile))))
-            ?? Holds(node: owner.node, token: owner.token, names: [])
-        if h.token != owner.token { h = Holds(node: owner.node, token: owner.token, names: []) }
-        if let adding, !h.names.contains(adding) { h.names.append(adding) }
-        if let removing { h.names.removeAll { $0 == removing } }
-        try JSONEncoder().encode(h).write(to: URL(fileURLWithPath: holdsFile), options: .atomic)
-    }
-
-    /// A daemon killed with -9 leaves dead FUSE mounts, loop devices over them,
-    /// and its locks. Its own holds (recorded in holds.json with its token) are
-    /// released; no other holder's lock is touched.
-    private func recoverFromPreviousRun() throws {
-        let mntRoot = runtimeDir + "/mnt"
-        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
-        for line in mounts.split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count > 2 else { continue }
-            let point = String(fields[1]).replacingOccurrences(of: "\\040", with: " ")
-            guard point.hasPrefix(mntRoot + "/") else { continue }
-            for minor in LoopDevice.attachedMinors() {
-                let l = LoopDevice(minor: minor)
-                if let f = try? l.backingFile(), f.hasPrefix(point + "/") {
-                    try? l.detach()
-                    log("recovery: detached \(l.path) (was over \(f))")
-                }
-            }
-            if umount2(point, Int32(MNT_DETACH)) == 0 { log("recovery: unmounted stale \(point)") }
-        }
-        if let data = try? Data(contentsOf: URL(fileURLWithPath: holdsFile)),
-           let h = try? JSONDecoder().decode(Holds.self, from: data), h.node == owner.node {
-            for n in h.names {
-                guard let name = try? VolumeName(n) else { continue }
-                do {
-                    if try store.unlock(name, owner: LockOwner(node: h.node, token: h.token), force: false) {
-                        log("recovery: released this node's stale hold on \(n) (token \(h.token))")
-                    }
-                } catch {
-                    log("recovery: \(n): \(error)")
-                }
-            }
-            try? FileManager.default.removeItem(atPath: holdsFile)
-        }
-    }
+/// Steps to take back, newest first, when a multi-step operation fails part
+/// way (attach: the volume's lock, the FUSE mount, the loop device, the NBD
+/// socket, each undone if a later step fails).
+struct UndoStack {
+    private var steps: [() -> Void] = []
+    mutating func push(_ step: @escaping () -> Void) { steps.append(step) }
+    func run() { for step in steps.reversed() { step() } }
 }
 
 /// Reads newline-terminated lines from a socket.

@@ -15,6 +15,9 @@ public final class FUSEExport: @unchecked Sendable {
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
     private var context: Unmanaged<FUSEExport>?
+    /// The mount's device number: its FUSE connection's id in fusectl
+    /// (`/sys/fs/fuse/connections/<id>`), for an abort when unmounting is not enough.
+    public private(set) var connection: UInt64 = 0
 
     /// The path of the volume's file.
     public var path: String { mountpoint + "/" + fileName }
@@ -82,6 +85,9 @@ public final class FUSEExport: @unchecked Sendable {
         t.name = "archip-fuse"
         t.start()
         thread = t
+        // A stat of the mount point is a FUSE request: only once the session serves.
+        var dev: UInt64 = 0
+        if archip_fuse_device(mountpoint, &dev) == 0 { connection = dev }
     }
 
     private static func from(_ ctx: UnsafeMutableRawPointer?) -> FUSEExport {
@@ -106,15 +112,47 @@ public final class FUSEExport: @unchecked Sendable {
         }
     }
 
-    /// Unmounts and waits for the serving threads to finish.
-    public func stop() {
-        guard let h = handle else { return }
+    /// How a stop ended.
+    public enum StopOutcome: Equatable, Sendable {
+        /// The session ended when the mount went away.
+        case unmounted
+        /// The session outlived its mount (a copy of it in another mount
+        /// namespace, or a file open inside it kept the connection alive) and
+        /// was aborted through fusectl.
+        case aborted
+        /// Even the abort did not end it within the bound: its thread and
+        /// handle are left behind (never freed under a running loop).
+        case abandoned
+    }
+
+    /// Unmounts and waits, at most `timeout` seconds, for the serving threads
+    /// to finish; then aborts the connection (fusectl) and waits `timeout`
+    /// more. Never waits without a bound: a copy of the mount in a namespace
+    /// created while it existed (`ip netns exec`, `unshare -m`, a service with
+    /// PrivateTmp) keeps the connection alive after the daemon's own unmount,
+    /// and an unbounded wait there once held Ganeti's jobs for ten minutes.
+    @discardableResult
+    public func stop(timeout: Double = 3) -> StopOutcome {
+        guard let h = handle else { return .unmounted }
         handle = nil
         archip_fuse_unmount(h)
-        finished.wait()
+        // Removing the mount point detaches the copies other mount namespaces
+        // hold of it (Linux >= 3.18), so the connection can end without an abort.
+        _ = rmdir(mountpoint)
+        var outcome = StopOutcome.unmounted
+        if finished.wait(timeout: .now() + timeout) == .timedOut {
+            let r = connection == 0 ? -ENOENT : archip_fuse_abort(connection)
+            FUSEExport.log.error("FUSE session of \(fsName) still running \(timeout) s after its unmount (the mount is held elsewhere): aborting connection \(connection)\(r == 0 ? "" : " failed: " + String(cString: strerror(-r)))")
+            outcome = .aborted
+            if finished.wait(timeout: .now() + timeout) == .timedOut {
+                FUSEExport.log.error("FUSE session of \(fsName) did not end after the abort either: leaving its thread")
+                return .abandoned
+            }
+        }
         archip_fuse_destroy(h)
         context?.release()
         context = nil
+        return outcome
     }
 }
 

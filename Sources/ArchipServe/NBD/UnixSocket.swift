@@ -43,9 +43,15 @@ enum Sys {
     }
 
     /// Connects to a unix socket (used to tell a live server from a stale socket file, and by tests).
-    static func connect(path: String) throws -> Int32 {
+    /// With `timeout`, a connect to a listener whose backlog is full gives up
+    /// after it (EAGAIN) instead of waiting for the server to accept.
+    static func connect(path: String, timeout: TimeInterval? = nil) throws -> Int32 {
         var addr = try address(path: path)
         let fd = try streamSocket(path)
+        if let timeout {
+            var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
         let r = withSockaddr(&addr) { p, len in retry { Glibc.connect(fd, p, len) } }
         guard r == 0 else {
             let e = errno

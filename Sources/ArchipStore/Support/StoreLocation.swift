@@ -35,4 +35,13 @@ public enum StoreLocation {
     }
 
     public static func isRados(_ location: String) -> Bool { location.hasPrefix("rados://") }
+
+    /// One spelling per store, to tell whether two locations name the same
+    /// one: a folder's absolute path with links resolved and no trailing
+    /// slash; a rados URL as written.
+    public static func canonical(_ location: String) -> String {
+        guard !isRados(location), !location.isEmpty else { return location }
+        let absolute = location.hasPrefix("/") ? location : FileManager.default.currentDirectoryPath + "/" + location
+        return URL(fileURLWithPath: absolute).standardizedFileURL.resolvingSymlinksInPath().path
+    }
 }

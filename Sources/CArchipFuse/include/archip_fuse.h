@@ -44,6 +44,23 @@ int archip_fuse_run(struct archip_fuse *f, int threads);
 /* Unmounts (serving then returns) and frees. */
 void archip_fuse_unmount(struct archip_fuse *f);
 void archip_fuse_destroy(struct archip_fuse *f);
+/* The device number of the file system mounted at `mountpoint` (its FUSE
+   connection's id). 0 or -errno. */
+int archip_fuse_device(const char *mountpoint, uint64_t *dev_out);
+/* Aborts FUSE connection `dev` through fusectl (mounting fusectl at
+   /sys/fs/fuse/connections if needed): every request fails with ENOTCONN and
+   the serving threads return. 0 or -errno. */
+int archip_fuse_abort(uint64_t dev);
+/* Moves the calling thread into a new mount namespace whose mounts are
+   slaves of the old one; *old_ns gets a descriptor of the old one (close-on-exec)
+   for archip_return_to_mount_ns. 0 or -errno (then the thread has not moved). */
+int archip_unshare_mounts(int *old_ns);
+/* Moves the calling thread back into `old_ns` and closes it. 0 or -errno. */
+int archip_return_to_mount_ns(int old_ns);
+/* The device and inode of /dev/loopN's backing file. 0 or -errno. */
+int archip_loop_backing_device(int minor, uint64_t *dev_out, uint64_t *inode_out);
+/* 1 if a block device is mounted or held open exclusively, 0 if not, -errno. */
+int archip_blk_in_exclusive_use(const char *device);
 
 /* Loop devices, through ioctl (variadic in C). Return 0 or -errno. */
 int archip_loop_attach(const char *path, int readonly, int direct_io, int *minor_out);

@@ -2,10 +2,15 @@
 # End-to-end test of the archipelago provider in a real single-node Ganeti 3.0
 # cluster (fake hypervisor, ext template, network namespace; see README.md):
 #   instance add from an in-store snapshot (O(1) clone), grow-disk while
-#   running, modify --disk add (snf-vol-N) and remove, shutdown /
-#   deactivate-disks / activate-disks / startup, gnt-backup export (compared
-#   with the store's own export), instance remove; every step checked in the
-#   store (volumes, metadata, holds) and on the node (loop devices).
+#   running, modify --disk add (snf-vol-N), shutdown, activate-disks, modify
+#   --disk remove while the disks are active, deactivate-disks, startup,
+#   gnt-backup export (compared with the store's own export), instance
+#   remove; every step checked in the store (volumes, metadata, holds) and on
+#   the node (loop devices).
+# The node daemon runs as production runs it: started first, in the host's
+# namespaces (as archip-serve.service would), while every gnt-* command runs
+# through `ip netns exec` (a mount namespace of its own each, copied from the
+# host's while volumes are attached). Every detach must end in under 5 s.
 # Root. Needs the debug or release build: GNT_ARCHIP_BIN=DIR holding archip and
 # archip-extstorage (default: the repo's .build/debug).
 # Ends with "N passed, N failed"; exit 1 on any failure. GNT_KEEP=yes leaves the
@@ -35,6 +40,16 @@ run "install the provider (scripts/install-extstorage.sh)" "$REPO/scripts/instal
 # An image in the store: 24 MiB of a pattern, snapshot debian-img-v1.
 python3 -c "import sys,hashlib; sys.stdout.buffer.write(b''.join(hashlib.sha256(str(i).encode()).digest()*128 for i in range(6144)))" > "$W/image.raw"
 run "import the image and snapshot it" bash -c "'$BIN/archip' --store '$STORE' import debian-img '$W/image.raw' && '$BIN/archip' --store '$STORE' snapshot debian-img debian-img-v1" || exit 1
+
+touch "$W/t0"   # provider logs newer than this are this run's
+# The node daemon first, in the host's namespaces, as systemd starts it.
+setsid "$BIN/archip" serve --config "$CONF" > "$W/serve.log" 2>&1 < /dev/null &
+SERVE_PID=$!
+for _ in $(seq 100); do [[ -S $RUN/control.sock ]] && break; sleep 0.1; done
+check "archip serve runs in the host's namespaces, not the cluster's" \
+  bash -c "[[ -S '$RUN/control.sock' && \$(readlink /proc/$SERVE_PID/ns/net) == \$(readlink /proc/self/ns/net) && \$(readlink /proc/$SERVE_PID/ns/net) != \$(readlink /proc/\$(ip netns pids $GNT_NETNS | head -n1)/ns/net) ]]"
+stop_serve() { kill -TERM "$SERVE_PID" 2>/dev/null; for _ in $(seq 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done; }
+trap stop_serve EXIT
 
 run "cluster-up.sh archipelago=$PDIR" "$HERE/cluster-up.sh" "archipelago=$PDIR" || { echo "$passed passed, $failed failed"; exit 1; }
 gnt gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "$I1" && gnt gnt-instance remove -f "$I1" >/dev/null 2>&1
@@ -69,14 +84,17 @@ run "gnt-instance modify --disk add:size=512M,provider=archipelago,name=snf-vol-
 V1=$(vols | tr ' ' '\n' | grep -v "^$V0\$" | head -n1)
 check "the new disk ($V1) is recorded as snf-vol-7" bash -c "[[ -n '$V1' && \$('$BIN/archip' --store '$STORE' info '$V1' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"metadata\"].get(\"ganeti.cname\",\"\"))') == snf-vol-7 ]]"
 
-# --- stop, deactivate, activate, start ------------------------------------------
+# --- stop, activate, remove a disk while active, deactivate, start ------------------
+# The sequence that once held detaches for ten minutes: gnt-* commands' own
+# mount namespaces held copies of the daemon's FUSE mounts.
 run "gnt-instance shutdown" gnt gnt-instance shutdown "$I1"
 check "after shutdown no hold is left on disk 0" bash -c "'$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; l=json.load(sys.stdin).get(\"lock\"); sys.exit(1 if l and l.get(\"holders\") else 0)'"
 check "after shutdown disk 0 is detached" bash -c "[[ -z \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(\" \".join(a[\"name\"] for a in json.load(sys.stdin) if a[\"name\"]==\"$V0\"))') ]]"
-run "gnt-instance modify --disk snf-vol-7:remove" gnt gnt-instance modify --disk snf-vol-7:remove "$I1"
-check "snf-vol-7's volume is gone from the store" bash -c "! '$BIN/archip' --store '$STORE' info '$V1' >/dev/null 2>&1"
-run "gnt-instance activate-disks" gnt gnt-instance activate-disks "$I1"
+run "gnt-instance activate-disks (two disks)" gnt gnt-instance activate-disks "$I1"
 check "activate-disks holds disk 0" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V0' --json | python3 -c 'import json,sys; l=json.load(sys.stdin)[\"lock\"]; print(l[\"mode\"])') == exclusive ]]"
+check "activate-disks attached snf-vol-7 too" bash -c "[[ -n \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(\" \".join(a[\"name\"] for a in json.load(sys.stdin) if a[\"name\"]==\"$V1\"))') ]]"
+run "gnt-instance modify --disk snf-vol-7:remove (disks active, instance stopped)" gnt gnt-instance modify --disk snf-vol-7:remove "$I1"
+check "snf-vol-7's volume is gone from the store" bash -c "! '$BIN/archip' --store '$STORE' info '$V1' >/dev/null 2>&1"
 run "gnt-instance deactivate-disks" gnt gnt-instance deactivate-disks "$I1"
 run "gnt-instance startup" gnt gnt-instance startup "$I1"
 
@@ -94,6 +112,15 @@ run "gnt-instance remove -f" gnt gnt-instance remove -f "$I1"
 check "no instance volume is left in the store" bash -c "[[ -z \$('$BIN/archip' --store '$STORE' list --json | python3 -c 'import json,sys; print(\" \".join(v[\"name\"] for v in json.load(sys.stdin) if \".ext.disk\" in v[\"name\"]))') ]]"
 check "nothing is attached on the node" bash -c "[[ \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') == 0 ]]"
 check "the image snapshot is intact (archip verify)" "$BIN/archip" --store "$STORE" verify debian-img-v1
+
+# Every detach the daemon did, and every one the provider reported to Ganeti, under 5 s.
+check "the daemon detached at least 4 times" bash -c "[[ \$(grep -c ': detach .* in [0-9]* ms' '$W/serve.log') -ge 4 ]]"
+check "every detach of the daemon took under 5 s" bash -c "! grep -Eo ': detach .* in [0-9]+ ms' '$W/serve.log' | awk '{if (\$(NF-1) >= 5000) bad=1} END {exit !bad}'"
+check "every provider detach Ganeti ran took under 5 s" bash -c "find /var/log/ganeti/extstorage -type f -newer '$W/t0' -exec grep -hEo 'detach [^ ]*: ok in [0-9]+ ms' {} + | awk '{n++; if (\$(NF-1) >= 5000) bad=1} END {exit (bad || n < 4)}'"
+log "detach times (daemon): $(grep -Eo 'detach [^ ]* in [0-9]+ ms' "$W/serve.log" | awk '{print $(NF-1)}' | tr '\n' ' ')"
+check "the daemon is still serving" kill -0 "$SERVE_PID"
+stop_serve
+check "SIGTERM stopped the daemon" bash -c "! kill -0 $SERVE_PID 2>/dev/null"
 
 if [[ ${GNT_KEEP:-no} != yes ]]; then
   run "cluster-down.sh" "$HERE/cluster-down.sh"
