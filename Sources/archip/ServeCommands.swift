@@ -7,11 +7,14 @@ struct RuntimeOptions: ParsableArguments {
     @Option(name: .customLong("runtime-dir"), help: ArgumentHelp("The node daemon's folder: control socket, mounts, NBD sockets (default /run/archip).", valueName: "dir"))
     var runtimeDir: String?
 
-    var path: String {
+    /// --runtime-dir, ARCHIP_RUNTIME_DIR, or `[node] runtime_dir` of the
+    /// configuration file the global options name (the folder the Ganeti
+    /// provider uses), else /run/archip.
+    func path(_ global: GlobalOptions) -> String {
         let env = ProcessInfo.processInfo.environment
         if let d = runtimeDir ?? env["ARCHIP_RUNTIME_DIR"] { return d }
-        // The same folder the Ganeti provider uses: [node] runtime_dir.
-        let conf = (try? ArchipStore.ConfigFile.load(env["ARCHIP_CONFIG"] ?? ArchipStore.ConfigFile.defaultPath, required: false)) ?? [:]
+        let file = global.config ?? env["ARCHIP_CONFIG"] ?? ArchipStore.ConfigFile.defaultPath
+        let conf = (try? ArchipStore.ConfigFile.load(file, required: false)) ?? [:]
         return conf["node.runtime_dir"] ?? "/run/archip"
     }
 }
@@ -27,11 +30,11 @@ func startDaemon(store: VolumeStore, runtime: String) throws {
 /// the configuration or the environment, calls go to whatever store it serves.
 func daemonClient(_ global: GlobalOptions, _ runtime: RuntimeOptions, start: Bool) throws -> ControlClient? {
     let location = try? global.resolve().location
-    if let c = ControlClient.connect(runtimeDir: runtime.path, store: location) { return c }
+    if let c = ControlClient.connect(runtimeDir: runtime.path(global), store: location) { return c }
     guard start else { return nil }
     let store = try global.openStore()
-    return try ControlClient.connectOrStart(runtimeDir: runtime.path, store: store.objects.location) {
-        try startDaemon(store: store, runtime: runtime.path)
+    return try ControlClient.connectOrStart(runtimeDir: runtime.path(global), store: store.objects.location) {
+        try startDaemon(store: store, runtime: runtime.path(global))
     }
 }
 
@@ -64,12 +67,12 @@ struct Serve: ParsableCommand {
         // First, before anything starts a thread: this may re-execute the process.
         let privateMounts = mountNamespace == "private" || (mountNamespace == "auto" && PrivateMountNamespace.rootIsShared())
         var mountsWhere = privateMounts ? "a private mount namespace" : "the mount namespace it started in (\(mountNamespace == "auto" ? "its root mount is not shared" : "--mount-namespace host"))"
-        let keep = [runtime.path] + ((try? global.resolve().location).map { [StoreLocation.canonical($0)] } ?? [])
+        let keep = [runtime.path(global)] + ((try? global.resolve().location).map { [StoreLocation.canonical($0)] } ?? [])
         if privateMounts, let why = PrivateMountNamespace.enter(keeping: keep.map(StoreLocation.canonical)) {
             mountsWhere = "the mount namespace it started in (\(why))"
         }
         let store = try global.openStore()
-        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path, log: say)
+        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path(global), log: say)
         say("FUSE mounts in \(mountsWhere)")
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
