@@ -384,14 +384,19 @@ int archip_return_to_mount_ns(int old_ns) {
     return r == 0 ? 0 : -e;
 }
 
-int archip_loop_backing_device(int minor, uint64_t *dev_out, uint64_t *inode_out) {
+static int loop_status(int minor, struct loop_info64 *info) {
     int fd = open_loop(minor, O_RDONLY);
     if (fd < 0) return fd;
-    struct loop_info64 info;
-    int r = ioctl(fd, LOOP_GET_STATUS64, &info);
+    int r = ioctl(fd, LOOP_GET_STATUS64, info);
     int e = errno;
     close(fd);
-    if (r != 0) return -e;
+    return r == 0 ? 0 : -e;
+}
+
+int archip_loop_backing_device(int minor, uint64_t *dev_out, uint64_t *inode_out) {
+    struct loop_info64 info;
+    int r = loop_status(minor, &info);
+    if (r != 0) return r;
     *dev_out = info.lo_device;
     *inode_out = info.lo_inode;
     return 0;
@@ -486,13 +491,9 @@ int archip_loop_set_capacity(int minor) {
 }
 
 int archip_loop_backing_file(int minor, char *out, size_t outlen) {
-    int fd = open_loop(minor, O_RDONLY);
-    if (fd < 0) return fd;
     struct loop_info64 info;
-    int r = ioctl(fd, LOOP_GET_STATUS64, &info);
-    int e = errno;
-    close(fd);
-    if (r != 0) return -e;
+    int r = loop_status(minor, &info);
+    if (r != 0) return r;
     snprintf(out, outlen, "%s", (const char *)info.lo_file_name);
     return 0;
 }
