@@ -64,7 +64,7 @@ struct CycladesAPIServer: AsyncParsableCommand {
                 try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
             }
         }
-        let app = Application(router: api.router(), configuration: .init(address: .hostname(host, port: port), serverName: "cyclades-api"),
+        let app = Application(router: api.router(), server: api.httpServer, configuration: .init(address: .hostname(host, port: port), serverName: "cyclades-api"),
                               onServerRunning: { _ in api.log("cyclades-api: listening on \(host):\(port), database \(dbPath)") })
         try await app.runService()
         settler.cancel()
