@@ -164,6 +164,7 @@ bench:
 	scripts/bench-fuse-ceiling.sh .build/release/archip
 	scripts/bench-nbd-reference.sh .build/release/archip
 	scripts/bench-rados.sh .build/release/archip
+	scripts/bench-startup.sh .build/release
 	$(SWIFT) build -c release --product snf-manage
 	$(SWIFT) build -c release --product cyclades-api
 	scripts/bench-api.sh .build/release

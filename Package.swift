@@ -25,10 +25,11 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
-        // libcurl: HTTP(S) sources of the filler (ranged GETs, retries, TLS).
+        // libcurl: HTTP(S) sources of the filler (ranged GETs, retries, TLS) and
+        // Ganeti's RAPI. Headers only: the shim loads libcurl.so.4 on first use
+        // (no pkg-config, whose --libs would link it into every program).
         .systemLibrary(
             name: "CCurl",
-            pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
         // libfuse3 (kernel block device path: FUSE file + loop device).
@@ -49,7 +50,8 @@ let package = Package(
             dependencies: ["CCrypto", "CArchipSys"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
-        // librados (Ceph), for the rados backend. Debian's librados-dev has no .pc file.
+        // librados (Ceph), for the rados backend: headers only, the shim loads
+        // librados.so.2 when a rados:// store is opened. Debian's librados-dev has no .pc file.
         .systemLibrary(
             name: "CRados",
             path: "Sources/CRados",

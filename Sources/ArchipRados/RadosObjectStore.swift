@@ -61,6 +61,10 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         self.where_ = loc
         self.maxInFlight = maxInFlight
         inFlight = DispatchSemaphore(value: maxInFlight)
+        // librados is loaded here, on the first rados:// store, not at start.
+        if let why = archip_rados_load() {
+            throw StoreError(.io, "store \(loc): \(String(cString: why))")
+        }
         var c: rados_t?
         var r = rados_create(&c, loc.id)
         guard r == 0, let c else { throw RadosObjectStore.error(r, "create a client for", "client.\(loc.id)") }
