@@ -113,7 +113,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     static func confGet(_ c: rados_t, _ key: String) -> String? {
         var buf = [CChar](repeating: 0, count: 256)
         guard rados_conf_get(c, key, &buf, buf.count) == 0 else { return nil }
-        return String(cString: buf)
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     // MARK: errors
