@@ -34,7 +34,7 @@ struct SnapshotCreate: ParsableCommand {
         } catch let e as StoreError where e.code == .locked {
             // Held by a node: the snapshot must go through that node's daemon, so
             // it holds every write the guest saw acknowledged.
-            let rt = try runtimeDir ?? common.conf()["node.runtime_dir"] ?? "/run/archip"
+            let rt = try common.settings(runtimeDir: runtimeDir).runtimeDir
             guard let client = ControlClient.connect(runtimeDir: rt),
                   try client.call(ControlRequest(op: .list)).attachments?.contains(where: { $0.name == info.name }) == true else {
                 throw CycladesError(.conflict, "\(e.description); it is attached on another node: run this there (--runtime-dir of its archip serve)")
