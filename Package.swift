@@ -86,7 +86,7 @@ let package = Package(
         // The Cyclades registration layer: volumes, servers, quotas, Ganeti through RAPI.
         .target(
             name: "Cyclades",
-            dependencies: ["ArchipStore", "CCurl", "CCrypto", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["ArchipStore", "ArchipServe", "CCurl", "CCrypto", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         // The operators' commands of the registration layer.
         .executableTarget(

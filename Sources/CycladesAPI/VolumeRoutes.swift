@@ -384,31 +384,12 @@ extension CycladesAPI {
         _ = try Input.bool(o, "force")
         _ = try Input.metadata(o)
         let v = try registry.db.read { db in try ownedVolume(db, volRef, user) }
-        guard !v.deleted, v.status == .inUse else {
-            throw CycladesError(.badRequest, "volume \(v.id!) is \(Self.cinderStatus(v.status)); only in-use volumes can be snapshotted")
-        }
-        let st = try store()
-        guard let info = try st.list().first(where: { $0.metadata["ganeti.cname"] == v.diskName && $0.kind == "volume" }) else {
-            throw CycladesError(.backend, "no store volume records \(v.diskName)")
-        }
-        let count = try registry.db.read { db in try Snapshot.filter(Column("volumeID") == v.id!).fetchCount(db) }
-        var storeName = "snf-snap-\(v.id!)-\(count + 1)"
-        while (try? st.list().contains { $0.name == storeName }) == true { storeName += "x" }
-        let source = try VolumeName(info.name), target = try VolumeName(storeName)
-        do {
-            try st.snapshot(source, as: target)
-        } catch let e as StoreError where e.code == .locked {
-            guard let client = ControlClient.connect(runtimeDir: runtimeDir),
-                  try client.call(ControlRequest(op: .list)).attachments?.contains(where: { $0.name == info.name }) == true else {
-                throw CycladesError(.conflict, "\(e.description); it is attached on another node")
+        let runtimeDir = self.runtimeDir
+        let snap = try registry.createSnapshot(of: v, owner: user.id, name: name, store: try store()) { source, target, refusal in
+            guard try NodeSnapshot.take(source, as: target, runtimeDir: runtimeDir) else {
+                throw CycladesError(.conflict, "\(refusal.description); it is attached on another node")
             }
-            _ = try client.call(ControlRequest(op: .snapshot, name: info.name, snapshot: storeName))
-        } catch let e as StoreError {
-            throw CycladesError(.backend, e.description)
         }
-        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: v.id!, userid: user.id, name: name ?? "snapshot of volume \(v.id!)",
-                            size: v.size, status: "AVAILABLE", storeName: storeName, created: Date())
-        try registry.db.write { db in try snap.insert(db) }
         return try .json(202, ["snapshot": snapshotView(snap, call, detail: true)])
     }
 
