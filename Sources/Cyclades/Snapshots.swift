@@ -56,6 +56,37 @@ extension Registry {
     }
 }
 
+extension Registry {
+    /// Records a snapshot that is already in the store (made by hand, or
+    /// imported) for a user; the name must be a store name.
+    public func registerSnapshot(storeName: String, name: String, user: String, sizeGB: Int) throws -> Snapshot {
+        do { _ = try VolumeName(storeName) } catch let e as StoreError { throw CycladesError(.badRequest, e.message) }
+        guard sizeGB > 0 else { throw CycladesError(.badRequest, "size \(sizeGB) GB: expected a number of GB above zero") }
+        let u = try findUser(user)
+        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: nil, userid: u.id, name: name, size: sizeGB,
+                            status: "AVAILABLE", storeName: storeName, created: now())
+        try db.write { db in try snap.insert(db) }
+        return snap
+    }
+
+    /// Removes a snapshot from the store, then its record. One a volume was
+    /// cloned from stays (conflict); one already gone from the store only
+    /// loses its record.
+    public func removeSnapshot(_ id: String, store: VolumeStore) throws {
+        guard let s = try db.read({ db in try Snapshot.fetchOne(db, key: id) }) else { throw CycladesError(.itemNotFound, "snapshot \(id) does not exist") }
+        do {
+            try store.remove(try VolumeName(s.storeName))
+        } catch let e as StoreError where e.code == .hasChildren {
+            throw CycladesError(.conflict, e.description)
+        } catch let e as StoreError where e.code == .notFound {
+            // already gone from the store: drop the record
+        } catch let e as StoreError {
+            throw CycladesError(.backend, e.description)
+        }
+        try db.write { db in _ = try Snapshot.deleteOne(db, key: s.id) }
+    }
+}
+
 /// A snapshot through this node's `archip serve`, for a volume it holds.
 public enum NodeSnapshot {
     /// Takes `target` through the daemon in `runtimeDir` when it serves

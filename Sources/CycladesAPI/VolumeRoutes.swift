@@ -236,14 +236,10 @@ extension CycladesAPI {
         if dot == false {
             throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
         }
-        return try registry.db.write { db in
-            var v = try ownedVolume(db, call.param("volume_id"), user)
-            guard !v.deleted else { throw CycladesError(.badRequest, "volume \(v.id!) is deleted") }
-            if let name { v.name = name }
-            if let description { v.description = description }
-            v.updated = Date()
-            try v.update(db)
-            return .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
+        let owned = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.describeVolume(owned.id!, name: name, description: description)
+        return try registry.db.read { db in
+            .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
         }
     }
 
@@ -272,13 +268,8 @@ extension CycladesAPI {
     func deleteVolumeMetadata(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let key = call.param("key")
-        try registry.db.write { db in
-            let v = try ownedVolume(db, call.param("volume_id"), user)
-            guard !v.deleted else { throw CycladesError(.itemNotFound, "volume \(v.id!) does not exist") }
-            guard try VolumeMetadata.filter(Column("volumeID") == v.id! && Column("key") == key).deleteAll(db) > 0 else {
-                throw CycladesError(.itemNotFound, "volume \(v.id!) has no metadata key '\(key)'")
-            }
-        }
+        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        try registry.deleteMetadata(volume: v.id!, key: key)
         return .empty(200)
     }
 
@@ -396,21 +387,7 @@ extension CycladesAPI {
     func deleteSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let s = try registry.db.read { db in try ownedSnapshot(db, call.param("snapshot_id"), user) }
-        if let path = storePath {
-            let st = try VolumeStore.existingDirectory(path, node: ProcessInfo.processInfo.hostName)
-            do {
-                try st.remove(try VolumeName(s.storeName))
-            } catch let e as StoreError where e.code == .hasChildren {
-                throw CycladesError(.conflict, e.description)
-            } catch let e as StoreError where e.code == .notFound {
-                // already gone from the store: drop the record
-            } catch let e as StoreError {
-                throw CycladesError(.backend, e.description)
-            }
-        } else {
-            throw CycladesError(.notImplemented, "snapshots need the store: set [store] path in the configuration")
-        }
-        try registry.db.write { db in _ = try Snapshot.deleteOne(db, key: s.id) }
+        try registry.removeSnapshot(s.id, store: try store())
         return .empty(202)
     }
 

@@ -40,12 +40,7 @@ struct SnapshotRegister: ParsableCommand {
     @Option var user: String
     @Option(help: "Size in GB.") var size: Int
     func run() throws {
-        let c = try common.open()
-        _ = try VolumeName(storeName)
-        let u = try c.findUser(user)
-        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: nil, userid: u.id, name: name, size: size,
-                            status: "AVAILABLE", storeName: storeName, created: Date())
-        try c.db.write { db in try snap.insert(db) }
+        let snap = try common.open().registerSnapshot(storeName: storeName, name: name, user: user, sizeGB: size)
         print(snap.id)
     }
 }

@@ -85,6 +85,34 @@ import Testing
         #expect(try s.f.registry.db.read { db in try Snapshot.fetchCount(db) } == 0)
     }
 
+    @Test func registerAndRemove() throws {
+        let s = try Setup()
+        defer { try? FileManager.default.removeItem(atPath: s.dir) }
+        let r = s.f.registry
+        // A store snapshot made by hand, recorded for alice.
+        try s.store.snapshot(try VolumeName("vol-of-\(s.volume.diskName)"), as: try VolumeName("golden"))
+        let g = try r.registerSnapshot(storeName: "golden", name: "golden image", user: "alice", sizeGB: 1)
+        #expect(g.userid == s.f.user.id && g.volumeID == nil && g.storeName == "golden")
+        for (store, user, size) in [("../x", "alice", 1), ("golden2", "nobody", 1), ("golden3", "alice", 0)] {
+            #expect(throws: CycladesError.self, "\(store) \(user) \(size)") { try r.registerSnapshot(storeName: store, name: "n", user: user, sizeGB: size) }
+        }
+        // One a volume is cloned from stays, record and all; then it goes, from the store and the database.
+        try s.store.clone(try VolumeName("golden"), as: try VolumeName("child"), size: nil)
+        let e = #expect(throws: CycladesError.self) { try r.removeSnapshot(g.id, store: s.store) }
+        #expect(e?.kind == .conflict)
+        #expect(try r.db.read { db in try Snapshot.fetchOne(db, key: g.id) } != nil)
+        try s.store.remove(try VolumeName("child"))
+        try r.removeSnapshot(g.id, store: s.store)
+        #expect(try s.store.summary(try VolumeName("golden")) == nil)
+        #expect(try r.db.read { db in try Snapshot.fetchOne(db, key: g.id) } == nil)
+        // One already gone from the store only loses its record.
+        let h = try s.snapshot()
+        try s.store.remove(try VolumeName(h.storeName))
+        try r.removeSnapshot(h.id, store: s.store)
+        #expect(try r.db.read { db in try Snapshot.fetchCount(db) } == 0)
+        #expect(throws: CycladesError.self) { try r.removeSnapshot(h.id, store: s.store) }
+    }
+
     /// A database from before the counter: it starts past each volume's snapshots.
     @Test func theMigrationStartsTheCounterPastExistingSnapshots() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("cyclades-v2-\(UUID().uuidString).db").path
@@ -108,5 +136,24 @@ import Testing
         let db = try CycladesDatabase(path: path)   // runs v3
         let counters = try db.read { db in try Row.fetchAll(db, sql: "SELECT id, snapshotCounter FROM volumes ORDER BY id").map { [$0[0] as Int64, $0[1] as Int64] } }
         #expect(counters == [[1, 2], [2, 0]])
+    }
+}
+
+/// The volume record changes the API makes go through the registry too.
+@Suite struct VolumeRecordChanges {
+    @Test func describeAndDeleteMetadata() throws {
+        let f = try Fixture()
+        let s = try f.activeServer()
+        let r = f.registry
+        let v = try #require(try r.db.read { db in try r.liveVolumes(db, server: s.id!) }.first)
+        let d = try r.describeVolume(v.id!, name: "root", description: nil)
+        #expect(d.name == "root" && d.description == v.description)
+        #expect(try r.db.read { db in try Cyclades.Volume.fetchOne(db, key: v.id!) }?.name == "root")
+        #expect(throws: CycladesError.self) { try r.describeVolume(999, name: "x", description: nil) }
+        try r.setMetadata(volume: v.id!, ["a": "1", "b": "2"], replace: false)
+        try r.deleteMetadata(volume: v.id!, key: "a")
+        #expect(try r.metadata(volume: v.id!) == ["b": "2"])
+        let e = #expect(throws: CycladesError.self) { try r.deleteMetadata(volume: v.id!, key: "a") }
+        #expect(e?.kind == .itemNotFound)
     }
 }
