@@ -91,12 +91,12 @@ let package = Package(
         // The operators' commands of the registration layer.
         .executableTarget(
             name: "snf-manage",
-            dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Cinder-compatible volume API and compute extensions on the registration layer.
         .target(
             name: "CycladesAPI",
-            dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"),
+            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"),
                            .product(name: "Hummingbird", package: "hummingbird")]
         ),
         .executableTarget(
@@ -135,7 +135,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CycladesAPITests",
-            dependencies: ["CycladesAPI", "Cyclades", .product(name: "GRDB", package: "GRDB.swift"),
+            dependencies: ["CycladesAPI", "Cyclades", "ArchipStore", "ArchipStoreTesting", .product(name: "GRDB", package: "GRDB.swift"),
                            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         .testTarget(

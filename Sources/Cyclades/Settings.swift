@@ -11,7 +11,8 @@ import Foundation
 /// configuration    --config         SNF_CONFIG     (default /etc/archip/cyclades.conf; a named file must exist)
 /// database         --db             SNF_DB         [cyclades] db (default /var/lib/cyclades/cyclades.db)
 /// max volume size  -                -              [cyclades] max_volume_size (GB, default 1024)
-/// store            --store          ARCHIP_STORE   [store] path (none: no store)
+/// store            --store          ARCHIP_STORE   [store] path, or backend = rados with pool, conf, id,
+///                                                 namespace, as in archip.conf (none: no store)
 /// runtime folder   --runtime-dir    -              [node] runtime_dir (default /run/archip)
 /// listen           --listen         -              [api] listen (default 127.0.0.1:8776)
 /// settle interval  --settle-interval -             [api] settle_interval (seconds, default 1)
@@ -85,9 +86,18 @@ public struct CycladesSettings: Sendable, Equatable {
             configPath: path,
             database: options.db ?? environment["SNF_DB"] ?? conf["cyclades.db"] ?? defaultDatabase,
             maxVolumeSizeGB: maxSize,
-            storePath: options.store ?? environment["ARCHIP_STORE"] ?? conf["store.path"],
+            storePath: try options.store ?? environment["ARCHIP_STORE"] ?? storeLocation(conf, path),
             runtimeDir: options.runtimeDir ?? conf["node.runtime_dir"] ?? "/run/archip",
             listenHost: host, listenPort: port, settleInterval: interval)
+    }
+
+    /// `[store]` as archip.conf has it: a folder, or a pool (`backend = rados`).
+    static func storeLocation(_ conf: [String: String], _ path: String) throws -> String? {
+        do {
+            return try StoreLocation.fromConfig(conf, file: path)
+        } catch let e as StoreError {
+            throw CycladesError(.badRequest, e.message)
+        }
     }
 
     /// The registry on the database, with the size limit; `createFolder` makes

@@ -1,3 +1,4 @@
+import ArchipRados
 import ArchipServe
 import ArchipStore
 import Cyclades
@@ -394,7 +395,8 @@ extension CycladesAPI {
     func store() throws -> VolumeStore {
         guard let path = storePath else { throw CycladesError(.notImplemented, "snapshots need the store: set [store] path in the configuration") }
         do {
-            return try VolumeStore.existingDirectory(path, node: ProcessInfo.processInfo.hostName)
+            // A folder or a pool, as archip and the provider open it; never created here.
+            return try StoreOpener.open(path, node: ProcessInfo.processInfo.hostName, mustExist: true)
         } catch let e as StoreError {
             throw CycladesError(.backend, e.description)
         }

@@ -1,3 +1,4 @@
+import ArchipRados
 import ArchipStore
 import ArgumentParser
 import Cyclades
@@ -76,7 +77,8 @@ struct Common: ParsableArguments {
     /// The store, for inspect and reconcile: --store, $ARCHIP_STORE, or [store] path.
     func store(_ explicit: String?) throws -> VolumeStore? {
         guard let path = try settings(store: explicit).storePath else { return nil }
-        return try VolumeStore.existingDirectory(path, node: ProcessInfo.processInfo.hostName)
+        // A folder or a pool, as archip and the provider open it; never created here.
+        return try StoreOpener.open(path, node: ProcessInfo.processInfo.hostName, mustExist: true)
     }
 }
 

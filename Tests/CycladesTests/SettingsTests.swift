@@ -56,6 +56,17 @@ import Testing
         #expect(o.maxVolumeSizeGB == 200, "no option for it: the file's")
     }
 
+    /// The store as archip.conf names it: a pool too, so snapshots, inspect and
+    /// reconcile reach a rados store.
+    @Test func aRadosStoreFromTheFile() throws {
+        let path = try Self.file("[store]\nbackend = rados\npool = archip\nconf = /etc/ceph/c.conf\nid = cyclades\nnamespace = ns1\n")
+        let s = try CycladesSettings.load(.init(config: path), environment: [:])
+        #expect(s.storePath == "rados://archip?conf=/etc/ceph/c.conf&id=cyclades&ns=ns1")
+        let bad = try Self.file("[store]\nbackend = rados\n")
+        let e = #expect(throws: CycladesError.self) { try CycladesSettings.load(.init(config: bad), environment: [:]) }
+        #expect(e?.message.contains("needs 'pool'") == true, "\(e?.message ?? "")")
+    }
+
     @Test func malformedValuesAreRefusedInOneLine() throws {
         let cases: [(String, String)] = [
             ("[cyclades]\nmax_volume_size = lots\n", "max_volume_size 'lots'"),
