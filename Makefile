@@ -93,7 +93,7 @@ crash-test:
 # bluestore OSD (it keeps its data over kill -9) the OSD-kill test. The cluster is
 # brought down afterwards, whatever the result. RADOS_SCRATCH: swift's --scratch-path.
 RADOS_SCRATCH ?= .build
-RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|HTTPResumeTests|RadosTwoNodes
+RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|HTTPResumeTests|RadosTwoNodes|SnapshotsOnEitherBackend
 rados-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP rados-test: not root"; \
 	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
