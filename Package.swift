@@ -133,6 +133,11 @@ let package = Package(
             dependencies: ["Cyclades", "ArchipStore"],
             exclude: ["Recorded"]   // RAPI answers, read from the source tree
         ),
+        // The provider's rules over a store in memory and a fake node daemon.
+        .testTarget(
+            name: "ExtStorageTests",
+            dependencies: ["ExtStorage", "ArchipStore", "ArchipServe"]
+        ),
         .testTarget(
             name: "CycladesAPITests",
             dependencies: ["CycladesAPI", "Cyclades", "ArchipStore", "ArchipStoreTesting", .product(name: "GRDB", package: "GRDB.swift"),
