@@ -4,10 +4,6 @@ import Foundation
 import GRDB
 
 extension Registry {
-    /// The store key a volume's store volume records its Ganeti disk name under
-    /// (the provider writes it at create from VOL_CNAME).
-    public static let ganetiCNameKey = "ganeti.cname"
-
     /// A snapshot of a Cyclades volume in the store, named `snf-snap-VOLUME-N`
     /// from the volume's counter (never reused, so never a name a deleted
     /// snapshot had), and its record. The one way snapshots are made: both
@@ -23,7 +19,7 @@ extension Registry {
         }
         let source: VolumeName
         do {
-            let found = try store.volumes(withMetadata: Self.ganetiCNameKey, equalTo: volume.diskName)
+            let found = try store.volumes(withMetadata: GanetiMetadata.cname, equalTo: volume.diskName)
             guard found.count == 1, let only = found.first else {
                 throw CycladesError(.backend, found.isEmpty ? "no store volume records \(volume.diskName)"
                                                             : "\(found.count) store volumes claim \(volume.diskName): \(found.map(\.value).joined(separator: ", "))")

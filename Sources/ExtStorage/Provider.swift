@@ -24,9 +24,9 @@ public struct Provider {
 
     /// Metadata keys the provider records with a volume.
     public enum Key {
-        public static let uuid = "ganeti.uuid"
-        public static let cname = "ganeti.cname"
-        public static let info = "ganeti.info"
+        public static let uuid = GanetiMetadata.uuid
+        public static let cname = GanetiMetadata.cname
+        public static let info = GanetiMetadata.info
     }
 
     public init(env: GanetiEnvironment, config: ProviderConfig, node: NodeAttachments,

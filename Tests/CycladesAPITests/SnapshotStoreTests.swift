@@ -20,7 +20,7 @@ import Testing
             let root = try #require(try f.registry.db.read { db in try Cyclades.Volume.fetchAll(db) }.first { $0.status == .inUse })
             // What the provider leaves in the store for this disk.
             try t.store.create(try VolumeName("disk-of-\(root.diskName)"), size: .mebibytes(8),
-                               metadata: [Registry.ganetiCNameKey: root.diskName])
+                               metadata: [GanetiMetadata.cname: root.diskName])
             var r = try await c.call(.post, "/volume/v3/snapshots", token: f.alice, json: #"{"snapshot":{"volume_id":"\#(root.id!)","name":"s"}}"#)
             #expect(r.status == 202, "\(backend): \(r.raw)")
             let id = try #require((r.json["snapshot"] as? [String: Any])?["id"] as? String)

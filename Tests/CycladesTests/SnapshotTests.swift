@@ -23,7 +23,7 @@ import Testing
             dir = FileManager.default.temporaryDirectory.appendingPathComponent("snap-store-\(UUID().uuidString)").path
             store = try VolumeStore.directory(dir, node: "node1")
             try store.create(try VolumeName("vol-of-\(volume.diskName)"), size: .mebibytes(8),
-                             metadata: [Registry.ganetiCNameKey: volume.diskName])
+                             metadata: [GanetiMetadata.cname: volume.diskName])
         }
 
         func snapshot(_ name: String? = nil, throughNode: (VolumeName, VolumeName, StoreError) throws -> Void = { _, _, e in throw e }) throws -> Snapshot {
@@ -79,7 +79,7 @@ import Testing
         detached.status = .available
         #expect(throws: CycladesError.self) { try s.f.registry.createSnapshot(of: detached, owner: s.f.user.id, name: nil, store: s.store) { _, _, e in throw e } }
         // Two store volumes claiming the disk: which one is meant is not guessed.
-        try s.store.create(try VolumeName("another"), size: .mebibytes(8), metadata: [Registry.ganetiCNameKey: s.volume.diskName])
+        try s.store.create(try VolumeName("another"), size: .mebibytes(8), metadata: [GanetiMetadata.cname: s.volume.diskName])
         let e = #expect(throws: CycladesError.self) { try s.snapshot() }
         #expect(e?.message.contains("2 store volumes claim") == true, "\(e?.message ?? "")")
         #expect(try s.f.registry.db.read { db in try Snapshot.fetchCount(db) } == 0)
