@@ -57,7 +57,12 @@ struct CycladesAPIServer: AsyncParsableCommand {
         }
         let app = Application(router: api.router(), server: api.httpServer, configuration: .init(address: .hostname(host, port: port), serverName: "cyclades-api"),
                               onServerRunning: { _ in api.log("cyclades-api: listening on \(host):\(port), database \(dbPath)") })
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch {
+            settler.cancel()
+            fail("serving on \(host):\(port): \(error)")
+        }
         settler.cancel()
         api.log("cyclades-api: stopped")
     }
