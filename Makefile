@@ -11,6 +11,10 @@ BINDIR   ?= $(PREFIX)/bin
 MANDIR   ?= $(PREFIX)/share/man
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+# The build configuration make install takes its binaries from (release; the
+# install layout test uses debug, already built by swift test).
+CONFIG   ?= release
 # Where Ganeti looks for ExtStorage providers (its last search folder; packagers' choice).
 ESDIR    ?= $(PREFIX)/share/ganeti/extstorage
 CRASH_ITERATIONS ?= 100
@@ -33,17 +37,31 @@ DEBIAN_PACKAGES += librados-dev ceph-mon ceph-osd ceph-common bc
 # cyclades-api: the real OpenStack clients of its end-to-end test, wrk for its bench.
 DEBIAN_PACKAGES += python3-cinderclient python3-novaclient python3-openstackclient wrk
 
-.PHONY: all build release deps test unit-test crash-test ganeti-test cyclades-test api-test api-schemathesis rados-test soak demo bench install uninstall clean
+# What the build itself needs: without these, nothing compiles or links.
+BUILD_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev pkg-config libsqlite3-dev librados-dev
+
+.PHONY: all build release deps deps-missing install-files test unit-test crash-test ganeti-test cyclades-test api-test api-schemathesis rados-test soak demo bench install uninstall clean
 
 all: build
 
 build:
 	$(SWIFT) build
 
+PRODUCTS = archip archip-extstorage snf-manage cyclades-api
+
 release:
-	$(SWIFT) build -c release --product archip
-	$(SWIFT) build -c release --product archip-extstorage
-	$(SWIFT) build -c release --product snf-manage
+	for p in $(PRODUCTS); do $(SWIFT) build -c $(CONFIG) --product $$p || exit 1; done
+
+# The first step of make demo and make test: install the Debian packages that
+# are missing (as root: make deps), else name them. Without a package the build
+# needs, stop here with the command to run; the others only skip tests.
+deps-missing:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done | xargs); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then echo "make: installing missing Debian packages: $$missing"; $(MAKE) --no-print-directory deps || exit 1; exit 0; fi; \
+	build=$$(for p in $$missing; do case " $(BUILD_PACKAGES) " in *" $$p "*) echo $$p;; esac; done | xargs); \
+	if [ -n "$$build" ]; then echo "make: the build needs Debian packages that are missing: $$build; run 'sudo make deps'" >&2; exit 1; fi; \
+	echo "make: missing Debian packages (the tests that need them will skip): $$missing; 'sudo make deps' installs them"
 
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install $(DEBIAN_PACKAGES))"; exit 1; fi
@@ -52,10 +70,12 @@ deps:
 	@# schemathesis (PyPI) checks the API against its OpenAPI document; best effort: api-schemathesis skips without it.
 	-@if command -v pip >/dev/null; then pip install --quiet schemathesis || echo "make deps: schemathesis not installed; api-schemathesis will skip"; else echo "make deps: no pip; api-schemathesis will skip"; fi
 
-test: unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis rados-test
+test: deps-missing unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis rados-test
 
 unit-test:
 	$(SWIFT) test
+	@# make install lays out every file under DESTDIR with PREFIX (debug binaries: already built).
+	tests/install-layout.sh
 	@# The bench's FUSE probe is not part of the package; compiling it here keeps it from rotting.
 	$(CC) -O2 -Wall -Werror -o $(TMPDIR)/archip-fuse-probe scripts/fuse-probe.c -luring -lpthread && rm -f $(TMPDIR)/archip-fuse-probe
 
@@ -73,7 +93,7 @@ crash-test:
 # bluestore OSD (it keeps its data over kill -9) the OSD-kill test. The cluster is
 # brought down afterwards, whatever the result. RADOS_SCRATCH: swift's --scratch-path.
 RADOS_SCRATCH ?= .build
-RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|HTTPResumeTests|RadosTwoNodes
+RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|HTTPResumeTests|RadosTwoNodes|SnapshotsOnEitherBackend
 rados-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP rados-test: not root"; \
 	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
@@ -112,7 +132,9 @@ soak:
 	store=$(TMPDIR)/archip-soak-$$$$; .build/release/archip-torture crash --store $$store --iterations $(SOAK_ITERATIONS) --verbose \
 	  && rm -rf $$store $$store.journal || { echo "soak test store kept in $$store"; exit 1; }
 
-demo: release
+# The demo runs archip alone: only it is built (make release builds every program).
+demo: deps-missing
+	$(SWIFT) build -c release --product archip
 	scripts/demo.sh
 
 # cyclades-api driven by cinder and nova against a real single-node Ganeti cluster (root).
@@ -144,26 +166,35 @@ bench:
 	scripts/bench-fuse-ceiling.sh .build/release/archip
 	scripts/bench-nbd-reference.sh .build/release/archip
 	scripts/bench-rados.sh .build/release/archip
+	scripts/bench-startup.sh .build/release
 	$(SWIFT) build -c release --product snf-manage
 	$(SWIFT) build -c release --product cyclades-api
 	scripts/bench-api.sh .build/release
 
-install: release
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/archip
-	install -m 0755 .build/release/archip $(DESTDIR)$(BINDIR)/archip
-	install -m 0755 .build/release/archip-extstorage $(DESTDIR)$(BINDIR)/archip-extstorage
-	install -m 0755 .build/release/snf-manage $(DESTDIR)$(BINDIR)/snf-manage
+MANPAGES = archip.8 archip-extstorage.8 snf-manage.8 cyclades-api.8
+UNITS    = archip-serve.service cyclades-api.service
+
+install: release install-files
+
+# make install without the build (what release built is in .build/$(CONFIG)).
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/archip $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR)
+	for p in $(PRODUCTS); do install -m 0755 .build/$(CONFIG)/$$p $(DESTDIR)$(BINDIR)/$$p || exit 1; done
 	scripts/install-extstorage.sh $(DESTDIR)$(ESDIR)/archipelago $(BINDIR) $(SYSCONFDIR)/archip/archip.conf
-	install -m 0644 docs/man/archip-extstorage.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8
-	install -m 0644 docs/man/archip.8 $(DESTDIR)$(MANDIR)/man8/archip.8
+	for m in $(MANPAGES); do install -m 0644 docs/man/$$m $(DESTDIR)$(MANDIR)/man8/$$m || exit 1; done
+	@# Samples only where no configuration is yet: an operator's file is never overwritten.
 	[ -e $(DESTDIR)$(SYSCONFDIR)/archip/archip.conf ] || install -m 0644 docs/archip.conf.sample $(DESTDIR)$(SYSCONFDIR)/archip/archip.conf
-	install -d $(DESTDIR)$(UNITDIR)
-	sed 's|/usr/bin/archip|$(BINDIR)/archip|' packaging/systemd/archip-serve.service > $(DESTDIR)$(UNITDIR)/archip-serve.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/archip-serve.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/archip/cyclades.conf ] || install -m 0644 docs/cyclades.conf.sample $(DESTDIR)$(SYSCONFDIR)/archip/cyclades.conf
+	@# The units name their executables and configuration as installed.
+	for u in $(UNITS); do sed -e 's|/usr/bin/|$(BINDIR)/|g' -e 's|/etc/archip/|$(SYSCONFDIR)/archip/|g' packaging/systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
+	install -m 0644 packaging/sysusers.d/cyclades.conf $(DESTDIR)$(SYSUSERSDIR)/cyclades.conf
 
 uninstall:
 	rm -rf $(DESTDIR)$(ESDIR)/archipelago
-	rm -f $(DESTDIR)$(BINDIR)/archip $(DESTDIR)$(BINDIR)/archip-extstorage $(DESTDIR)$(BINDIR)/snf-manage $(DESTDIR)$(MANDIR)/man8/archip.8 $(DESTDIR)$(MANDIR)/man8/archip-extstorage.8 $(DESTDIR)$(UNITDIR)/archip-serve.service
+	for p in $(PRODUCTS); do rm -f $(DESTDIR)$(BINDIR)/$$p; done
+	for m in $(MANPAGES); do rm -f $(DESTDIR)$(MANDIR)/man8/$$m; done
+	for u in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$u; done
+	rm -f $(DESTDIR)$(SYSUSERSDIR)/cyclades.conf
 
 clean:
 	$(SWIFT) package clean

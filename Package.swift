@@ -25,10 +25,11 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
-        // libcurl: HTTP(S) sources of the filler (ranged GETs, retries, TLS).
+        // libcurl: HTTP(S) sources of the filler (ranged GETs, retries, TLS) and
+        // Ganeti's RAPI. Headers only: the shim loads libcurl.so.4 on first use
+        // (no pkg-config, whose --libs would link it into every program).
         .systemLibrary(
             name: "CCurl",
-            pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
         // libfuse3 (kernel block device path: FUSE file + loop device).
@@ -49,7 +50,8 @@ let package = Package(
             dependencies: ["CCrypto", "CArchipSys"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
-        // librados (Ceph), for the rados backend. Debian's librados-dev has no .pc file.
+        // librados (Ceph), for the rados backend: headers only, the shim loads
+        // librados.so.2 when a rados:// store is opened. Debian's librados-dev has no .pc file.
         .systemLibrary(
             name: "CRados",
             path: "Sources/CRados",
@@ -84,17 +86,17 @@ let package = Package(
         // The Cyclades registration layer: volumes, servers, quotas, Ganeti through RAPI.
         .target(
             name: "Cyclades",
-            dependencies: ["ArchipStore", "CCurl", "CCrypto", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["ArchipStore", "ArchipServe", "CCurl", "CCrypto", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         // The operators' commands of the registration layer.
         .executableTarget(
             name: "snf-manage",
-            dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Cinder-compatible volume API and compute extensions on the registration layer.
         .target(
             name: "CycladesAPI",
-            dependencies: ["Cyclades", "ArchipStore", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"),
+            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"),
                            .product(name: "Hummingbird", package: "hummingbird")]
         ),
         .executableTarget(
@@ -131,9 +133,14 @@ let package = Package(
             dependencies: ["Cyclades", "ArchipStore"],
             exclude: ["Recorded"]   // RAPI answers, read from the source tree
         ),
+        // The provider's rules over a store in memory and a fake node daemon.
+        .testTarget(
+            name: "ExtStorageTests",
+            dependencies: ["ExtStorage", "ArchipStore", "ArchipServe"]
+        ),
         .testTarget(
             name: "CycladesAPITests",
-            dependencies: ["CycladesAPI", "Cyclades", .product(name: "GRDB", package: "GRDB.swift"),
+            dependencies: ["CycladesAPI", "Cyclades", "ArchipStore", "ArchipStoreTesting", .product(name: "GRDB", package: "GRDB.swift"),
                            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         .testTarget(

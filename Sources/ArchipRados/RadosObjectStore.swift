@@ -61,6 +61,10 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         self.where_ = loc
         self.maxInFlight = maxInFlight
         inFlight = DispatchSemaphore(value: maxInFlight)
+        // librados is loaded here, on the first rados:// store, not at start.
+        if let why = archip_rados_load() {
+            throw StoreError(.io, "store \(loc): \(String(cString: why))")
+        }
         var c: rados_t?
         var r = rados_create(&c, loc.id)
         guard r == 0, let c else { throw RadosObjectStore.error(r, "create a client for", "client.\(loc.id)") }
@@ -109,7 +113,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     static func confGet(_ c: rados_t, _ key: String) -> String? {
         var buf = [CChar](repeating: 0, count: 256)
         guard rados_conf_get(c, key, &buf, buf.count) == 0 else { return nil }
-        return String(cString: buf)
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     // MARK: errors

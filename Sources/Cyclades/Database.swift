@@ -155,6 +155,13 @@ public final class CycladesDatabase: Sendable {
         m.registerMigration("v2") { db in
             try db.alter(table: "volumes") { t in t.add(column: "pendingSize", .integer) }
         }
+        // Snapshot names come from a per-volume counter, never from a count of
+        // the records (a count repeats a name after a delete), as Synnefo does.
+        // It starts past the snapshots the volume already has.
+        m.registerMigration("v3") { db in
+            try db.alter(table: "volumes") { t in t.add(column: "snapshotCounter", .integer).notNull().defaults(to: 0) }
+            try db.execute(sql: "UPDATE volumes SET snapshotCounter = (SELECT COUNT(*) FROM snapshots WHERE snapshots.volumeID = volumes.id)")
+        }
         return m
     }
 }

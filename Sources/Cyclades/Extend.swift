@@ -9,7 +9,7 @@ extension Registry {
         let (volume, server, backend, amount) = try db.write { db -> (Volume, Server, Backend, Int) in
             guard var v = try Volume.fetchOne(db, key: id) else { throw CycladesError.notFound("volume", id) }
             if let userRef, v.userid != (try findUserIn(db, userRef).id) { throw CycladesError.notFound("volume", id) }
-            guard !v.deleted, let sid = v.machineID, let index = v.index else { throw CycladesError(.badRequest, "volume \(id) is not attached to a server") }
+            guard !v.deleted, let sid = v.machineID, v.index != nil else { throw CycladesError(.badRequest, "volume \(id) is not attached to a server") }
             guard v.status == .inUse else {
                 throw CycladesError(.badRequest, "volume \(id) is \(v.status.rawValue); only IN_USE volumes can be extended")
             }

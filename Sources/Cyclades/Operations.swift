@@ -255,6 +255,29 @@ extension Registry {
         }
     }
 
+    /// Removes one metadata key of a live volume; a missing key is itemNotFound.
+    public func deleteMetadata(volume id: Int64, key: String) throws {
+        try db.write { db in
+            guard let v = try Volume.fetchOne(db, key: id), !v.deleted else { throw CycladesError.notFound("volume", id) }
+            guard try VolumeMetadata.filter(Column("volumeID") == id && Column("key") == key).deleteAll(db) > 0 else {
+                throw CycladesError(.itemNotFound, "volume \(id) has no metadata key '\(key)'")
+            }
+        }
+    }
+
+    /// Renames a live volume or changes its description (nil: unchanged).
+    public func describeVolume(_ id: Int64, name: String?, description: String?) throws -> Volume {
+        try db.write { db in
+            guard var v = try Volume.fetchOne(db, key: id) else { throw CycladesError.notFound("volume", id) }
+            guard !v.deleted else { throw CycladesError(.badRequest, "volume \(id) is deleted") }
+            if let name { v.name = name }
+            if let description { v.description = description }
+            v.updated = now()
+            try v.update(db)
+            return v
+        }
+    }
+
     public func metadata(volume id: Int64) throws -> [String: String] {
         try db.read { db in
             Dictionary(uniqueKeysWithValues: try VolumeMetadata.filter(Column("volumeID") == id).fetchAll(db).map { ($0.key, $0.value) })

@@ -152,6 +152,8 @@ public struct CurlTransport: RAPITransport {
     final class Buffer { var data = Data() }
 
     public func send(method: String, url: String, body: Data?) throws -> (status: Int, body: Data) {
+        // libcurl is loaded on the first request, not at start.
+        if let why = archip_curl_load() { throw CycladesError(.backend, "RAPI \(method) \(url): \(String(cString: why))") }
         _ = curlReady
         guard let h = curl_easy_init() else { throw CycladesError(.backend, "RAPI: curl_easy_init failed") }
         defer { curl_easy_cleanup(h) }

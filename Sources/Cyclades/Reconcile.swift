@@ -246,7 +246,7 @@ extension Registry {
     private func compareStore(_ store: VolumeStore) throws -> [Difference] {
         var out: [Difference] = []
         var inStore: [String: String] = [:]   // snf-vol-N -> store name
-        for (name, c) in try store.volumeMetadata("ganeti.cname") where c.hasPrefix("snf-vol-") { inStore[c] = name.value }
+        for (name, c) in try store.volumeMetadata(GanetiMetadata.cname) where c.hasPrefix("snf-vol-") { inStore[c] = name.value }
         let vols = try db.read { db in try Volume.filter(Column("deleted") == false && Column("status") == VolumeStatus.inUse.rawValue).fetchAll(db) }
         var live = Set<String>()
         for v in vols {

@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 
 typealias Volume = Cyclades.Volume
 
@@ -62,6 +63,8 @@ public final class CycladesAPI: @unchecked Sendable {
     public struct Reply: Sendable {
         public var status: Int
         public var body: Data?
+        /// Answer with `Connection: close` (the request stream cannot go on).
+        public var close = false
 
         static func json(_ status: Int, _ object: Any) throws -> Reply {
             Reply(status: status, body: try JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]))
@@ -89,6 +92,23 @@ public final class CycladesAPI: @unchecked Sendable {
         return Reply(status: code, body: body)
     }
 
+    /// A fault after which the connection is closed (its request stream is broken).
+    static func fault(_ name: String, _ code: Int, _ message: String, close: Bool) -> Reply {
+        var r = fault(name, code, message)
+        r.close = close
+        return r
+    }
+
+    /// One line for a request whose body the HTTP parser refused.
+    static func framingMessage(_ e: HTTPParserError, _ request: Request) -> String {
+        let length = request.headers[.contentLength].map { " (Content-Length: \($0.prefix(40)))" } ?? ""
+        switch e {
+        case .invalidEOFState: return "the request body ended before its Content-Length\(length)"
+        case .invalidContentLength: return "the request's Content-Length is not a valid length\(length)"
+        default: return "the request is not valid HTTP/1.1: \(e)\(length)"
+        }
+    }
+
     static func fault(_ e: CycladesError) -> Reply {
         let (name, code) = faultName(e.kind)
         return fault(name, code, e.message)
@@ -106,6 +126,10 @@ public final class CycladesAPI: @unchecked Sendable {
                     buffer = try await request.body.collect(upTo: Self.maxBody)
                 } catch is NIOTooManyBytesError {
                     return Self.fault("requestEntityTooLarge", 413, "the request body is larger than \(Self.maxBody) bytes")
+                } catch let e as HTTPParserError {
+                    // The client's framing: a body that ends before its Content-Length,
+                    // a length no body can have. The connection cannot carry another request.
+                    return Self.fault("badRequest", 400, Self.framingMessage(e, request), close: true)
                 }
                 if buffer.readableBytes > 0 {
                     if let ct = request.headers[.contentType], !ct.lowercased().contains("json") {
@@ -188,6 +212,7 @@ public final class CycladesAPI: @unchecked Sendable {
         if r.body != nil { fields[.contentType] = "application/json" }
         let body = r.body.map { ResponseBody(byteBuffer: ByteBuffer(bytes: $0)) } ?? ResponseBody()
         if r.body == nil { fields[.contentLength] = "0" }
+        if r.close { fields[.connection] = "close" }
         return Response(status: .init(code: r.status), headers: fields, body: body)
     }
 }

@@ -1,3 +1,4 @@
+import ArchipRados
 import ArchipServe
 import ArchipStore
 import Cyclades
@@ -236,14 +237,10 @@ extension CycladesAPI {
         if dot == false {
             throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
         }
-        return try registry.db.write { db in
-            var v = try ownedVolume(db, call.param("volume_id"), user)
-            guard !v.deleted else { throw CycladesError(.badRequest, "volume \(v.id!) is deleted") }
-            if let name { v.name = name }
-            if let description { v.description = description }
-            v.updated = Date()
-            try v.update(db)
-            return .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
+        let owned = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.describeVolume(owned.id!, name: name, description: description)
+        return try registry.db.read { db in
+            .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
         }
     }
 
@@ -272,13 +269,8 @@ extension CycladesAPI {
     func deleteVolumeMetadata(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let key = call.param("key")
-        try registry.db.write { db in
-            let v = try ownedVolume(db, call.param("volume_id"), user)
-            guard !v.deleted else { throw CycladesError(.itemNotFound, "volume \(v.id!) does not exist") }
-            guard try VolumeMetadata.filter(Column("volumeID") == v.id! && Column("key") == key).deleteAll(db) > 0 else {
-                throw CycladesError(.itemNotFound, "volume \(v.id!) has no metadata key '\(key)'")
-            }
-        }
+        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        try registry.deleteMetadata(volume: v.id!, key: key)
         return .empty(200)
     }
 
@@ -384,59 +376,27 @@ extension CycladesAPI {
         _ = try Input.bool(o, "force")
         _ = try Input.metadata(o)
         let v = try registry.db.read { db in try ownedVolume(db, volRef, user) }
-        guard !v.deleted, v.status == .inUse else {
-            throw CycladesError(.badRequest, "volume \(v.id!) is \(Self.cinderStatus(v.status)); only in-use volumes can be snapshotted")
-        }
-        let st = try store()
-        guard let info = try st.list().first(where: { $0.metadata["ganeti.cname"] == v.diskName && $0.kind == "volume" }) else {
-            throw CycladesError(.backend, "no store volume records \(v.diskName)")
-        }
-        let count = try registry.db.read { db in try Snapshot.filter(Column("volumeID") == v.id!).fetchCount(db) }
-        var storeName = "snf-snap-\(v.id!)-\(count + 1)"
-        while (try? st.list().contains { $0.name == storeName }) == true { storeName += "x" }
-        let source = try VolumeName(info.name), target = try VolumeName(storeName)
-        do {
-            try st.snapshot(source, as: target)
-        } catch let e as StoreError where e.code == .locked {
-            guard let client = ControlClient.connect(runtimeDir: runtimeDir),
-                  try client.call(ControlRequest(op: .list)).attachments?.contains(where: { $0.name == info.name }) == true else {
-                throw CycladesError(.conflict, "\(e.description); it is attached on another node")
+        let runtimeDir = self.runtimeDir
+        let snap = try registry.createSnapshot(of: v, owner: user.id, name: name, store: try store()) { source, target, refusal in
+            guard try NodeSnapshot.take(source, as: target, runtimeDir: runtimeDir) else {
+                throw CycladesError(.conflict, "\(refusal.description); it is attached on another node")
             }
-            _ = try client.call(ControlRequest(op: .snapshot, name: info.name, snapshot: storeName))
-        } catch let e as StoreError {
-            throw CycladesError(.backend, e.description)
         }
-        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: v.id!, userid: user.id, name: name ?? "snapshot of volume \(v.id!)",
-                            size: v.size, status: "AVAILABLE", storeName: storeName, created: Date())
-        try registry.db.write { db in try snap.insert(db) }
         return try .json(202, ["snapshot": snapshotView(snap, call, detail: true)])
     }
 
     func deleteSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let s = try registry.db.read { db in try ownedSnapshot(db, call.param("snapshot_id"), user) }
-        if let path = storePath {
-            let st = try VolumeStore.existingDirectory(path, node: ProcessInfo.processInfo.hostName)
-            do {
-                try st.remove(try VolumeName(s.storeName))
-            } catch let e as StoreError where e.code == .hasChildren {
-                throw CycladesError(.conflict, e.description)
-            } catch let e as StoreError where e.code == .notFound {
-                // already gone from the store: drop the record
-            } catch let e as StoreError {
-                throw CycladesError(.backend, e.description)
-            }
-        } else {
-            throw CycladesError(.notImplemented, "snapshots need the store: set [store] path in the configuration")
-        }
-        try registry.db.write { db in _ = try Snapshot.deleteOne(db, key: s.id) }
+        try registry.removeSnapshot(s.id, store: try store())
         return .empty(202)
     }
 
     func store() throws -> VolumeStore {
         guard let path = storePath else { throw CycladesError(.notImplemented, "snapshots need the store: set [store] path in the configuration") }
         do {
-            return try VolumeStore.existingDirectory(path, node: ProcessInfo.processInfo.hostName)
+            // A folder or a pool, as archip and the provider open it; never created here.
+            return try StoreOpener.open(path, node: ProcessInfo.processInfo.hostName, mustExist: true)
         } catch let e as StoreError {
             throw CycladesError(.backend, e.description)
         }

@@ -15,10 +15,11 @@ public struct GanetiEnvironment: Sendable {
     public static let declaredParameters = ["origin", "origin_size"]
     public static let ganetiParameters = ["provider", "access"]
 
-    /// `EXTP_ORIGIN=x` as `["origin": "x"]`.
+    /// `EXTP_ORIGIN=x` as `["ORIGIN": "x"]`: the names exactly as passed
+    /// (Ganeti upper-cases them, so `EXTP_origin` is not `origin`).
     public var parameters: [String: String] {
         var out: [String: String] = [:]
-        for (k, v) in variables where k.hasPrefix("EXTP_") { out[String(k.dropFirst(5)).lowercased()] = v }
+        for (k, v) in variables where k.hasPrefix("EXTP_") { out[String(k.dropFirst(5))] = v }
         return out
     }
 
@@ -29,11 +30,14 @@ public struct GanetiEnvironment: Sendable {
     /// Unknown parameters are an error: Ganeti passes only what the operator
     /// set on the disk, so an unknown one is a typo that would be silently ignored.
     public func checkParameters() throws {
-        let known = Set(Self.declaredParameters + Self.ganetiParameters)
+        let known = Set((Self.declaredParameters + Self.ganetiParameters).map { $0.uppercased() })
         let unknown = parameters.keys.filter { !known.contains($0) }.sorted()
         if !unknown.isEmpty {
-            let list = unknown.map { "EXTP_\($0.uppercased())" }.joined(separator: ", ")
-            throw ExtStorageError(.badInput, "unknown parameter\(unknown.count > 1 ? "s" : "") \(list): this provider knows only \(Self.declaredParameters.joined(separator: ", ")) (see parameters.list)")
+            let list = unknown.map { "EXTP_\($0)" }.joined(separator: ", ")
+            // EXTP_origin is not Ganeti's spelling of a known parameter: say which one was meant.
+            let meant = unknown.filter { known.contains($0.uppercased()) }.map { "EXTP_\($0.uppercased())" }
+            let hint = meant.isEmpty ? "" : " (Ganeti passes \(meant.joined(separator: ", ")): names are upper case)"
+            throw ExtStorageError(.badInput, "unknown parameter\(unknown.count > 1 ? "s" : "") \(list): this provider knows only \(Self.declaredParameters.joined(separator: ", ")) (see parameters.list)\(hint)")
         }
         if let size = variables["EXTP_ORIGIN_SIZE"], !size.isEmpty, UInt64(size) == nil {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE '\(size)' is not a size in bytes")

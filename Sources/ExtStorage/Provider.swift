@@ -24,9 +24,9 @@ public struct Provider {
 
     /// Metadata keys the provider records with a volume.
     public enum Key {
-        public static let uuid = "ganeti.uuid"
-        public static let cname = "ganeti.cname"
-        public static let info = "ganeti.info"
+        public static let uuid = GanetiMetadata.uuid
+        public static let cname = GanetiMetadata.cname
+        public static let info = GanetiMetadata.info
     }
 
     public init(env: GanetiEnvironment, config: ProviderConfig, node: NodeAttachments,
@@ -86,7 +86,7 @@ public struct Provider {
         if let originSize = env.originSize, originSize > size.bytes {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE \(originSize) bytes is larger than VOL_SIZE (\(size.bytes) bytes)")
         }
-        var source = try parseOrigin(origin, store: store)
+        var source = try localOriginChecked(try parseOrigin(origin, store: store), origin: origin)
         if case .volume(let live) = source {
             // A clone of a volume needs a frozen layer that holds every write
             // acknowledged so far: a snapshot, taken where the volume is served.
@@ -206,7 +206,7 @@ public struct Provider {
         if env.variables["VOL_NAME"] != nil { _ = try env.volumeName() }
         let store = try openStore()
         guard let origin = env.origin else { return }
-        let spec = try parseOrigin(origin, store: store)
+        let spec = try localOriginChecked(try parseOrigin(origin, store: store), origin: origin)
         switch spec {
         case .snapshot(let n), .volume(let n):
             guard let s = try store.summary(n) else {
@@ -215,14 +215,9 @@ public struct Provider {
             if case .snapshot = spec, s.kind != "snapshot" {
                 throw ExtStorageError(.badInput, "origin \(origin): '\(n)' is a volume; use volume:\(n)")
             }
-        case .file(let path):
-            guard access(path, R_OK) == 0 else {
-                throw ExtStorageError(.badInput, "origin \(origin): cannot read \(path): \(String(cString: strerror(errno)))")
-            }
-        case .pithos(let hashmap):
-            if !hashmap.hasPrefix("http://") && !hashmap.hasPrefix("https://") && access(hashmap, R_OK) != 0 {
-                throw ExtStorageError(.badInput, "origin \(origin): cannot read the hashmap \(hashmap)")
-            }
+        case .file:
+            break   // localOriginChecked: a readable regular file under [fill] image_dirs
+        case .pithos:
             guard config.pithosBlocks != nil else {
                 throw ExtStorageError(.badInput, "origin \(origin): pithos origins need 'blocks' in the [fill] section of \(config.path)")
             }
@@ -253,6 +248,65 @@ public struct Provider {
         } catch let e as StoreError {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN: \(e.description)")
         }
+    }
+
+    /// `file:` origins and local `pithos:` hashmaps only from the folders of
+    /// `[fill] image_dirs`, and only a readable regular file (or block device)
+    /// there: the same check for verify and create, so what verify passes
+    /// create can read. The path comes back resolved (symlinks, `..`), and the
+    /// fill opens that, not what the parameter said.
+    func localOriginChecked(_ spec: SourceSpec, origin: String) throws -> SourceSpec {
+        switch spec {
+        case .file(let path):
+            return .file(try localFile(path, origin: origin, what: "image"))
+        case .pithos(let hashmap) where !hashmap.hasPrefix("http://") && !hashmap.hasPrefix("https://"):
+            return .pithos(try localFile(hashmap, origin: origin, what: "hashmap"))
+        default:
+            return spec
+        }
+    }
+
+    private func localFile(_ path: String, origin: String, what: String) throws -> String {
+        let dirs = config.imageDirs
+        func refuse(_ why: String) -> ExtStorageError { ExtStorageError(.badInput, "origin \(origin): \(why)") }
+        func under(_ p: String, _ dirs: [String]) -> Bool {
+            dirs.contains { d in let d = d.hasSuffix("/") ? String(d.dropLast()) : d; return p.hasPrefix(d + "/") }
+        }
+        guard !dirs.isEmpty else {
+            throw refuse("a local \(what) is refused: no [fill] image_dirs in \(config.path) names a folder of images")
+        }
+        let listed = dirs.joined(separator: ", ")
+        // Before touching the file system: outside the folders even as written.
+        let lexical = URL(fileURLWithPath: path).standardized.path
+        guard path.hasPrefix("/"), under(lexical, dirs) else {
+            throw refuse("the \(what) \(path) is not under [fill] image_dirs (\(listed)) of \(config.path)")
+        }
+        guard let resolved = realpath(path, nil) else {
+            throw refuse("cannot read the \(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        let real = String(cString: resolved)
+        free(resolved)
+        let realDirs = dirs.map { d -> String in
+            guard let r = realpath(d, nil) else { return d }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        guard under(real, realDirs) else {
+            throw refuse("the \(what) \(path) leads to \(real), which is not under [fill] image_dirs (\(listed)) of \(config.path)")
+        }
+        var st = stat()
+        guard stat(real, &st) == 0 else {
+            throw refuse("cannot read the \(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        let type = st.st_mode & S_IFMT
+        guard type == S_IFREG || (type == S_IFBLK && what == "image") else {
+            let kind = type == S_IFDIR ? "a folder" : type == S_IFCHR ? "a character device" : "not a regular file"
+            throw refuse("the \(what) \(path) is \(kind)\(what == "image" ? " (an image is a regular file or a block device)" : "")")
+        }
+        guard access(real, R_OK) == 0 else {
+            throw refuse("cannot read the \(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        return real
     }
 
     /// The snapshot `VOL.origin-of-TARGET` a clone of volume `vol` is made

@@ -15,6 +15,12 @@ public struct ProviderConfig: Sendable {
     public var pithosBlocks: String?
     /// CA bundle for https origins.
     public var caCertificate: String?
+    /// The only folders `file:` origins and local `pithos:` hashmaps may come
+    /// from (`[fill] image_dirs`, absolute paths separated by spaces or
+    /// commas). Empty: no local origin is accepted. A disk parameter is the
+    /// Ganeti user's, the provider runs as root: without this, any file on the
+    /// node (`file:/etc/shadow`) would become a volume's content.
+    public var imageDirs: [String]
     public var fillJobs: Int
     public var syslog: Bool
 
@@ -44,6 +50,13 @@ public struct ProviderConfig: Sendable {
         serveExecutable = conf["node.archip"] ?? DaemonPaths.defaultServeExecutable
         pithosBlocks = conf["fill.blocks"]
         caCertificate = conf["fill.cacert"]
+        imageDirs = []
+        for dir in (conf["fill.image_dirs"] ?? "").split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }) {
+            guard dir.hasPrefix("/") else {
+                throw ExtStorageError(.failed, "\(path): [fill] image_dirs '\(dir)' is not an absolute path")
+            }
+            imageDirs.append(String(dir))
+        }
         if let j = conf["fill.jobs"] {
             guard let n = Int(j), (1...256).contains(n) else {
                 throw ExtStorageError(.failed, "\(path): [fill] jobs '\(j)' is not a number from 1 to 256")

@@ -327,7 +327,7 @@ struct Import: ParsableCommand {
         guard fstat(fd, &st) == 0 else { throw CLIError(message: "cannot stat \(file)") }
         let length = UInt64(st.st_size)
         var created = false
-        if try (try? store.info(n)) == nil {
+        if (try? store.info(n)) == nil {
             let s = try size.map(parseSize) ?? ByteCount(max(512, (length + 511) / 512 * 512))
             try store.create(n, size: s)
             created = true

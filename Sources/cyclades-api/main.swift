@@ -32,31 +32,22 @@ struct CycladesAPIServer: AsyncParsableCommand {
     @Flag(help: "No per-request log lines.") var quiet = false
 
     func run() async throws {
-        let env = ProcessInfo.processInfo.environment
-        let path = config ?? env["SNF_CONFIG"] ?? "/etc/archip/cyclades.conf"
-        let conf: [String: String]
-        do { conf = try ConfigFile.load(path, required: config != nil) } catch { fail("\(error)") }
-        let dbPath = db ?? env["SNF_DB"] ?? conf["cyclades.db"] ?? "/var/lib/cyclades/cyclades.db"
+        let settings: CycladesSettings
         let registry: Registry
         do {
-            if fakeGaneti {
-                let g = InstantGaneti()
-                registry = Registry(db: try CycladesDatabase(path: dbPath), backendClient: { _ in g })
-            } else {
-                registry = Registry(db: try CycladesDatabase(path: dbPath))
-            }
+            settings = try CycladesSettings.load(.init(config: config, db: db, store: store, runtimeDir: runtimeDir,
+                                                       listen: listen, settleInterval: settleInterval))
+            let g = InstantGaneti()
+            registry = try settings.openRegistry(backendClient: fakeGaneti ? { _ in g } : nil)
+        } catch let e as CycladesError {
+            fail(e.message)
         } catch { fail("\(error)") }
-        if let m = conf["cyclades.max_volume_size"], let n = Int(m) { registry.maxVolumeSizeGB = n }
         let api = CycladesAPI(registry: registry)
-        api.storePath = store ?? env["ARCHIP_STORE"] ?? conf["store.path"]
-        api.runtimeDir = runtimeDir ?? conf["node.runtime_dir"] ?? "/run/archip"
+        api.storePath = settings.storePath
+        api.runtimeDir = settings.runtimeDir
         if quiet { api.log = { _ in } }
-        let address = listen ?? conf["api.listen"] ?? "127.0.0.1:8776"
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            fail("--listen \(address): expected HOST:PORT")
-        }
-        let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        let interval = settleInterval ?? conf["api.settle_interval"].flatMap(Double.init) ?? 1
+        let host = settings.listenHost, port = settings.listenPort, dbPath = settings.database
+        let interval = settings.settleInterval
         let settler = Task.detached {
             // Settle what Ganeti ended: states and quota follow the jobs, not the requests.
             while !Task.isCancelled {
@@ -64,9 +55,14 @@ struct CycladesAPIServer: AsyncParsableCommand {
                 try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
             }
         }
-        let app = Application(router: api.router(), configuration: .init(address: .hostname(host, port: port), serverName: "cyclades-api"),
+        let app = Application(router: api.router(), server: api.httpServer, configuration: .init(address: .hostname(host, port: port), serverName: "cyclades-api"),
                               onServerRunning: { _ in api.log("cyclades-api: listening on \(host):\(port), database \(dbPath)") })
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch {
+            settler.cancel()
+            fail("serving on \(host):\(port): \(error)")
+        }
         settler.cancel()
         api.log("cyclades-api: stopped")
     }

@@ -1,3 +1,4 @@
+import ArchipRados
 import ArchipStore
 import ArgumentParser
 import Cyclades
@@ -64,27 +65,20 @@ struct Common: ParsableArguments {
     @Option(help: ArgumentHelp("Configuration file (default /etc/archip/cyclades.conf).", valueName: "file")) var config: String?
     @Option(help: ArgumentHelp("Output: table, json or csv.", valueName: "format")) var output: OutputFormat = .table
 
-    func conf() throws -> [String: String] {
-        let env = ProcessInfo.processInfo.environment
-        let path = config ?? env["SNF_CONFIG"] ?? "/etc/archip/cyclades.conf"
-        return try ArchipStore.ConfigFile.load(path, required: config != nil)
+    /// The settings, as cyclades-api resolves them (CycladesSettings).
+    func settings(store: String? = nil, runtimeDir: String? = nil) throws -> CycladesSettings {
+        try CycladesSettings.load(.init(config: config, db: db, store: store, runtimeDir: runtimeDir))
     }
 
     func open() throws -> Registry {
-        let env = ProcessInfo.processInfo.environment
-        let path = try db ?? env["SNF_DB"] ?? conf()["cyclades.db"] ?? "/var/lib/cyclades/cyclades.db"
-        let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-        let c = Registry(db: try CycladesDatabase(path: path))
-        if let m = try conf()["cyclades.max_volume_size"], let n = Int(m) { c.maxVolumeSizeGB = n }
-        return c
+        try settings().openRegistry(createFolder: true)
     }
 
     /// The store, for inspect and reconcile: --store, $ARCHIP_STORE, or [store] path.
     func store(_ explicit: String?) throws -> VolumeStore? {
-        let env = ProcessInfo.processInfo.environment
-        guard let path = try explicit ?? env["ARCHIP_STORE"] ?? conf()["store.path"] else { return nil }
-        return try VolumeStore.existingDirectory(path, node: ProcessInfo.processInfo.hostName)
+        guard let path = try settings(store: explicit).storePath else { return nil }
+        // A folder or a pool, as archip and the provider open it; never created here.
+        return try StoreOpener.open(path, node: ProcessInfo.processInfo.hostName, mustExist: true)
     }
 }
 

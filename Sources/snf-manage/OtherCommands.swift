@@ -17,33 +17,17 @@ struct SnapshotCreate: ParsableCommand {
     func run() throws {
         let c = try common.open()
         guard let st = try common.store(store) else { throw CycladesError(.badRequest, "no store: give --store, $ARCHIP_STORE or [store] path") }
-        let v = try c.db.read { db -> Volume in
-            guard let v = try Volume.fetchOne(db, key: volume), !v.deleted, v.status == .inUse else {
-                throw CycladesError(.badRequest, "volume \(volume) does not exist or is not IN_USE")
-            }
-            return v
+        guard let v = try c.db.read({ db in try Volume.fetchOne(db, key: volume) }) else {
+            throw CycladesError(.badRequest, "volume \(volume) does not exist")
         }
-        guard let info = try st.list().first(where: { $0.metadata["ganeti.cname"] == v.diskName && $0.kind == "volume" }) else {
-            throw CycladesError(.badRequest, "no store volume records \(v.diskName)")
-        }
-        let count = try c.db.read { db in try Snapshot.filter(Column("volumeID") == volume).fetchCount(db) }
-        let storeName = "snf-snap-\(volume)-\(count + 1)"
-        let source = try VolumeName(info.name), target = try VolumeName(storeName)
-        do {
-            try st.snapshot(source, as: target)
-        } catch let e as StoreError where e.code == .locked {
+        let rt = try common.settings(runtimeDir: runtimeDir).runtimeDir
+        let snap = try c.createSnapshot(of: v, owner: v.userid, name: name, store: st) { source, target, refusal in
             // Held by a node: the snapshot must go through that node's daemon, so
             // it holds every write the guest saw acknowledged.
-            let rt = try runtimeDir ?? common.conf()["node.runtime_dir"] ?? "/run/archip"
-            guard let client = ControlClient.connect(runtimeDir: rt),
-                  try client.call(ControlRequest(op: .list)).attachments?.contains(where: { $0.name == info.name }) == true else {
-                throw CycladesError(.conflict, "\(e.description); it is attached on another node: run this there (--runtime-dir of its archip serve)")
+            guard try NodeSnapshot.take(source, as: target, runtimeDir: rt) else {
+                throw CycladesError(.conflict, "\(refusal.description); it is attached on another node: run this there (--runtime-dir of its archip serve)")
             }
-            _ = try client.call(ControlRequest(op: .snapshot, name: info.name, snapshot: storeName))
         }
-        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: volume, userid: v.userid, name: name, size: v.size,
-                            status: "AVAILABLE", storeName: storeName, created: Date())
-        try c.db.write { db in try snap.insert(db) }
         print(snap.id)
     }
 }
@@ -56,12 +40,7 @@ struct SnapshotRegister: ParsableCommand {
     @Option var user: String
     @Option(help: "Size in GB.") var size: Int
     func run() throws {
-        let c = try common.open()
-        _ = try VolumeName(storeName)
-        let u = try c.findUser(user)
-        let snap = Snapshot(id: UUID().uuidString.lowercased(), volumeID: nil, userid: u.id, name: name, size: size,
-                            status: "AVAILABLE", storeName: storeName, created: Date())
-        try c.db.write { db in try snap.insert(db) }
+        let snap = try common.open().registerSnapshot(storeName: storeName, name: name, user: user, sizeGB: size)
         print(snap.id)
     }
 }

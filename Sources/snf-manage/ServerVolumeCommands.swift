@@ -209,7 +209,9 @@ func showVolume(_ common: Common, _ id: Int64, inspect: Bool, store storePath: S
             fields.append(("ganeti", "no such disk"))
         }
         if let store = try common.store(storePath) {
-            if let info = try store.list().first(where: { $0.metadata["ganeti.cname"] == v.diskName }) {
+            // Records only (no map is read) to find it; then its own info.
+            if let n = try store.volumes(withMetadata: GanetiMetadata.cname, equalTo: v.diskName).first {
+                let info = try store.info(n)
                 fields += [("store.name", info.name), ("store.size", "\(info.size)"), ("store.parent", info.parent ?? ""),
                            ("store.lock", info.lock.map { "\($0.mode.rawValue) by \($0.holders.map(\.node).joined(separator: ","))" } ?? "")]
             } else {

@@ -29,7 +29,7 @@ func makeImage(_ path: String, seed: UInt64 = 7, blocks: Int = 5, tail: Int = 30
             p.storeBytes(of: next(), toByteOffset: i, as: UInt64.self)
         }
     }
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
     return bytes
 }
 
@@ -139,7 +139,7 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         let good = hashes[3]
         hashes[3] = SHA256.digest(Array("wrong".utf8))
         let map = PithosHashmap(blockSize: 4 << 20, bytes: UInt64(image.count), hashes: hashes)
-        FileManager.default.createFile(atPath: dir + "/hm.json", contents: try map.jsonData())
+        #expect(try FileManager.default.createFile(atPath: dir + "/hm.json", contents: map.jsonData()))
         var r = FillRequest(target: vname("keep"), source: .file(dir + "/img.raw"))
         r.hashmap = dir + "/hm.json"
         do {
@@ -193,7 +193,7 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         guard case .filled(let first) = try Filler.run(FillRequest(target: vname("img"), source: .file(dir + "/img.raw")), store: origin) else {
             Issue.record("not filled"); return
         }
-        FileManager.default.createFile(atPath: dir + "/hm.json", contents: try first.hashmap.jsonData())
+        #expect(try FileManager.default.createFile(atPath: dir + "/hm.json", contents: first.hashmap.jsonData()))
 
         let store = t.store
         var r = FillRequest(target: vname("vm1"), source: .pithos(dir + "/hm.json"))
@@ -210,7 +210,7 @@ func readAll(_ store: VolumeStore, _ n: String) throws -> [UInt8] {
         let victim = dir + "/origin/blocks/" + PithosBlockFolder.relativePath(for: ContentHash(hex: first.hashmap.hashes[4])!)
         var bytes = [UInt8](FileManager.default.contents(atPath: victim)!)
         bytes[1000] ^= 0x01
-        FileManager.default.createFile(atPath: victim, contents: Data(bytes))
+        #expect(FileManager.default.createFile(atPath: victim, contents: Data(bytes)))
         let freshStore = try backend.store("pithos-fresh", node: "n")
         defer { freshStore.remove() }
         let fresh = freshStore.store

@@ -22,7 +22,7 @@ struct HTTPResumeTests {
         p.executableURL = URL(fileURLWithPath: HTTPResumeTests.archip!)
         p.arguments = args
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("archip-out-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
+        #expect(FileManager.default.createFile(atPath: out.path, contents: nil))
         let fh = try FileHandle(forWritingTo: out)
         p.standardOutput = fh
         p.standardError = FileHandle.nullDevice

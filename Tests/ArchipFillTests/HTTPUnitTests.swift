@@ -51,7 +51,7 @@ import Testing
     @Test func badArgumentsAreRefusedBeforeAnyRequest() throws {
         let client = try HTTPClient()
         var buffer = [UInt8](repeating: 0, count: 10)
-        try buffer.withUnsafeMutableBytes { b in
+        buffer.withUnsafeMutableBytes { b in
             #expect(throws: HTTPError.self) { try client.get("ftp://127.0.0.1/x", range: 0..<10, into: b) }
             #expect(throws: HTTPError.self) { try client.get("http://127.0.0.1/x", range: 0..<11, into: b) }
             #expect(throws: HTTPError.self) { try client.get("http://127.0.0.1/x", range: 5..<5, into: b) }

@@ -33,7 +33,7 @@ final class APIFixture: @unchecked Sendable {
 
     func settle() throws { try registry.processJobs() }
 
-    func app() -> some ApplicationProtocol { Application(router: api.router()) }
+    func app() -> some ApplicationProtocol { Application(router: api.router(), server: api.httpServer) }
 
     /// Everything the database holds, to prove a refused request changed nothing.
     func dump() throws -> String {

@@ -8,8 +8,10 @@ struct ProviderRun {
     let cli: CLI
     let config: String
     let runtime: String
+    /// The folder `[fill] image_dirs` names: the only place file: origins may come from.
+    let imageDir: String
 
-    init(node: String = "node-a", cli: CLI = CLI(), storePath: String? = nil) throws {
+    init(node: String = "node-a", cli: CLI = CLI(), storePath: String? = nil, fill: String? = nil) throws {
         self.cli = cli
         try? FileManager.default.createDirectory(atPath: cli.store, withIntermediateDirectories: true)
         _ = try cli.run(["list"])   // an empty folder becomes a store
@@ -17,7 +19,9 @@ struct ProviderRun {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         runtime = dir + "/run"
         config = dir + "/archip.conf"
-        try "[store]\npath = \(storePath ?? cli.store)\n[node]\nname = \(node)\nruntime_dir = \(runtime)\n"
+        imageDir = dir + "/images"
+        try FileManager.default.createDirectory(atPath: imageDir, withIntermediateDirectories: true)
+        try "[store]\npath = \(storePath ?? cli.store)\n[node]\nname = \(node)\nruntime_dir = \(runtime)\n[fill]\n\(fill ?? "image_dirs = \(imageDir)")\n"
             .write(toFile: config, atomically: true, encoding: .utf8)
     }
 
@@ -113,7 +117,8 @@ func expectProviderFailure(_ r: CLI.Result, status: Int32, mentioning: String, _
             ("VOL_SIZE missing", ["VOL_NAME": vol], 2, "VOL_SIZE is not set"),
             ("unknown EXTP_", ["VOL_NAME": vol, "VOL_SIZE": "64", "EXTP_COLOUR": "red"], 2, "EXTP_COLOUR"),
             ("origin that does not exist", ["VOL_NAME": vol, "VOL_SIZE": "64", "EXTP_ORIGIN": "snapshot:nope"], 1, "nope"),
-            ("origin file that does not exist", ["VOL_NAME": vol, "VOL_SIZE": "64", "EXTP_ORIGIN": "file:/nonexistent/img"], 1, "/nonexistent/img"),
+            ("origin file that does not exist", ["VOL_NAME": vol, "VOL_SIZE": "64", "EXTP_ORIGIN": "file:\(p.imageDir)/nonexistent.img"], 2, "nonexistent.img"),
+            ("origin file outside image_dirs", ["VOL_NAME": vol, "VOL_SIZE": "64", "EXTP_ORIGIN": "file:/nonexistent/img"], 2, "/nonexistent/img"),
             ("malformed origin", ["VOL_NAME": vol, "VOL_SIZE": "64", "EXTP_ORIGIN": "ftp://x/y"], 2, "EXTP_ORIGIN"),
             ("origin larger than VOL_SIZE", ["VOL_NAME": vol, "VOL_SIZE": "4", "EXTP_ORIGIN": "snapshot:img-v1"], 2, "img-v1"),
         ]
@@ -209,7 +214,7 @@ func expectProviderFailure(_ r: CLI.Result, status: Int32, mentioning: String, _
 
     @Test func createFillsFromAFileOrigin() throws {
         let p = try ProviderRun()
-        let image = p.cli.store + "-image.raw"
+        let image = p.imageDir + "/image.raw"
         var bytes = [UInt8](repeating: 0, count: 9 << 20)
         for i in stride(from: 0, to: bytes.count, by: 4096) { bytes[i] = UInt8(truncatingIfNeeded: i >> 12) | 1 }
         try Data(bytes).write(to: URL(fileURLWithPath: image))
@@ -241,6 +246,65 @@ func expectProviderFailure(_ r: CLI.Result, status: Int32, mentioning: String, _
         expectProviderFailure(try p.call("verify", ProviderRun.vars(vol, ["EXTP_SIZE": "1"])), status: 2, mentioning: "EXTP_SIZE", "verify unknown parameter")
         expectProviderFailure(try p.call("verify", ProviderRun.vars(vol, ["EXTP_ACCESS": "warpspace"])), status: 2, mentioning: "EXTP_ACCESS", "verify bad access")
         expectProviderFailure(try p.call("verify", ProviderRun.vars(vol, ["EXTP_ORIGIN": "pithos:/nonexistent.json"])), status: 2, mentioning: "hashmap", "verify pithos")
+    }
+
+    /// file: origins and local pithos: hashmaps come only from [fill] image_dirs, as
+    /// readable regular files; verify refuses what create would refuse, in one line,
+    /// and nothing reaches the store.
+    @Test func localOriginsOnlyFromImageDirs() throws {
+        let p = try ProviderRun()
+        let image = p.imageDir + "/image.raw"
+        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
+        try FileManager.default.createDirectory(atPath: p.imageDir + "/folder", withIntermediateDirectories: true)
+        // A file anyone can read, outside the image folder, and ways to reach it from inside.
+        let secret = p.cli.store + "-secret.raw"
+        try Data(repeating: 9, count: 1 << 20).write(to: URL(fileURLWithPath: secret))
+        try FileManager.default.createSymbolicLink(atPath: p.imageDir + "/link.raw", withDestinationPath: secret)
+        try FileManager.default.createSymbolicLink(atPath: p.imageDir + "/zero.raw", withDestinationPath: "/dev/zero")
+        #expect(try p.call("verify", ProviderRun.vars(vol, ["EXTP_ORIGIN": "file:\(image)"])).status == 0)
+        let before = p.cli.snapshotOfFiles()
+        let refused: [(String, String, String)] = [
+            ("a file outside image_dirs", "file:\(secret)", "not under [fill] image_dirs"),
+            ("/etc/shadow", "file:/etc/shadow", "not under [fill] image_dirs"),
+            ("/dev/zero", "file:/dev/zero", "not under [fill] image_dirs"),
+            ("../ out of the image folder", "file:\(p.imageDir)/../../\((secret as NSString).lastPathComponent)", "not under [fill] image_dirs"),
+            ("a symlink out of the image folder", "file:\(p.imageDir)/link.raw", "leads to \(secret)"),
+            ("a symlink to /dev/zero", "file:\(p.imageDir)/zero.raw", "leads to /dev/zero"),
+            ("a folder", "file:\(p.imageDir)/folder", "is a folder"),
+            ("a relative path", "file:./image.raw", "not under [fill] image_dirs"),
+            ("a pithos hashmap outside image_dirs", "pithos:\(secret)", "hashmap"),
+        ]
+        for (what, origin, mention) in refused {
+            for action in ["verify", "create"] {
+                let r = try p.call(action, ProviderRun.vars(vol, ["VOL_SIZE": "4", "EXTP_ORIGIN": origin]))
+                expectProviderFailure(r, status: 2, mentioning: mention, "\(action) from \(what)")
+            }
+        }
+        #expect(p.cli.snapshotOfFiles() == before, "a refused origin changed the store")
+        // Without image_dirs no local file is accepted, not even one in the folder.
+        let none = try ProviderRun(node: "node-b", cli: p.cli, fill: "")
+        for action in ["verify", "create"] {
+            expectProviderFailure(try none.call(action, ProviderRun.vars(vol, ["VOL_SIZE": "4", "EXTP_ORIGIN": "file:\(image)"])),
+                                  status: 2, mentioning: "no [fill] image_dirs", "\(action) without image_dirs")
+        }
+        #expect(p.cli.snapshotOfFiles() == before)
+        // What verify passed, create reads.
+        let r = try p.call("create", ProviderRun.vars(vol, ["VOL_SIZE": "4", "EXTP_ORIGIN": "file:\(image)"]))
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    /// Ganeti upper-cases parameter names: EXTP_origin is a typo, refused, not ignored.
+    @Test func lowerCaseParametersAreRefused() throws {
+        let p = try ProviderRun()
+        #expect(try p.cli.run(["create", "img", "--size", "8M"]).status == 0)
+        #expect(try p.cli.run(["snapshot", "img", "img-v1"]).status == 0)
+        let before = p.cli.snapshotOfFiles()
+        for action in ["verify", "create"] {
+            let r = try p.call(action, ProviderRun.vars(vol, ["VOL_SIZE": "16", "EXTP_origin": "snapshot:img-v1"]))
+            expectProviderFailure(r, status: 2, mentioning: "EXTP_origin", "\(action) with EXTP_origin")
+            #expect(r.stderr.contains("EXTP_ORIGIN"), "names what was meant: \(r.stderr)")
+        }
+        #expect(p.cli.snapshotOfFiles() == before, "nothing was created")
     }
 }
 

@@ -5,7 +5,7 @@ import Testing
     func image(_ cli: CLI, mib: Int = 9) -> String {
         let path = cli.store + "-image.raw"
         var rng = SystemRandomNumberGenerator()
-        FileManager.default.createFile(atPath: path, contents: Data((0..<(mib << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data((0..<(mib << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) })))
         return path
     }
 

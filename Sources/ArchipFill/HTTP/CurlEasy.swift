@@ -17,6 +17,10 @@ private let curlGlobalInit: CURLcode = {
 }()
 
 func ensureCurlInitialised() throws(HTTPError) {
+    // libcurl is loaded here, by the first HTTP(S) source, not at start.
+    if let why = archip_curl_load() {
+        throw HTTPError(.setup, operation: "init", url: "", message: "libcurl is not available", cause: String(cString: why))
+    }
     guard curlGlobalInit == CURLE_OK else {
         throw HTTPError(.setup, operation: "init", url: "", message: "curl_global_init failed",
                         cause: String(cString: curl_easy_strerror(curlGlobalInit)))

@@ -74,7 +74,7 @@ public final class FUSEExport: @unchecked Sendable {
         guard let h = archip_fuse_mount(mountpoint, fileName, fsName, cb, &err, err.count) else {
             ctx.release()
             context = nil
-            throw StoreError(.io, "FUSE mount at \(mountpoint): \(String(cString: err))")
+            throw StoreError(.io, "FUSE mount at \(mountpoint): \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
         }
         handle = h
         let running = UncheckedPointer(h)

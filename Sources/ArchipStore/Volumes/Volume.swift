@@ -552,7 +552,7 @@ public final class Volume: @unchecked Sendable {
             // No compaction: the frozen layer keeps its log (readers apply it),
             // so a snapshot costs the same whatever the map's size.
             try flushUnlocked()
-            let (frozen, record) = state.withLock { ($0.top, $0.record) }
+            let frozen = state.withLock { $0.top }
             let next = LayerMap(id: LayerID.random(), parent: frozen.id, kind: .continuation, size: frozen.size,
                                 blockSize: frozen.blockSize, parentBlocks: frozen.blockCount, epoch: frozen.epoch + 1)
             let nextBytes = MapFormatV1.encode(next)
