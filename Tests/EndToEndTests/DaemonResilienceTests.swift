@@ -22,7 +22,7 @@ import Testing
             process.arguments = [CLI.binDir + "/archip", "serve", "--runtime-dir", runtime, "--store", cli.store,
                                  "--node", "node-a"] + extra
             process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ARCHIP_") }
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             let out = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
             process.standardOutput = out
             process.standardError = out
