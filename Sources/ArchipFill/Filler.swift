@@ -137,7 +137,7 @@ public enum Filler {
         var meta = r.metadata
         meta["origin"] = r.source.description
         meta["origin.top-hash"] = result.topHash.hex
-        try stage.commit(volumeSize: volumeSize, metadata: meta)
+        try stage.commit(volumeSize: volumeSize, metadata: meta, mustCreate: existing == nil)
         return .filled(result)
     }
 

@@ -14,7 +14,7 @@ public enum StoreOpener {
         }
         let objects = try RadosObjectStore(try RadosLocation.parse(location))
         if mustExist, try objects.stat(ObjectName("archip-store")) == nil {
-            throw StoreError(.notFound, "\(location) is not an archip store (no archip-store object; the first 'archip' command on an empty pool or namespace makes one)")
+            throw StoreError(.notFound, "\(location) is not an archip store (no archip-store object; 'archip init' makes one in an empty pool or namespace)")
         }
         return try VolumeStore(objects: objects, node: node)
     }

@@ -1,4 +1,5 @@
 import ArchipFill
+import ArchipRados
 import ArchipServe
 import ArchipStore
 import ArgumentParser
@@ -19,7 +20,7 @@ struct Create: ParsableCommand {
         let n = try volumeName(name)
         let s = try parseSize(size)
         let bs = try parseBlockSize(blockSize)
-        let store = try global.openStore()
+        let store = try global.openStore(creating: true)
         if let from {
             guard bs == LayerMap.defaultBlockSize else {
                 throw CLIError(message: "--block-size cannot be combined with --from (the source decides)", status: 2)
@@ -27,7 +28,7 @@ struct Create: ParsableCommand {
             if (try? store.info(n)) != nil { throw StoreError(.alreadyExists, "'\(n)' already exists") }
             var request = try fill.request(target: n, source: from, createSize: s)
             request.metadata = try parseMetadata(meta)
-            let outcome = try Filler.run(request, store: store)
+            let outcome = try runFill(request, store: store, source: from)
             FillProgressDisplay.finishLine(mode: fill.progress)
             if json { return try printJSON(try store.info(n)) }
             try fill.report(outcome, target: n, source: from, json: false)
@@ -73,13 +74,29 @@ struct List: ParsableCommand {
     @Flag(help: "Output JSON.") var json = false
 
     func run() throws {
-        let items = try global.openStore().list()
-        if json { return try printJSON(items) }
-        let rows = items.map { i in
-            [i.name, i.kind, ByteCount.format(i.size), i.parent ?? "-", String(i.blocks),
-             i.lock.map { "\($0.mode.rawValue):" + $0.holders.map(\.node).joined(separator: ",") } ?? "-"]
+        let store = try global.openStore()
+        let (items, damaged) = try store.listAll()
+        let fills = try store.interruptedFills()
+        if json {
+            try printJSON(items)
+        } else {
+            let rows = items.map { i in
+                [i.name, i.kind, ByteCount.format(i.size), i.parent ?? "-", String(i.blocks),
+                 i.lock.map { "\($0.mode.rawValue):" + $0.holders.map(\.node).joined(separator: ",") } ?? "-"]
+            }
+            printTable(["NAME", "KIND", "SIZE", "PARENT", "BLOCKS", "LOCK"], rows)
         }
-        printTable(["NAME", "KIND", "SIZE", "PARENT", "BLOCKS", "LOCK"], rows)
+        // Notes go to stdout under the table, to stderr with --json (the JSON stays a list of volumes).
+        func note(_ line: String) {
+            if json { FileHandle.standardError.write(Data("archip: \(line)\n".utf8)) } else { print(line) }
+        }
+        for f in fills {
+            note("fill in progress or interrupted: \(f.name), \(f.blocksStored) of \(f.blocks) blocks stored (\(ByteCount.format(UInt64(f.bytesStored)))) from \(f.source); continue it with 'archip fill \(f.name) --resume --from SOURCE' or drop it with 'archip fill \(f.name) --abort'")
+        }
+        for d in damaged { note("damaged: \(StoreError.bounded(d.description))") }
+        if !damaged.isEmpty {
+            throw CLIError(message: "\(damaged.count) name(s) could not be read (listed above as damaged); run 'archip verify NAME' on each")
+        }
     }
 }
 
@@ -212,7 +229,9 @@ struct Hash: ParsableCommand {
     }
 
     func run() throws {
-        let r = try global.openStore().hash(try volumeName(snapshot))
+        let store = try global.openStore()
+        if let hashmapOut { try refuseInsideStore(hashmapOut, store) }
+        let r = try store.hash(try volumeName(snapshot))
         if let hashmapOut {
             guard FileManager.default.createFile(atPath: hashmapOut, contents: try r.hashmap.jsonData()) else {
                 throw CLIError(message: "cannot write \(hashmapOut)")
@@ -299,11 +318,20 @@ struct GC: ParsableCommand {
     func run() throws {
         guard grace >= 0 else { throw CLIError(message: "--grace must not be negative", status: 2) }
         let r = try global.openStore().gc(apply: apply, grace: grace)
-        if json { return try printJSON(r) }
+        if json {
+            try printJSON(r)
+            if r.withheld { throw ExitCode(1) }
+            return
+        }
         let verb = apply ? "removed" : "would remove"
         print("\(verb): \(r.deadLayers.count) dead layer(s), \(r.orphanOwnedBlocks) orphan owned block(s), \(r.unreferencedContentBlocks) unreferenced content block(s), \(ByteCount.format(r.bytes)) bytes")
         if !r.busyLayers.isEmpty { print("skipped \(r.busyLayers.count) layer(s) of volumes held open") }
         if !apply { print("(dry run; pass --apply to remove)") }
+        if r.withheld {
+            print("kept every dead layer and content block: \(r.damaged.count) damaged name(s) may reference them (never deleted on partial knowledge):")
+            for d in r.damaged { print("  damaged: \(StoreError.bounded(d))") }
+            throw CLIError(message: "\(r.damaged.count) damaged name(s); run 'archip verify NAME' on each, repair or remove it, then gc again")
+        }
     }
 }
 
@@ -319,7 +347,7 @@ struct Import: ParsableCommand {
 
     func run() throws {
         let n = try volumeName(name)
-        let store = try global.openStore()
+        let store = try global.openStore(creating: true)
         let fd = open(file, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw CLIError(message: "cannot open \(file): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -357,6 +385,7 @@ struct Export: ParsableCommand {
     func run() throws {
         let n = try volumeName(name)
         let store = try global.openStore()
+        try refuseInsideStore(file, store)
         let v = try store.open(n, mode: .readOnly)
         let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CLIError(message: "cannot create \(file): \(String(cString: strerror(errno)))") }
@@ -404,6 +433,45 @@ struct Read: ParsableCommand {
             FileHandle.standardOutput.write(Data(bytes))
             pos += UInt64(n)
         }
+    }
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make the store: mark an empty folder (created if missing), pool or namespace as an archip store.",
+        discussion: "Only init, and a first create, import or fill, make a store; every other command fails on a location that is not one.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let location = try global.storeLocation()
+        if (try? StoreOpener.open(location, node: try global.nodeName(), mustExist: true)) != nil {
+            print("\(location): already an archip store")
+            return
+        }
+        _ = try global.openStore(creating: true)
+        print("\(location): archip store made")
+    }
+}
+
+/// Refuses an output file inside a folder store: writing there would
+/// overwrite the store's own objects (its marker, a name, a block).
+func refuseInsideStore(_ file: String, _ store: VolumeStore) throws {
+    guard let dir = store.objects as? DirObjectStore, let root = realpath(dir.root, nil) else { return }
+    defer { free(root) }
+    let rootPath = String(cString: root)
+    let url = URL(fileURLWithPath: file)
+    var resolved: String
+    if let r = realpath(url.path, nil) {
+        resolved = String(cString: r)
+        free(r)
+    } else if let p = realpath(url.deletingLastPathComponent().path, nil) {
+        resolved = String(cString: p) + "/" + url.lastPathComponent
+        free(p)
+    } else {
+        return   // its folder does not exist: opening it fails on its own
+    }
+    if resolved == rootPath || resolved.hasPrefix(rootPath == "/" ? "/" : rootPath + "/") {
+        throw CLIError(message: "\(file) is inside the store \(dir.root); write it outside the store", status: 2)
     }
 }
 

@@ -137,7 +137,7 @@ struct Fill: ParsableCommand {
 
     func run() throws {
         let target = try volumeName(volume)
-        let store = try global.openStore()
+        let store = try global.openStore(creating: !abort)
         if abort {
             let dropped = try FillStage.abort(store: store, target: target)
             print(dropped ? "\(target): interrupted fill dropped" : "\(target): no interrupted fill")
@@ -145,9 +145,31 @@ struct Fill: ParsableCommand {
         }
         guard let from else { throw CLIError(message: "--from SOURCE is required (or --abort)", status: 2) }
         let request = try fill.request(target: target, source: from, createSize: try size.map(parseSize))
-        let outcome = try Filler.run(request, store: store)
+        let outcome = try runFill(request, store: store, source: from)
         FillProgressDisplay.finishLine(mode: fill.progress)
         try fill.report(outcome, target: target, source: from, json: json)
+    }
+}
+
+/// Runs a fill; if it fails and leaves its checkpoint behind (the blocks it
+/// verified, kept for a resume), the error says so and how to resume or drop it.
+func runFill(_ request: FillRequest, store: VolumeStore, source: String) throws -> FillOutcome {
+    let before = (try? store.interruptedFills().contains { $0.name == request.target.value }) ?? false
+    do {
+        return try Filler.run(request, store: store)
+    } catch {
+        let t = request.target.value
+        guard let left = try? store.interruptedFills().first(where: { $0.name == t }) else { throw error }
+        let kept = "\(left.blocksStored) of \(left.blocks) blocks (\(ByteCount.format(UInt64(left.bytesStored)))) are kept"
+        let hint = "\(kept) for 'archip fill \(t) --resume --from \(source)'; drop them with 'archip fill \(t) --abort'"
+        if before && !request.resume {
+            throw error   // the error is about that earlier fill, and says what to do
+        }
+        if let e = error as? StoreError, e.code == .alreadyExists {
+            throw error   // another fill's checkpoint, or a name taken meanwhile: nothing of this one is kept
+        }
+        let code: Int32 = (error as? StoreError).map { Main.isUsage($0) ? 2 : 1 } ?? 1
+        throw CLIError(message: "\(error); \(hint)", status: code)
     }
 }
 

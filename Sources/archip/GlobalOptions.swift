@@ -36,10 +36,28 @@ struct GlobalOptions: ParsableArguments {
         return [args[i]] + leading + args[(i + 1)...]
     }
 
-    /// The store's location and this node's name, from the options, the
-    /// environment or the configuration file, without opening anything.
-    func resolve() throws -> (location: String, node: String) {
+    /// Opens the store. Only `creating` (init, and a first create, import or
+    /// fill) turns an empty folder, pool or namespace into a store: a read on
+    /// a mistyped path, or on a shared file system that is not mounted, fails
+    /// instead of leaving an empty store behind.
+    func openStore(creating: Bool = false) throws -> VolumeStore {
+        try StoreOpener.open(try storeLocation(), node: nodeName(), mustExist: !creating)
+    }
+
+    func nodeName() throws -> String {
         let env = ProcessInfo.processInfo.environment
+        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
+        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
+        return node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
+    }
+
+    /// Where the store is: --store, else $ARCHIP_STORE, else the configuration.
+    func storeLocation() throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        if store == "" { throw CLIError(message: "--store is empty; give a folder or rados://POOL?conf=FILE&id=NAME", status: 2) }
+        if store == nil, env["ARCHIP_STORE"] == "" {
+            throw CLIError(message: "ARCHIP_STORE is set but empty; give a folder or rados://POOL?conf=FILE&id=NAME, or unset it", status: 2)
+        }
         let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
         let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
         var configured: String?
@@ -51,13 +69,7 @@ struct GlobalOptions: ParsableArguments {
         guard let location = store ?? env["ARCHIP_STORE"] ?? configured else {
             throw CLIError(message: "no store given: use --store DIR (or rados://POOL?conf=FILE&id=NAME), set ARCHIP_STORE, or set 'path' (or backend = rados and 'pool') in the [store] section of \(configPath)", status: 2)
         }
-        let nodeName = node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
-        return (location, nodeName)
-    }
-
-    func openStore() throws -> VolumeStore {
-        let (location, nodeName) = try resolve()
-        return try StoreOpener.open(location, node: nodeName)
+        return location
     }
 }
 

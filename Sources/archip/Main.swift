@@ -37,7 +37,7 @@ enum Main {
     }
 
     static func fail(_ message: String, status: Int32) -> Never {
-        let line = message.replacingOccurrences(of: "\n", with: " ")
+        let line = StoreError.bounded(message.replacingOccurrences(of: "\n", with: " "))
         FileHandle.standardError.write(Data("archip: \(line)\n".utf8))
         exit(status)
     }
@@ -61,7 +61,7 @@ struct Archip: ParsableCommand {
         Exit status: 0 success, 1 the operation failed, 2 the command line was wrong.
         """,
         subcommands: [
-            Create.self, Remove.self, Rename.self, List.self, Info.self, Resize.self,
+            Init.self, Create.self, Remove.self, Rename.self, List.self, Info.self, Resize.self,
             Snapshot.self, Clone.self, Flatten.self, Hash.self, Verify.self,
             Lock.self, Unlock.self, GC.self, Import.self, Export.self, Write.self, Read.self, Fill.self,
             Serve.self, Attach.self, Detach.self, Open.self, Close.self, Attached.self,

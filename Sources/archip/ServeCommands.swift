@@ -29,7 +29,7 @@ func startDaemon(store: VolumeStore, runtime: String) throws {
 /// daemon refuses calls for another store). Without a store in the options,
 /// the configuration or the environment, calls go to whatever store it serves.
 func daemonClient(_ global: GlobalOptions, _ runtime: RuntimeOptions, start: Bool) throws -> ControlClient? {
-    let location = try? global.resolve().location
+    let location = try? global.storeLocation()
     if let c = ControlClient.connect(runtimeDir: runtime.path(global), store: location) { return c }
     guard start else { return nil }
     let store = try global.openStore()
@@ -67,7 +67,7 @@ struct Serve: ParsableCommand {
         // First, before anything starts a thread: this may re-execute the process.
         let privateMounts = mountNamespace == "private" || (mountNamespace == "auto" && PrivateMountNamespace.rootIsShared())
         var mountsWhere = privateMounts ? "a private mount namespace" : "the mount namespace it started in (\(mountNamespace == "auto" ? "its root mount is not shared" : "--mount-namespace host"))"
-        let keep = [runtime.path(global)] + ((try? global.resolve().location).map { [StoreLocation.canonical($0)] } ?? [])
+        let keep = [runtime.path(global)] + ((try? global.storeLocation()).map { [StoreLocation.canonical($0)] } ?? [])
         if privateMounts, let why = PrivateMountNamespace.enter(keeping: keep.map(StoreLocation.canonical)) {
             mountsWhere = "the mount namespace it started in (\(why))"
         }

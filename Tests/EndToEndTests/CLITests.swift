@@ -126,6 +126,7 @@ func expectOneLineError(_ r: CLI.Result, status: Int32, mentioning: String? = ni
 
     @Test func failuresExitOne() throws {
         let cli = CLI()
+        try cli.run(["init"])
         expectOneLineError(try cli.run(["info", "ghost"]), status: 1, mentioning: "ghost", "missing volume")
         try cli.run(["create", "v", "--size", "8M"])
         expectOneLineError(try cli.run(["create", "v", "--size", "8M"]), status: 1, mentioning: "already exists", "duplicate")

@@ -14,7 +14,7 @@ struct ProviderRun {
     init(node: String = "node-a", cli: CLI = CLI(), storePath: String? = nil, fill: String? = nil) throws {
         self.cli = cli
         try? FileManager.default.createDirectory(atPath: cli.store, withIntermediateDirectories: true)
-        _ = try cli.run(["list"])   // an empty folder becomes a store
+        _ = try cli.run(["init"])   // an empty folder becomes a store
         let dir = cli.store + "-" + node
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         runtime = dir + "/run"

@@ -12,6 +12,14 @@ public struct GCReport: Codable, Sendable {
     public var bytes: UInt64 = 0
     /// Layers skipped because a node holds their volume open.
     public var busyLayers: [String] = []
+    /// Names (or fill checkpoints) whose record or maps could not be read.
+    /// A damaged map may reference any layer or content block, so while
+    /// there are any, no dead layer and no content block is removed (only
+    /// owned blocks of readable maps and leftovers of interrupted writes):
+    /// never delete data on partial knowledge.
+    public var damaged: [String] = []
+    /// True when `damaged` held removals back.
+    public var withheld: Bool { !damaged.isEmpty }
 }
 
 extension VolumeStore {
@@ -35,8 +43,9 @@ extension VolumeStore {
             if obj.path.hasPrefix(StoreLayout.namesPrefix) { nameObjects.append(obj) } else { fillObjects.append(obj) }
             return true
         }
-        let records = try self.records(listed: nameObjects)
-        let live = try liveLayers(records)
+        let (records, damagedRecords) = recordsTolerant(listed: nameObjects)
+        let (live, damagedChains, unreadable) = liveLayersTolerant(records)
+        report.damaged = (damagedRecords + damagedChains).map(\.description)
 
         // Top layers of volumes someone holds: their owned objects may be
         // writes not flushed yet, so they are not "unreferenced".
@@ -47,7 +56,17 @@ extension VolumeStore {
         report.busyLayers = busy.map(\.hex).sorted()
 
         // Blocks of interrupted or running fills are kept for their resume.
-        var referenced = FillStage.checkpointedHashes(self, listed: fillObjects)
+        var referenced = Set<ContentHash>()
+        for obj in fillObjects {
+            do {
+                referenced.formUnion(try FillStage.decode(try objects.readAll(obj), what: obj.path).done.values)
+            } catch let e as StoreError where e.code == .notFound {
+                continue   // finished or dropped since the listing
+            } catch {
+                report.damaged.append("fill checkpoint \(obj): \(error)")
+            }
+        }
+        let partial = !report.damaged.isEmpty
         for m in live.values {
             m.forEachEntry { _, e in if case .content(let h) = e { referenced.insert(h) } }
         }
@@ -65,7 +84,7 @@ extension VolumeStore {
         var unreferenced: [(ObjectName, UInt64)] = []
         try objects.enumerate(prefixes: [StoreLayout.layersPrefix, StoreLayout.blocksPrefix]) { obj in
             if obj.path.hasPrefix(StoreLayout.blocksPrefix) {
-                guard let h = ContentHash(hex: obj.lastComponent), !referenced.contains(h) else { return true }
+                guard !partial, let h = ContentHash(hex: obj.lastComponent), !referenced.contains(h) else { return true }
                 let (isOld, size) = try old(obj)
                 if isOld { unreferenced.append((obj, size)) }
                 return true
@@ -78,6 +97,8 @@ extension VolumeStore {
                 if case .owned? = map.entry(b) { return true }
                 let (isOld, size) = try old(obj)
                 if isOld { staleOwned.append((obj, size)) }
+            } else if partial || unreadable.contains(id) {
+                return true   // a damaged map may reach it
             } else if let st = try objects.stat(obj) {
                 var u = unreached[id.hex] ?? Unreached()
                 u.bytes += st.size

@@ -27,6 +27,9 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
     public init(root: String) throws {
         var r = root
         while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
+        guard !r.isEmpty else {
+            throw StoreError(.invalidArgument, "the store folder is an empty path; give a folder (--store DIR or ARCHIP_STORE)")
+        }
         self.root = r
         try DirObjectStore.makeDirectories(r)
         rootFD = open(r, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -495,9 +498,13 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
     }
 
     static func makeDirectories(_ dir: String) throws {
+        guard !dir.isEmpty else { throw StoreError(.invalidArgument, "mkdir: empty path") }
         if mkdir(dir, 0o755) == 0 || errno == EEXIST { return }
         if errno == ENOENT {
-            try makeDirectories((dir as NSString).deletingLastPathComponent)
+            // "" and "/" are their own parents ("a" has ""): stop there.
+            let parent = (dir as NSString).deletingLastPathComponent
+            guard !parent.isEmpty, parent != dir else { throw StoreError.posix("mkdir", dir, errno: ENOENT) }
+            try makeDirectories(parent)
             if mkdir(dir, 0o755) == 0 || errno == EEXIST { return }
         }
         throw StoreError.posix("mkdir", dir, errno: errno)

@@ -45,8 +45,19 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String {
-        if let cause { return "\(message): \(cause)" }
-        return message
+        let text = cause.map { "\(message): \($0)" } ?? message
+        return StoreError.bounded(text)
+    }
+
+    /// Longest description: a message may quote what it found in a damaged
+    /// object (a marker, a record), and an error line stays an error line.
+    public static let maximumDescription = 1024
+
+    /// `text` cut to `maximumDescription` characters, saying how long it was.
+    public static func bounded(_ text: String) -> String {
+        guard text.utf8.count > maximumDescription else { return text }
+        let cut = String(decoding: Array(text.utf8.prefix(maximumDescription)), as: UTF8.self)
+        return cut + "... (\(text.utf8.count) bytes in all)"
     }
 
     /// errno-based failure of a system call on a path.

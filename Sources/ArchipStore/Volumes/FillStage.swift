@@ -33,10 +33,10 @@ public final class FillStage: @unchecked Sendable {
         try LayerMap.checkBlockSize(UInt32(blockSize))
         let cp = checkpointName(target)
         var done: [UInt32: ContentHash] = [:]
-        if let old = try store.objects.stat(cp) {
-            _ = old
+        let found = try store.objects.stat(cp) != nil
+        if found {
             guard resume else {
-                throw StoreError(.alreadyExists, "an interrupted fill of '\(target)' exists; continue it with --resume, or drop it with 'archip fill --abort \(target)'")
+                throw StoreError(.alreadyExists, "a fill of '\(target)' is running or was interrupted; continue it with --resume, or drop it with 'archip fill \(target) --abort'")
             }
             let c = try decode(try store.objects.readAll(cp), what: "fill checkpoint \(cp)")
             guard c.sourceID == sourceID, c.imageSize == imageSize, c.blockSize == UInt32(blockSize) else {
@@ -46,7 +46,14 @@ public final class FillStage: @unchecked Sendable {
         }
         let stage = FillStage(store: store, target: target, imageSize: imageSize, blockSize: blockSize,
                               sourceID: sourceID, done: done)
-        if done.isEmpty { try stage.checkpoint() }
+        if !found {
+            // The checkpoint is the fill's claim on the name: made only if
+            // absent, so of two fills of one name started at once, one runs.
+            let c = Checkpoint(sourceID: sourceID, imageSize: imageSize, blockSize: UInt32(blockSize), done: [:])
+            guard try store.objects.create(cp, encode(c), durable: true) else {
+                throw StoreError(.alreadyExists, "another fill of '\(target)' is running (or was just interrupted); wait for it, or see 'archip list'")
+            }
+        }
         return stage
     }
 
@@ -150,55 +157,74 @@ public final class FillStage: @unchecked Sendable {
     /// Switches `target` to the filled blocks in one step. A missing target is
     /// created with `volumeSize` (at least the image's size); an existing one
     /// keeps its size (grown to `volumeSize` if larger), is taken exclusively
-    /// for the switch, and its old layers are dropped.
-    public func commit(volumeSize: UInt64, metadata: [String: String] = [:], owner: LockOwner? = nil) throws {
+    /// for the switch, and its old layers are dropped. `mustCreate`: the fill
+    /// began for a new volume; if the name exists by now (another fill or
+    /// create won), nothing is switched, and this fill's checkpoint is dropped.
+    public func commit(volumeSize: UInt64, metadata: [String: String] = [:], owner: LockOwner? = nil,
+                       mustCreate: Bool = false) throws {
         let done = self.done
         guard done.count == blockCount else {
             throw StoreError(.invalidArgument, "fill of '\(target)' is incomplete: \(done.count) of \(blockCount) blocks")
         }
         try checkpoint()
         let existing = try store.recordIfPresent(target)
+        if mustCreate, existing != nil {
+            _ = try? store.objects.remove(FillStage.checkpointName(target))
+            throw StoreError(.alreadyExists, "'\(target)' was created by someone else during the fill; it was left as they made it")
+        }
         var size = max(volumeSize, imageSize)
         let o = owner ?? LockOwner.forThisProcess(node: store.node)
-        if let existing {
-            guard existing.kind == .volume else {
-                throw StoreError(.wrongKind, "'\(target)' is a snapshot; fill a volume")
+        guard let found = existing else {
+            _ = try ByteCount(size).validatedVolumeSize()
+            let map = newMap(size: size, done: done)
+            try store.objects.put(StoreLayout.map(map.id), MapFormatV1.encode(map), durable: true)
+            let rec = VolumeRecord(kind: .volume, layer: map.id, metadata: metadata)
+            guard try store.objects.create(StoreLayout.record(target), rec.encode(), durable: true) else {
+                try store.objects.removeAll(prefix: StoreLayout.layerPrefix(map.id))
+                _ = try? store.objects.remove(FillStage.checkpointName(target))
+                throw StoreError(.alreadyExists, "'\(target)' was created by someone else during the fill; it was left as they made it")
             }
-            try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
-            let current = try store.loadCommitted(existing.layer).map
+            // Committed: a checkpoint left behind (failed removal) shows in 'archip list'.
+            _ = try? store.objects.remove(FillStage.checkpointName(target))
+            return
+        }
+        guard found.kind == .volume else {
+            throw StoreError(.wrongKind, "'\(target)' is a snapshot; fill a volume")
+        }
+        try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        do {
+            // Re-read under the lock: a snapshot may have moved its layer since.
+            var rec = try store.record(target)
+            let current = try store.loadCommitted(rec.layer).map
             guard current.blockSize == UInt32(blockSize) else {
-                _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // the size error wins
                 throw StoreError(.invalidArgument, "'\(target)' has \(ByteCount(UInt64(current.blockSize))) blocks, the fill \(ByteCount(UInt64(blockSize)))")
             }
             size = max(size, current.size)
+            _ = try ByteCount(size).validatedVolumeSize()
+            let map = newMap(size: size, done: done)
+            try store.objects.put(StoreLayout.map(map.id), MapFormatV1.encode(map), durable: true)
+            let old = rec.layer
+            rec.layer = map.id
+            rec.metadata.merge(metadata) { $1 }
+            try store.objects.put(StoreLayout.record(target), rec.encode(), durable: true)
+            // Switched. Old layers left behind (a failed removal) are gc's;
+            // a checkpoint left behind shows in 'archip list'.
+            _ = try? store.removeUnreferencedLayers(startingAt: old, remaining: try store.allRecords())
+            _ = try? store.objects.remove(FillStage.checkpointName(target))
+        } catch {
+            _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // report the switch's error
+            throw error
         }
-        _ = try ByteCount(size).validatedVolumeSize()
+        try store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
+    }
+
+    private func newMap(size: UInt64, done: [UInt32: ContentHash]) -> LayerMap {
         var map = LayerMap(id: LayerID.random(), parent: .none, kind: .base, size: size,
                            blockSize: UInt32(blockSize), parentBlocks: 0, epoch: 1)
         var updates: [UInt32: BlockEntry?] = [:]
         for (i, h) in done where h != ContentHash.ofEmpty { updates[i] = .some(.content(h)) }
         map.apply(updates)
-        try store.objects.put(StoreLayout.map(map.id), MapFormatV1.encode(map), durable: true)
-        if let existing {
-            do {
-                var rec = existing
-                rec.layer = map.id
-                rec.metadata.merge(metadata) { $1 }
-                try store.objects.put(StoreLayout.record(target), rec.encode(), durable: true)
-                try store.removeUnreferencedLayers(startingAt: existing.layer, remaining: try store.allRecords())
-            } catch {
-                _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // report the switch's error
-                throw error
-            }
-            try store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
-        } else {
-            let rec = VolumeRecord(kind: .volume, layer: map.id, metadata: metadata)
-            guard try store.objects.create(StoreLayout.record(target), rec.encode(), durable: true) else {
-                try store.objects.removeAll(prefix: StoreLayout.layerPrefix(map.id))
-                throw StoreError(.alreadyExists, "'\(target)' was created by someone else during the fill")
-            }
-        }
-        try store.objects.remove(FillStage.checkpointName(target))
+        return map
     }
 
     // MARK: checkpoint format

@@ -46,6 +46,9 @@ public final class Volume: @unchecked Sendable {
         /// Bytes in the log object; 0 when there is none.
         var logLength: Int = 0
         var mapBytes: Int = 0
+        /// A compaction failed: the map object may hold either generation, so
+        /// nothing may be appended to the log before a compaction succeeds.
+        var needsCompaction = false
         var closed = false
     }
 
@@ -320,39 +323,65 @@ public final class Volume: @unchecked Sendable {
                 // The committed checksum of this object is about to go stale.
                 try noteIntent(b)
             }
-            if whole {
-                let h = SHA256.blockHash(data)
-                try objects.put(obj, data, length: 0, durable: false)
-                state.withLock { $0.overlay[b] = .whole(h) }
-                return
+            do {
+                try writeObject(b, obj, inBlock: inBlock, data, whole: whole, pending: pending, committedOwned: committedOwned)
+            } catch {
+                // The object this layer's map (or the overlay) names may now
+                // hold part of the write, or all of it: whatever it holds, the
+                // next flush re-hashes it whole, so its checksum never goes
+                // stale (the log's intent is dropped only by that flush).
+                // A block zeroed since the last flush stays zeroed (its
+                // object is dropped at flush): the failed write is lost, the
+                // acknowledged zeroing is not.
+                let ownsObject: Bool
+                switch pending {
+                case .whole?, .pieces?: ownsObject = true
+                case .zero?: ownsObject = false
+                case nil: ownsObject = committedOwned
+                }
+                if ownsObject {
+                    state.withLock { $0.overlay[b] = .pieces(PartialBlockHash(knownZeroFrom: blockSize)) }
+                }
+                throw error
             }
-            let hash: PartialBlockHash
-            switch pending {
-            case .pieces(let p)?:
-                try objects.write(obj, at: UInt64(inBlock), data)
-                hash = p
-            case .whole?:
+        }
+    }
+
+    /// The object part of `writeSegment`. Caller holds the block's lock.
+    private func writeObject(_ b: UInt32, _ obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer,
+                             whole: Bool, pending: Pending?, committedOwned: Bool) throws {
+        if whole {
+            let h = SHA256.blockHash(data)
+            try objects.put(obj, data, length: 0, durable: false)
+            state.withLock { $0.overlay[b] = .whole(h) }
+            return
+        }
+        let hash: PartialBlockHash
+        switch pending {
+        case .pieces(let p)?:
+            try objects.write(obj, at: UInt64(inBlock), data)
+            hash = p
+        case .whole?:
+            try objects.write(obj, at: UInt64(inBlock), data)
+            hash = PartialBlockHash(knownZeroFrom: blockSize)
+        case .zero?:
+            try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
+            try objects.write(obj, at: UInt64(inBlock), data)
+            hash = PartialBlockHash(knownZeroFrom: 0)
+        case nil:
+            if committedOwned {
                 try objects.write(obj, at: UInt64(inBlock), data)
                 hash = PartialBlockHash(knownZeroFrom: blockSize)
-            case .zero?:
-                try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
-                try objects.write(obj, at: UInt64(inBlock), data)
-                hash = PartialBlockHash(knownZeroFrom: 0)
-            case nil:
-                if committedOwned {
-                    try objects.write(obj, at: UInt64(inBlock), data)
-                    hash = PartialBlockHash(knownZeroFrom: blockSize)
-                } else {
-                    let fromZeros = try copyOnWrite(b, into: obj, inBlock: inBlock, data)
-                    hash = PartialBlockHash(knownZeroFrom: fromZeros ? 0 : blockSize)
-                }
+            } else {
+                let fromZeros = try copyOnWrite(b, into: obj, inBlock: inBlock, data)
+                hash = PartialBlockHash(knownZeroFrom: fromZeros ? 0 : blockSize)
             }
-            hash.wrote(at: inBlock, data)
-            state.withLock { $0.overlay[b] = .pieces(hash) }
-            // A block written up to its end is likely done with (streaming
-            // writes): start its writeback now, so the flush finds little left.
-            if inBlock + data.count == blockSize { objects.startWriteback(obj) }
         }
+        hash.wrote(at: inBlock, data)
+        state.withLock { $0.overlay[b] = .pieces(hash) }
+        // A block written up to its end is likely done with (streaming
+        // writes): start its writeback now, so the flush finds little left.
+        if inBlock + data.count == blockSize { objects.startWriteback(obj) }
     }
 
     /// First write to a block this layer does not own: copy what shows through
@@ -400,6 +429,7 @@ public final class Volume: @unchecked Sendable {
 
     /// Appends one batch and syncs it. Caller holds `logLock` or `io` exclusively.
     private func appendLog(_ records: [LayerLog.Record]) throws {
+        if state.withLock({ $0.needsCompaction }) { try compactUnlocked() }
         let (topID, gen, length) = state.withLock { ($0.top.id, $0.top.generation, $0.logLength) }
         let log = StoreLayout.log(topID)
         var at = length
@@ -423,11 +453,14 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func flushUnlocked() throws {
-        let (overlay, topID) = try state.withLock { s -> ([UInt32: Pending], LayerID) in
+        let (overlay, topID, uncertain) = try state.withLock { s -> ([UInt32: Pending], LayerID, Bool) in
             try checkOpen(s)
-            return (s.overlay, s.top.id)
+            return (s.overlay, s.top.id, s.needsCompaction)
         }
-        if overlay.isEmpty { return }
+        if overlay.isEmpty {
+            if uncertain { try compactUnlocked() }
+            return
+        }
         let dirty = overlay.compactMap { b, p -> ObjectName? in
             if case .zero = p { return nil }
             return StoreLayout.owned(topID, b)
@@ -497,25 +530,52 @@ public final class Volume: @unchecked Sendable {
             s.overlay = [:]
             s.intents = []
         }
-        for obj in drop { try objects.remove(obj) }
+        // Committed: an object left behind (a failed removal) is gc's.
+        for obj in drop { _ = try? objects.remove(obj) }
         let (logLength, entries) = state.withLock { ($0.logLength, $0.top.entryCount) }
         if logLength > max(1 << 20, entries * MapFormatV1.entryBytes / 2) {
-            try compactUnlocked()
+            // Committed already: a compaction that fails is retried before
+            // the next append (needsCompaction), not reported as a failed flush.
+            _ = try? compactUnlocked()
         }
     }
 
     /// Rewrites the map with the log folded in, then drops the log.
-    private func compactUnlocked() throws {
-        let (top, logLength) = state.withLock { s -> (LayerMap, Int) in
-            s.top.generation += 1
-            return (s.top, s.logLength)
-        }
+    /// `changed`: a new committed map (resize, flatten), which becomes the
+    /// volume's only once it is written; by default, the committed one.
+    ///
+    /// If the write fails, the map object may hold either generation (a put
+    /// can fail after its rename): the state stays as it was and is marked,
+    /// so nothing is appended to the log (which a newer map would make
+    /// stale) before a compaction succeeds.
+    private func compactUnlocked(_ changed: LayerMap? = nil) throws {
+        var (top, logLength) = state.withLock { ($0.top, $0.logLength) }
+        if let changed { top = changed }
+        top.generation += 1
         let bytes = MapFormatV1.encode(top)
-        try objects.put(StoreLayout.map(top.id), bytes, durable: true)
-        if logLength > 0 { try objects.remove(StoreLayout.log(top.id)) }
+        do {
+            try objects.put(StoreLayout.map(top.id), bytes, durable: true)
+        } catch {
+            state.withLock { $0.needsCompaction = true }
+            throw error
+        }
         state.withLock { s in
+            s.top = top
             s.logLength = 0
             s.mapBytes = bytes.count
+            s.needsCompaction = false
+        }
+        // The map holds everything the log did; a log left behind (this
+        // removal failed) names an older generation and is ignored.
+        if logLength > 0 { _ = try? objects.remove(StoreLayout.log(top.id)) }
+        // Intents of in-place writes since the last flush were in the old
+        // log: the new one must name them too (a crash re-hashes those blocks).
+        let intents = state.withLock { $0.intents }
+        if !intents.isEmpty {
+            do { try appendLog(intents.sorted().map { .intent($0) }) } catch {
+                state.withLock { $0.needsCompaction = true }   // the next append carries them again
+                throw error
+            }
         }
     }
 
@@ -599,16 +659,21 @@ public final class Volume: @unchecked Sendable {
                     try zeroUnlocked(at: newSize.bytes, length: tailEnd - newSize.bytes)
                     try flushUnlocked()
                 }
-                state.withLock { s in
-                    for (b, e) in s.top.truncate(toBlocks: blocks) {
-                        if case .owned = e { drop.append(StoreLayout.owned(s.top.id, b)) }
-                    }
-                    s.top.parentBlocks = min(s.top.parentBlocks, blocks)
-                }
             }
-            state.withLock { $0.top.size = newSize.bytes }
-            try compactUnlocked()
-            for obj in drop { try objects.remove(obj) }
+            // The new map is the volume's only once it is written.
+            var next = state.withLock { $0.top }
+            if newSize.bytes < old {
+                let bs = UInt64(blockSize)
+                let blocks = (newSize.bytes + bs - 1) / bs
+                for (b, e) in next.truncate(toBlocks: blocks) {
+                    if case .owned = e { drop.append(StoreLayout.owned(next.id, b)) }
+                }
+                next.parentBlocks = min(next.parentBlocks, blocks)
+            }
+            next.size = newSize.bytes
+            try compactUnlocked(next)
+            // Committed: an object left behind (a failed removal) is gc's.
+            for obj in drop { _ = try? objects.remove(obj) }
         }
     }
 
@@ -652,15 +717,14 @@ public final class Volume: @unchecked Sendable {
                 }
             }
             try objects.sync(created)
-            state.withLock { s in
-                s.top.apply(updates)
-                s.top.removeAllEntries { $0 == .zero }
-                s.top.parent = .none
-                s.top.parentBlocks = 0
-                s.top.kind = .base
-                s.ancestors = []
-            }
-            try compactUnlocked()
+            var next = top
+            next.apply(updates)
+            next.removeAllEntries { $0 == .zero }
+            next.parent = .none
+            next.parentBlocks = 0
+            next.kind = .base
+            try compactUnlocked(next)
+            state.withLock { $0.ancestors = [] }
             return updates.count
         }
     }
@@ -679,9 +743,22 @@ public final class Volume: @unchecked Sendable {
     public func close(keepingLock: Bool) throws {
         if state.withLock({ $0.closed }) { return }
         if isWritable {
-            try io.exclusive {
-                try flushUnlocked()
-                if state.withLock({ $0.logLength }) > 0 { try compactUnlocked() }
+            do {
+                try io.exclusive {
+                    try flushUnlocked()
+                    if state.withLock({ $0.logLength > 0 || $0.needsCompaction }) { try compactUnlocked() }
+                }
+            } catch {
+                // What was committed stays committed (the log is replayed, and
+                // its intents re-hashed, at the next open); the holder is gone
+                // either way, so the lock goes too: otherwise the volume stays
+                // locked by a dead process until 'unlock --force'. The close's
+                // error is the one to report.
+                state.withLock { $0.closed = true }
+                if let owner, !keepingLock {
+                    _ = try? objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+                }
+                throw error
             }
         }
         state.withLock { $0.closed = true }

@@ -29,7 +29,10 @@ public struct VolumeInfo: Codable, Sendable {
 extension VolumeStore {
     public func info(_ name: VolumeName) throws -> VolumeInfo {
         let rec = try record(name)
-        let names = try layerNames(try allRecords())
+        // Snapshot names for the chain; another name's damaged record does not fail this one.
+        var listed: [ObjectName] = []
+        try objects.enumerate(prefix: StoreLayout.namesPrefix) { listed.append($0); return true }
+        let names = try layerNames(recordsTolerant(listed: listed).0)
         return try info(name, rec, names: names)
     }
 
@@ -37,6 +40,45 @@ extension VolumeStore {
         let records = try allRecords()
         let names = try layerNames(records)
         return try records.map { try info($0.0, $0.1, names: names) }
+    }
+
+    /// Every name that can be read, and the names that cannot (a damaged
+    /// record or map), each with its error: one damaged volume does not
+    /// hide the others.
+    public func listAll() throws -> (items: [VolumeInfo], damaged: [DamagedName]) {
+        var listed: [ObjectName] = []
+        try objects.enumerate(prefix: StoreLayout.namesPrefix) { listed.append($0); return true }
+        let (records, damagedRecords) = recordsTolerant(listed: listed)
+        let names = try layerNames(records)
+        var items: [VolumeInfo] = []
+        var damaged = damagedRecords
+        for (n, r) in records {
+            do { items.append(try info(n, r, names: names)) } catch let e as StoreError where e.code == .notFound {
+                continue   // removed since the listing
+            } catch {
+                damaged.append(DamagedName(name: n.value, error: "\(error)"))
+            }
+        }
+        return (items, damaged.sorted { $0.name < $1.name })
+    }
+
+    /// Fills interrupted or running (their checkpoints, `fills/<name>`):
+    /// the blocks they stored so far are kept for `fill --resume` until
+    /// `fill --abort` drops them.
+    public func interruptedFills() throws -> [InterruptedFill] {
+        var out: [InterruptedFill] = []
+        try objects.enumerate(prefix: FillStage.fillsPrefix) { obj in
+            let name = obj.lastComponent
+            if let bytes = try? objects.readAll(obj), let c = try? FillStage.decode(bytes, what: obj.path) {
+                out.append(InterruptedFill(name: name, source: StoreError.bounded(c.sourceID), blocksStored: c.done.count,
+                                           blocks: Int((c.imageSize + UInt64(c.blockSize) - 1) / UInt64(max(c.blockSize, 1))),
+                                           bytesStored: c.done.values.filter { $0 != ContentHash.ofEmpty }.count * Int(c.blockSize)))
+            } else {
+                out.append(InterruptedFill(name: name, source: "(checkpoint unreadable)", blocksStored: 0, blocks: 0, bytesStored: 0))
+            }
+            return true
+        }
+        return out.sorted { $0.name < $1.name }
     }
 
     private func layerNames(_ records: [(VolumeName, VolumeRecord)]) throws -> [LayerID: [String]] {
@@ -58,6 +100,16 @@ extension VolumeStore {
                           lock: try objects.lockState(StoreLayout.lock(name)), metadata: rec.metadata,
                           created: Date(timeIntervalSince1970: TimeInterval(rec.createdAt)))
     }
+}
+
+/// A fill checkpoint (`archip list` shows them; `fill NAME --abort` drops one).
+public struct InterruptedFill: Codable, Sendable {
+    public var name: String
+    public var source: String
+    public var blocksStored: Int
+    public var blocks: Int
+    /// Bytes of the non-zero blocks stored (upper bound: whole blocks).
+    public var bytesStored: Int
 }
 
 /// What a caller on a hot path needs to know about a name (the Ganeti
@@ -104,10 +156,13 @@ extension VolumeStore {
     public static func existingDirectory(_ path: String, node: String) throws -> VolumeStore {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
-            throw StoreError(.notFound, "store \(path) is not reachable (no such folder; is the shared file system mounted?)")
+            throw StoreError(.notFound, "store \(path) is not reachable (no such folder; is the shared file system mounted? 'archip init' makes a new store)")
         }
         guard FileManager.default.fileExists(atPath: path + "/" + StoreLayout.marker.path) else {
-            throw StoreError(.notFound, "\(path) is not an archip store (no \(StoreLayout.marker.path) marker; an empty folder becomes a store at the first archip command on it)")
+            if let entries = try? FileManager.default.contentsOfDirectory(atPath: path), entries.contains(where: { !$0.hasPrefix(".") }) {
+                throw StoreError(.invalidArgument, "\(path) is not an archip store (no \(StoreLayout.marker.path) marker) and is not empty; point --store at an existing store")
+            }
+            throw StoreError(.notFound, "\(path) is not an archip store (no \(StoreLayout.marker.path) marker; 'archip init' makes one of an empty folder)")
         }
         return try directory(path, node: node)
     }

@@ -11,8 +11,15 @@ public final class VolumeStore: @unchecked Sendable {
     public init(objects: any ObjectStore, node: String) throws {
         self.objects = objects
         self.node = node
-        if let _ = try objects.stat(StoreLayout.marker) {
-            let text = String(decoding: try objects.readAll(StoreLayout.marker), as: UTF8.self)
+        if let marker = try objects.stat(StoreLayout.marker) {
+            // Read no more than a marker can hold: a damaged one may be huge.
+            let limit = StoreLayout.markerText.utf8.count
+            guard marker.size <= UInt64(limit) else {
+                throw StoreError(.unsupported, "\(objects.location): unknown store format (its \(StoreLayout.marker) marker is \(marker.size) bytes, not '\(StoreLayout.markerText.trimmingCharacters(in: .whitespacesAndNewlines))')")
+            }
+            var buffer = [UInt8](repeating: 0, count: limit)
+            let n = try buffer.withUnsafeMutableBytes { try objects.read(StoreLayout.marker, at: 0, into: $0) }
+            let text = String(decoding: buffer[0..<n], as: UTF8.self)
             guard text == StoreLayout.markerText else {
                 throw StoreError(.unsupported, "\(objects.location): unknown store format '\(text.trimmingCharacters(in: .whitespacesAndNewlines))'")
             }
@@ -136,15 +143,17 @@ public final class VolumeStore: @unchecked Sendable {
             let o = owner ?? LockOwner.forThisProcess(node: node)
             try objects.acquireLock(StoreLayout.lock(name), owner: o, mode: effectiveMode == .shared ? .shared : .exclusive)
             lockOwner = o
-            // The record may have moved (snapshot) between our read and the lock.
-            // A new hold starts from what the store holds now, not from what this
-            // process saw or wrote before (backends that compare-and-swap maps).
-            objects.forgetCached(StoreLayout.record(name))
-            record = try self.record(name)
-            objects.forgetCached(StoreLayout.map(record.layer))
-            objects.forgetCached(StoreLayout.log(record.layer))
         }
         do {
+            if lockOwner != nil {
+                // The record may have moved (snapshot) between our read and the lock.
+                // A new hold starts from what the store holds now, not from what this
+                // process saw or wrote before (backends that compare-and-swap maps).
+                objects.forgetCached(StoreLayout.record(name))
+                record = try self.record(name)
+                objects.forgetCached(StoreLayout.map(record.layer))
+                objects.forgetCached(StoreLayout.log(record.layer))
+            }
             var committed = try loadCommitted(record.layer)
             if effectiveMode == .exclusive && (!committed.pendingIntents.isEmpty || committed.tornLog) {
                 committed = try recover(record.layer, committed)
@@ -263,6 +272,55 @@ public final class VolumeStore: @unchecked Sendable {
         return try names.sorted().compactMap { n in
             do { return (n, try record(n)) } catch let e as StoreError where e.code == .notFound { return nil }
         }
+    }
+
+    /// A name whose record or maps cannot be read, and why.
+    public struct DamagedName: Codable, Sendable, CustomStringConvertible {
+        public var name: String
+        public var error: String
+        public var description: String { "\(name): \(error)" }
+    }
+
+    /// As `records(listed:)`, but a record that cannot be read is reported
+    /// instead of failing the whole listing.
+    func recordsTolerant(listed: [ObjectName]) -> ([(VolumeName, VolumeRecord)], [DamagedName]) {
+        var good: [(VolumeName, VolumeRecord)] = []
+        var damaged: [DamagedName] = []
+        for n in listed.compactMap({ try? VolumeName($0.lastComponent) }).sorted() {
+            do { good.append((n, try record(n))) } catch let e as StoreError where e.code == .notFound {
+                continue   // removed since the listing
+            } catch {
+                damaged.append(DamagedName(name: n.value, error: "\(error)"))
+            }
+        }
+        return (good, damaged)
+    }
+
+    /// Layers reachable from any name, as far as their maps can be read;
+    /// the names whose chain stops at a map that cannot, and that map's layer.
+    func liveLayersTolerant(_ records: [(VolumeName, VolumeRecord)]) -> ([LayerID: LayerMap], [DamagedName], Set<LayerID>) {
+        var live: [LayerID: LayerMap] = [:]
+        var damaged: [DamagedName] = []
+        var unreadable = Set<LayerID>()
+        for (name, rec) in records {
+            var next = rec.layer
+            while !next.isNone, live[next] == nil {
+                if unreadable.contains(next) {
+                    damaged.append(DamagedName(name: name.value, error: "its chain reaches layer \(next.hex), whose map cannot be read"))
+                    break
+                }
+                do {
+                    let m = try loadCommitted(next).map
+                    live[next] = m
+                    next = m.parent
+                } catch {
+                    damaged.append(DamagedName(name: name.value, error: "\(error)"))
+                    unreadable.insert(next)
+                    break
+                }
+            }
+        }
+        return (live, damaged, unreadable)
     }
 
     /// Layers reachable from any name.
