@@ -74,12 +74,12 @@ extension VolumeStore {
                     bytesRead.withLock { $0 += UInt64(data.count) }
                     let block = data.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[0..<min(data.count, bs)]) }
                     let got = SHA256.blockHash(block)
-                    if got != expected { report("content hashes to \(got.hex), expected \(expected.hex)") }
-                    if withTable {
-                        if let bad = BlockChecks.firstBadPage(data, blockSize: bs) {
-                            report("4 KiB page \(bad) does not match its CRC-32C")
-                        }
+                    var found: [String] = []
+                    if got != expected { found.append("content hashes to \(got.hex), expected \(expected.hex)") }
+                    if withTable, let bad = BlockChecks.firstBadPage(data, blockSize: bs) {
+                        found.append("4 KiB page \(bad) does not match its CRC-32C")
                     }
+                    if !found.isEmpty { report(found.joined(separator: "; ")) }
                 } catch {
                     report("unreadable: \(error)")
                 }

@@ -35,10 +35,11 @@ enum BlockChecks {
     /// The unit an owned block's checksums cover.
     static let pageSize = 4096
 
-    /// False only in the bench's unchecked runs (ARCHIP_BENCH_UNCHECKED=1),
-    /// which measure what the checks cost. Writes keep their checksums
-    /// either way; only reads skip the checks.
-    static let enabled: Bool = ProcessInfo.processInfo.environment["ARCHIP_BENCH_UNCHECKED"] != "1"
+    /// False only in the bench's unchecked runs (ARCHIP_BENCH_UNCHECKED=1 in
+    /// the environment, or `ReadChecks.enabled` in archip-bench), which
+    /// measure what the checks cost. Writes keep their checksums either way;
+    /// only reads skip the checks.
+    nonisolated(unsafe) static var enabled: Bool = ProcessInfo.processInfo.environment["ARCHIP_BENCH_UNCHECKED"] != "1"
 
     /// Bytes of an owned object's checksum table: one u32 per page.
     static func tableBytes(blockSize: Int) -> Int { blockSize / pageSize * 4 }
@@ -78,6 +79,16 @@ enum BlockChecks {
             for i in 0..<(blockSize / pageSize) { t.storeBytes(of: c, toByteOffset: i * 4, as: UInt32.self) }
         }
         return out
+    }
+}
+
+/// The bench's switch: reads unchecked, to measure what the checks cost.
+/// Set it only while no volume is being read.
+@_spi(Bench)
+public enum ReadChecks {
+    public static var enabled: Bool {
+        get { BlockChecks.enabled }
+        set { BlockChecks.enabled = newValue }
     }
 }
 
