@@ -339,6 +339,9 @@ public final class Volume: @unchecked Sendable {
                 let h = SHA256.blockHash(data)
                 try objects.put(obj, data, length: 0, durable: false)
                 try writeChecksums(obj, of: data)
+                // Keep no descriptor open for a block written whole (as the
+                // put alone would not): streaming writers touch each block once.
+                objects.forgetCached(obj)
                 tabled.withLock { _ = $0.insert(obj) }
                 state.withLock { $0.overlay[b] = .whole(h) }
                 return
