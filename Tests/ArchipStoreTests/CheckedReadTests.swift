@@ -287,3 +287,20 @@ import Glibc
         #expect(try t.node("r4").open(name("old"), mode: .readOnly).read(at: 0, length: 8192) == expected)
     }
 }
+
+@Suite struct CRC32CValues {
+    /// The standard check value, and the three-stream path (long inputs)
+    /// against a continuation split anywhere.
+    @Test func knownValuesAndContinuation() {
+        #expect(Array("123456789".utf8).withUnsafeBytes { CRC32C.checksum($0) } == 0xE306_9283)
+        #expect([UInt8](repeating: 0, count: 32).withUnsafeBytes { CRC32C.checksum($0) } == 0x8A91_36AA)
+        let data = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 7) }
+        data.withUnsafeBytes { d in
+            let whole = CRC32C.checksum(d)
+            for split in [1, 255, 4096, 24_576, 77_777] {
+                let a = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: d[0..<split]))
+                #expect(CRC32C.checksum(UnsafeRawBufferPointer(rebasing: d[split...]), continuing: a) == whole, "split at \(split)")
+            }
+        }
+    }
+}

@@ -285,19 +285,27 @@ extension Volume {
             let first = offset / page
             let last = (offset + count - 1) / page
             let pages = last - first + 1
-            var crcs = [UInt32](repeating: 0, count: pages)
-            let tn = crcs.withUnsafeMutableBytes { archip_pread_nowait_sys(d.fd, $0.baseAddress, $0.count, UInt64(blockSize + first * 4)) }
-            guard tn == pages * 4 else { return false }
-            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * page, alignment: 4096)
-            defer { scratch.deallocate() }
-            let n = archip_pread_nowait_sys(d.fd, scratch.baseAddress, scratch.count, UInt64(first * page))
-            guard n == scratch.count else { return false }
-            for i in 0..<pages {
-                let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: scratch[(i * page)..<((i + 1) * page)]))
-                // A mismatch may be a write racing with this read: the copying read decides.
-                if c != UInt32(littleEndian: crcs[i]) { return false }
+            let fd = d.fd, tableAt = UInt64(blockSize + first * 4), dataAt = UInt64(first * page)
+            func verify(_ crcs: UnsafeMutableRawBufferPointer, _ scratch: UnsafeMutableRawBufferPointer) -> Bool {
+                guard archip_pread_nowait_sys(fd, crcs.baseAddress, crcs.count, tableAt) == crcs.count,
+                      archip_pread_nowait_sys(fd, scratch.baseAddress, scratch.count, dataAt) == scratch.count else { return false }
+                for i in 0..<pages {
+                    let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: scratch[(i * page)..<((i + 1) * page)]))
+                    // A mismatch may be a write racing with this read: the copying read decides.
+                    if c != UInt32(littleEndian: crcs.load(fromByteOffset: i * 4, as: UInt32.self)) { return false }
+                }
+                return true
             }
-            return true
+            // Small reads (the guest's 4 KiB) check on the stack: no allocation.
+            if pages <= 16 {
+                return withUnsafeTemporaryAllocation(byteCount: pages * 4, alignment: 4) { crcs in
+                    withUnsafeTemporaryAllocation(byteCount: pages * page, alignment: 4096) { verify(crcs, $0) }
+                }
+            }
+            let crcs = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * 4, alignment: 4)
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * page, alignment: 4096)
+            defer { crcs.deallocate(); scratch.deallocate() }
+            return verify(crcs, scratch)
         }
     }
 
