@@ -127,6 +127,59 @@ final class VerifiedObjects: @unchecked Sendable {
     }
 }
 
+/// Owned objects' checksum tables, as this volume last read or wrote them:
+/// a read then needs no `pread` of the table. Kept coherent with this
+/// process's writes (each write sets what it wrote); frozen layers never
+/// change. A damaged table on disk is then simply not used (the data is
+/// still checked against the right one; `verify` reads the disk). Not used
+/// in shared mode, where the other holder writes too. Bounded: 4096 tables
+/// (16 MiB, 16 GiB of 4 MiB blocks), the oldest go first.
+final class TableCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var tables: [ObjectName: [UInt32]] = [:]
+    private var ring: [ObjectName?]
+    private var next = 0
+
+    init(capacity: Int = 4096) {
+        ring = [ObjectName?](repeating: nil, count: capacity)
+    }
+
+    func get(_ name: ObjectName) -> [UInt32]? {
+        lock.lock()
+        defer { lock.unlock() }
+        return tables[name]
+    }
+
+    func set(_ name: ObjectName, _ table: [UInt32]) {
+        lock.lock()
+        defer { lock.unlock() }
+        if tables.updateValue(table, forKey: name) != nil { return }
+        if let old = ring[next] { tables[old] = nil }
+        ring[next] = name
+        next = (next + 1) % ring.count
+    }
+
+    /// Updates entries from `first` on, if the table is held.
+    func update(_ name: ObjectName, from first: Int, _ entries: UnsafeRawBufferPointer) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard var t = tables[name] else { return }
+        tables[name] = nil   // keep the array uniquely referenced
+        for i in 0..<(entries.count / 4) { t[first + i] = entries.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self) }
+        tables[name] = t
+    }
+
+    func forget(_ name: ObjectName) {
+        lock.lock()
+        defer { lock.unlock() }
+        tables[name] = nil
+    }
+
+    static func entries(_ bytes: UnsafeRawBufferPointer) -> [UInt32] {
+        (0..<(bytes.count / 4)).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) }
+    }
+}
+
 /// A failed check, before it becomes a StoreError naming the volume and block.
 struct ChecksumMismatch: Error {
     var what: String
@@ -144,6 +197,7 @@ extension Volume {
         } catch is ChecksumMismatch {
             objects.forgetCached(obj)
             store.verified.forget(obj)
+            tables.forget(obj)
             do {
                 if topLayer, case .owned = check {
                     try blockLocks.with(b) { try readCheckedOnce(obj, check, at: offset, into: buffer) }
@@ -211,8 +265,16 @@ extension Volume {
         let first = offset / page
         let last = (offset + buffer.count - 1) / page
         let pages = last - first + 1
-        var table = [UInt32](repeating: 0, count: pages)
-        let tn = try table.withUnsafeMutableBytes { try objects.read(obj, at: UInt64(blockSize + first * 4), into: $0) }
+        let tableBytes = BlockChecks.tableBytes(blockSize: blockSize)
+        var table: [UInt32]
+        var tn = tableBytes
+        if mode != .shared, let t = tables.get(obj) {
+            table = t
+        } else {
+            table = [UInt32](repeating: 0, count: tableBytes / 4)
+            tn = try table.withUnsafeMutableBytes { try objects.read(obj, at: UInt64(blockSize), into: $0) }
+            if tn == tableBytes && mode != .shared { tables.set(obj, table) }
+        }
         if tn == 0 {
             // No table: an object an older archip wrote (format 1.0).
             guard let committed else {
@@ -227,15 +289,15 @@ extension Volume {
             try readWholeChecked(obj, expected: committed, maxLength: blockSize, at: offset, into: buffer)
             return
         }
-        guard tn == pages * 4 else {
-            throw ChecksumMismatch(what: "its checksum table is cut short (page \(first + tn / 4) of \(blockSize / page) is missing)")
+        guard tn == tableBytes else {
+            throw ChecksumMismatch(what: "its checksum table is cut short (\(tn) of \(tableBytes) bytes)")
         }
         let start = first * page
         let count = pages * page
         func check(_ data: UnsafeRawBufferPointer) throws {
             for i in 0..<pages {
                 let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * page)..<((i + 1) * page)]))
-                let want = UInt32(littleEndian: table[i])
+                let want = UInt32(littleEndian: table[first + i])
                 guard c == want else {
                     throw ChecksumMismatch(what: "4 KiB page \(first + i) (bytes \((first + i) * page)-\((first + i + 1) * page - 1) of the block) has CRC-32C \(String(c, radix: 16)), its table says \(String(want, radix: 16))")
                 }
@@ -285,27 +347,33 @@ extension Volume {
             let first = offset / page
             let last = (offset + count - 1) / page
             let pages = last - first + 1
-            let fd = d.fd, tableAt = UInt64(blockSize + first * 4), dataAt = UInt64(first * page)
-            func verify(_ crcs: UnsafeMutableRawBufferPointer, _ scratch: UnsafeMutableRawBufferPointer) -> Bool {
-                guard archip_pread_nowait_sys(fd, crcs.baseAddress, crcs.count, tableAt) == crcs.count,
-                      archip_pread_nowait_sys(fd, scratch.baseAddress, scratch.count, dataAt) == scratch.count else { return false }
+            let fd = d.fd, dataAt = UInt64(first * page)
+            let crcs: [UInt32]
+            if let t = tables.get(obj) {
+                crcs = t
+            } else {
+                var t = [UInt32](repeating: 0, count: table / 4)
+                let tn = t.withUnsafeMutableBytes { archip_pread_nowait_sys(fd, $0.baseAddress, $0.count, UInt64(blockSize)) }
+                guard tn == table else { return false }
+                tables.set(obj, t)
+                crcs = t
+            }
+            func verify(_ scratch: UnsafeMutableRawBufferPointer) -> Bool {
+                guard archip_pread_nowait_sys(fd, scratch.baseAddress, scratch.count, dataAt) == scratch.count else { return false }
                 for i in 0..<pages {
                     let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: scratch[(i * page)..<((i + 1) * page)]))
                     // A mismatch may be a write racing with this read: the copying read decides.
-                    if c != UInt32(littleEndian: crcs.load(fromByteOffset: i * 4, as: UInt32.self)) { return false }
+                    if c != UInt32(littleEndian: crcs[first + i]) { return false }
                 }
                 return true
             }
             // Small reads (the guest's 4 KiB) check on the stack: no allocation.
             if pages <= 16 {
-                return withUnsafeTemporaryAllocation(byteCount: pages * 4, alignment: 4) { crcs in
-                    withUnsafeTemporaryAllocation(byteCount: pages * page, alignment: 4096) { verify(crcs, $0) }
-                }
+                return withUnsafeTemporaryAllocation(byteCount: pages * page, alignment: 4096) { verify($0) }
             }
-            let crcs = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * 4, alignment: 4)
             let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * page, alignment: 4096)
-            defer { crcs.deallocate(); scratch.deallocate() }
-            return verify(crcs, scratch)
+            defer { scratch.deallocate() }
+            return verify(scratch)
         }
     }
 
@@ -332,19 +400,30 @@ extension Volume {
             }
             table = BlockChecks.table(UnsafeRawBufferPointer(scratch))
         }
-        try table.withUnsafeBytes { try objects.write(obj, at: UInt64(blockSize + first * 4), $0) }
+        try table.withUnsafeBytes { t in
+            try objects.write(obj, at: UInt64(blockSize + first * 4), t)
+            tables.update(obj, from: first, t)
+        }
     }
 
     /// Writes the whole table of an owned object from `block` (its data).
     func writeChecksums(_ obj: ObjectName, of block: UnsafeRawBufferPointer) throws {
         let table = BlockChecks.table(block)
         try table.withUnsafeBytes { try objects.write(obj, at: UInt64(blockSize), $0) }
+        wroteTable(obj, table)
+    }
+
+    /// Keeps the table cache in step with a table this volume just wrote.
+    func wroteTable(_ obj: ObjectName, _ table: [UInt8]) {
+        if mode == .shared { return }
+        tables.set(obj, table.withUnsafeBytes { TableCache.entries($0) })
     }
 
     /// The table of a block that was just made all zero.
     func writeZeroChecksums(_ obj: ObjectName) throws {
         let table = BlockChecks.zeroTable(blockSize: blockSize)
         try table.withUnsafeBytes { try objects.write(obj, at: UInt64(blockSize), $0) }
+        wroteTable(obj, table)
     }
 
     /// Before the first in-place write to a committed owned object: one an

@@ -55,6 +55,8 @@ public final class Volume: @unchecked Sendable {
     let state: RWLocked<State>
     /// The top layer's owned objects known to carry a checksum table.
     let tabled = Locked<Set<ObjectName>>([])
+    /// Owned objects' checksum tables (BlockChecks.swift).
+    let tables = TableCache()
 
     public let blockSize: Int
 
@@ -403,6 +405,7 @@ public final class Volume: @unchecked Sendable {
             let table = BlockChecks.table(UnsafeRawBufferPointer(block))
             table.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buf[blockSize...]).copyMemory(from: $0) }
             try objects.put(obj, UnsafeRawBufferPointer(buf), length: 0, durable: false)
+            wroteTable(obj, table)
         }
         return false
     }
