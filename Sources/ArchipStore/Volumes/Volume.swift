@@ -47,6 +47,10 @@ public final class Volume: @unchecked Sendable {
         var logLength: Int = 0
         var mapBytes: Int = 0
         var closed = false
+        /// Top-layer blocks a writer was changing in place when it stopped
+        /// without flushing (their intent is in the log, not yet settled by a
+        /// writable open): a page and its checksum may be apart there.
+        var unsettled: Set<UInt32> = []
     }
 
     private let io = ReadWriteLock()
@@ -569,6 +573,7 @@ public final class Volume: @unchecked Sendable {
             state.withLock { s in
                 s.top = fresh.map
                 s.logLength = fresh.logLength
+                s.unsettled = fresh.pendingIntents
             }
         }
     }

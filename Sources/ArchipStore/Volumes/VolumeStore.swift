@@ -152,8 +152,9 @@ public final class VolumeStore: @unchecked Sendable {
                 committed = try recover(record.layer, committed)
             }
             let ancestors = try chain(from: committed.map.parent)
-            let state = Volume.State(record: record, top: committed.map, ancestors: ancestors,
+            var state = Volume.State(record: record, top: committed.map, ancestors: ancestors,
                                      logLength: committed.logLength, mapBytes: committed.mapBytes)
+            state.unsettled = committed.pendingIntents
             return Volume(store: self, name: name, mode: effectiveMode, owner: lockOwner, state: state)
         } catch {
                 // The open failed; that error is the one to report.
