@@ -165,6 +165,7 @@ bench:
 	scripts/bench-datapath.sh .build/release/archip
 	scripts/bench-fuse-ceiling.sh .build/release/archip
 	scripts/bench-nbd-reference.sh .build/release/archip
+	scripts/bench-checks.sh .build/release/archip
 	scripts/bench-rados.sh .build/release/archip
 	scripts/bench-startup.sh .build/release
 	$(SWIFT) build -c release --product snf-manage

@@ -37,7 +37,14 @@ public final class FUSEExport: @unchecked Sendable {
         cb.size = { ctx in FUSEExport.from(ctx).device.size }
         cb.read = { ctx, buf, len, off in
             FUSEExport.errno {
-                try FUSEExport.from(ctx).device.read(at: off, into: UnsafeMutableRawBufferPointer(start: buf, count: len))
+                let export = FUSEExport.from(ctx)
+                do {
+                    try export.device.read(at: off, into: UnsafeMutableRawBufferPointer(start: buf, count: len))
+                } catch {
+                    // The kernel passes on only EIO; the cause (a failed check names volume, block and object) is for the operator.
+                    FUSEExport.log.error("read of \(export.fsName) at \(off)+\(len) failed: \(error)")
+                    throw error
+                }
             }
         }
         cb.write = { ctx, buf, len, off in
@@ -53,6 +60,7 @@ public final class FUSEExport: @unchecked Sendable {
                 keep.pointee = Unmanaged.passRetained(ReadPieces(pieces)).toOpaque()
                 return Int32(pieces.count)
             } catch {
+                FUSEExport.log.error("read of \(FUSEExport.from(ctx).fsName) at \(off)+\(len) failed: \(error)")
                 return FUSEExport.errno { throw error }
             }
         }

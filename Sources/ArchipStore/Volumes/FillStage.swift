@@ -137,8 +137,14 @@ public final class FillStage: @unchecked Sendable {
             out.initializeMemory(as: UInt8.self, repeating: 0)
             return length
         }
-        let n = try store.objects.read(StoreLayout.content(h), at: 0, into: out)
+        let obj = StoreLayout.content(h)
+        let n = try store.objects.read(obj, at: 0, into: out)
         if n < length { UnsafeMutableRawBufferPointer(rebasing: out[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
+        let got = SHA256.blockHash(UnsafeRawBufferPointer(out))
+        guard got == h else {
+            throw StoreError(.corrupt, "block \(index) of the fill of '\(target)': object \(obj) in \(store.objects.location) hashes to \(got.hex), expected \(h.hex)",
+                             cause: "the object is damaged; abort the fill ('archip fill \(target) --abort') and fill again")
+        }
         return length
     }
 

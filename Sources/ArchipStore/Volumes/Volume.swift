@@ -50,12 +50,20 @@ public final class Volume: @unchecked Sendable {
         /// nothing may be appended to the log before a compaction succeeds.
         var needsCompaction = false
         var closed = false
+        /// Top-layer blocks a writer was changing in place when it stopped
+        /// without flushing (their intent is in the log, not yet settled by a
+        /// writable open): a page and its checksum may be apart there.
+        var unsettled: Set<UInt32> = []
     }
 
     private let io = ReadWriteLock()
-    private let blockLocks = StripedLocks()
+    let blockLocks = StripedLocks()
     private let logLock = NSLock()
     let state: RWLocked<State>
+    /// The top layer's owned objects known to carry a checksum table.
+    let tabled = Locked<Set<ObjectName>>([])
+    /// Owned objects' checksum tables (BlockChecks.swift).
+    let tables = TableCache()
 
     public let blockSize: Int
 
@@ -97,7 +105,8 @@ public final class Volume: @unchecked Sendable {
 
     enum Source {
         case zero
-        case object(ObjectName, fromAncestor: Bool)
+        /// An object, and what its bytes are checked against when read.
+        case object(ObjectName, fromAncestor: Bool, check: BlockCheck)
     }
 
     /// Where block `b` comes from, not looking at pending changes.
@@ -120,36 +129,42 @@ public final class Volume: @unchecked Sendable {
     private static func source(_ e: BlockEntry, _ layer: LayerID, _ b: UInt32, ancestor: Bool) -> Source {
         switch e {
         case .zero: return .zero
-        case .owned: return .object(StoreLayout.owned(layer, b), fromAncestor: ancestor)
-        case .content(let h): return .object(StoreLayout.content(h), fromAncestor: ancestor)
+        case .owned(let h): return .object(StoreLayout.owned(layer, b), fromAncestor: ancestor, check: .owned(h))
+        case .content(let h): return .object(StoreLayout.content(h), fromAncestor: ancestor, check: .content(h))
         }
     }
 
     private func resolve(_ b: UInt32) -> Source {
         state.read { s in
             switch s.overlay[b] {
-            case .whole?, .pieces?: return .object(StoreLayout.owned(s.top.id, b), fromAncestor: false)
+            case .whole?, .pieces?: return .object(StoreLayout.owned(s.top.id, b), fromAncestor: false, check: .owned(nil))
             case .zero?: return .zero
             case nil: return Volume.resolveCommitted(b, top: s.top, ancestors: s.ancestors).0
             }
         }
     }
 
-    /// Reads `buffer.count` bytes of a block's source at `offset`, zero-filling
-    /// past the object's end. Reloads the ancestors once if a frozen layer's
-    /// object moved (`archip hash` turns owned blocks into content blocks).
-    private func readSource(_ b: UInt32, _ src: Source, at offset: Int, into buffer: UnsafeMutableRawBufferPointer,
-                            retried: Bool = false) throws {
+    /// Reads `buffer.count` bytes of a block's source at `offset`, checked
+    /// (see BlockChecks.swift): a content block against its name, an owned
+    /// block against its 4 KiB checksums. Reloads the ancestors once if a
+    /// frozen layer's object moved (`archip hash` turns owned blocks into
+    /// content blocks).
+    func readSource(_ b: UInt32, _ src: Source, at offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+                    retried: Bool = false) throws {
         switch src {
         case .zero:
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
-        case .object(let obj, let fromAncestor):
+        case .object(let obj, let fromAncestor, let check):
             // Shared (migration): the other holder may have replaced the object.
             if mode == .shared { objects.forgetCached(obj) }
             do {
-                let n = try objects.read(obj, at: UInt64(offset), into: buffer)
-                if n < buffer.count {
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+                if BlockChecks.enabled {
+                    try readChecked(b, obj, check, topLayer: !fromAncestor, at: offset, into: buffer)
+                } else {
+                    let n = try objects.read(obj, at: UInt64(offset), into: buffer)
+                    if n < buffer.count {
+                        UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+                    }
                 }
             } catch let e as StoreError where e.code == .notFound && fromAncestor && !retried {
                 try reloadAncestors()
@@ -212,7 +227,7 @@ public final class Volume: @unchecked Sendable {
                 switch resolve(b) {
                 case .zero:
                     zeros(n)
-                case .object(let obj, _):
+                case .object(let obj, _, let check):
                     let d: ObjectReadDescriptor
                     do {
                         guard let got = try objects.readDescriptor(obj) else { return nil }
@@ -220,7 +235,11 @@ public final class Volume: @unchecked Sendable {
                     } catch let e as StoreError where e.code == .notFound {
                         return nil
                     }
-                    let available = d.size > inBlock ? Int(min(UInt64(n), d.size - inBlock)) : 0
+                    // Only checked bytes leave by this path (BlockChecks.swift).
+                    guard try checkForZeroCopy(b, obj, check, d, at: Int(inBlock), count: n) else { return nil }
+                    // An owned object's checksum table is not part of the block.
+                    let dataSize = min(d.size, UInt64(blockSize))
+                    let available = dataSize > inBlock ? Int(min(UInt64(n), dataSize - inBlock)) : 0
                     if available > 0 { pieces.append(.file(d, offset: inBlock, count: available)) }
                     if available < n { zeros(n - available) }
                 }
@@ -318,8 +337,10 @@ public final class Volume: @unchecked Sendable {
                 return
             }
             var committedOwned = false
-            if case .owned? = committed { committedOwned = true }
-            if committedOwned {
+            if case .owned(let h)? = committed {
+                committedOwned = true
+                // An object an older archip wrote gets its checksums first.
+                if pending == nil && !whole { try ensureChecksums(b, obj, committed: h) }
                 // The committed checksum of this object is about to go stale.
                 try noteIntent(b)
             }
@@ -347,12 +368,18 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
-    /// The object part of `writeSegment`. Caller holds the block's lock.
+    /// The object part of `writeSegment`: the data, then its page checksums.
+    /// Caller holds the block's lock.
     private func writeObject(_ b: UInt32, _ obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer,
                              whole: Bool, pending: Pending?, committedOwned: Bool) throws {
         if whole {
             let h = SHA256.blockHash(data)
             try objects.put(obj, data, length: 0, durable: false)
+            try writeChecksums(obj, of: data)
+            // Keep no descriptor open for a block written whole (as the
+            // put alone would not): streaming writers touch each block once.
+            objects.forgetCached(obj)
+            tabled.withLock { _ = $0.insert(obj) }
             state.withLock { $0.overlay[b] = .whole(h) }
             return
         }
@@ -360,17 +387,23 @@ public final class Volume: @unchecked Sendable {
         switch pending {
         case .pieces(let p)?:
             try objects.write(obj, at: UInt64(inBlock), data)
+            try updateChecksums(obj, inBlock: inBlock, data)
             hash = p
         case .whole?:
             try objects.write(obj, at: UInt64(inBlock), data)
+            try updateChecksums(obj, inBlock: inBlock, data)
             hash = PartialBlockHash(knownZeroFrom: blockSize)
         case .zero?:
             try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
+            try writeZeroChecksums(obj)
             try objects.write(obj, at: UInt64(inBlock), data)
+            try updateChecksums(obj, inBlock: inBlock, data)
+            tabled.withLock { _ = $0.insert(obj) }
             hash = PartialBlockHash(knownZeroFrom: 0)
         case nil:
             if committedOwned {
                 try objects.write(obj, at: UInt64(inBlock), data)
+                try updateChecksums(obj, inBlock: inBlock, data)
                 hash = PartialBlockHash(knownZeroFrom: blockSize)
             } else {
                 let fromZeros = try copyOnWrite(b, into: obj, inBlock: inBlock, data)
@@ -389,16 +422,24 @@ public final class Volume: @unchecked Sendable {
     /// Returns whether the block was zeros before.
     private func copyOnWrite(_ b: UInt32, into obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer) throws -> Bool {
         let src = state.withLock { Volume.resolveCommitted(b, top: $0.top, ancestors: $0.ancestors).0 }
+        defer { tabled.withLock { _ = $0.insert(obj) } }
         if case .zero = src {
             try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
+            try writeZeroChecksums(obj)
             try objects.write(obj, at: UInt64(inBlock), data)
+            try updateChecksums(obj, inBlock: inBlock, data)
             return true
         }
-        var buffer = [UInt8](repeating: 0, count: blockSize)
+        // The block, then its checksum table: one object, one put.
+        var buffer = [UInt8](repeating: 0, count: blockSize + BlockChecks.tableBytes(blockSize: blockSize))
         try buffer.withUnsafeMutableBytes { buf in
-            try readSource(b, src, at: 0, into: buf)
+            let block = UnsafeMutableRawBufferPointer(rebasing: buf[0..<blockSize])
+            try readSource(b, src, at: 0, into: block)
             (buf.baseAddress! + inBlock).copyMemory(from: data.baseAddress!, byteCount: data.count)
+            let table = BlockChecks.table(UnsafeRawBufferPointer(block))
+            table.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buf[blockSize...]).copyMemory(from: $0) }
             try objects.put(obj, UnsafeRawBufferPointer(buf), length: 0, durable: false)
+            wroteTable(obj, table)
         }
         return false
     }
@@ -494,7 +535,8 @@ public final class Volume: @unchecked Sendable {
                     do {
                         let h = try buffer.withUnsafeMutableBytes { buf -> ContentHash in
                             try partial.finish(buffer: buf) { offset, chunk in
-                                try readSource(b, .object(StoreLayout.owned(topID, b), fromAncestor: false), at: offset, into: chunk)
+                                try readSource(b, .object(StoreLayout.owned(topID, b), fromAncestor: false, check: .owned(nil)),
+                                               at: offset, into: chunk)
                             }
                         }
                         results.withLock { $0[b] = h }
@@ -592,6 +634,7 @@ public final class Volume: @unchecked Sendable {
             state.withLock { s in
                 s.top = fresh.map
                 s.logLength = fresh.logLength
+                s.unsettled = fresh.pendingIntents
             }
         }
     }
@@ -700,7 +743,7 @@ public final class Volume: @unchecked Sendable {
                 case .owned(let h)?:
                     let obj = StoreLayout.owned(layer!, b)
                     let stored = try buffer.withUnsafeMutableBytes { buf -> Int in
-                        try readSource(b, .object(obj, fromAncestor: true), at: 0, into: buf)
+                        try readSource(b, .object(obj, fromAncestor: true, check: .owned(h)), at: 0, into: buf)
                         let got = SHA256.blockHash(UnsafeRawBufferPointer(buf))
                         guard got == h else {
                             throw StoreError(.corrupt, "\(name): block \(b) of layer \(layer!) hashes to \(got.hex), its map says \(h.hex)", cause: "run 'archip verify'")

@@ -6,6 +6,8 @@ public final class VolumeStore: @unchecked Sendable {
     public let objects: any ObjectStore
     /// This node's name, recorded in locks it takes.
     public let node: String
+    /// Content blocks (and older owned objects) this process checked whole.
+    let verified = VerifiedObjects()
 
     /// Opens a store on `objects`, initialising an empty one.
     public init(objects: any ObjectStore, node: String) throws {
@@ -159,8 +161,9 @@ public final class VolumeStore: @unchecked Sendable {
                 committed = try recover(record.layer, committed)
             }
             let ancestors = try chain(from: committed.map.parent)
-            let state = Volume.State(record: record, top: committed.map, ancestors: ancestors,
+            var state = Volume.State(record: record, top: committed.map, ancestors: ancestors,
                                      logLength: committed.logLength, mapBytes: committed.mapBytes)
+            state.unsettled = committed.pendingIntents
             return Volume(store: self, name: name, mode: effectiveMode, owner: lockOwner, state: state)
         } catch {
                 // The open failed; that error is the one to report.
@@ -186,13 +189,19 @@ public final class VolumeStore: @unchecked Sendable {
                 UnsafeMutableRawBufferPointer(rebasing: buf[n...]).initializeMemory(as: UInt8.self, repeating: 0)
                 return n
             }
-            _ = n
             let h = SHA256.blockHash(buffer)
             if h == ContentHash.ofEmpty {
                 updates[b] = .some(UInt64(b) < map.parentBlocks ? .zero : nil)
                 drop.append(obj)
             } else {
                 updates[b] = .some(.owned(h))
+                // The writes were cut short: the checksums follow what the object holds.
+                if n < buffer.count {
+                    try buffer.withUnsafeBytes { try objects.write(obj, at: UInt64(n), UnsafeRawBufferPointer(rebasing: $0[n...])) }
+                }
+                let table = buffer.withUnsafeBytes { BlockChecks.table($0) }
+                try table.withUnsafeBytes { try objects.write(obj, at: UInt64(map.blockSize), $0) }
+                try objects.syncContents(obj)
             }
         }
         map.apply(updates)

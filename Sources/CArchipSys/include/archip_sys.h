@@ -15,4 +15,12 @@ int archip_open_tmpfile(const char *dir, int direct);
 int archip_link_tmpfile(int fd, const char *path);
 /* Turns O_DIRECT off on `fd` (for an unaligned tail). */
 int archip_clear_direct(int fd);
+/* CRC-32C (Castagnoli, as iSCSI, ext4 and BlueStore use it) of `len` bytes,
+   continuing from `crc` (0 to start). SSE4.2 where the CPU has it. */
+#include <stddef.h>
+#include <stdint.h>
+uint32_t archip_crc32c(uint32_t crc, const void *data, size_t len);
+/* pread(2) that fails with EAGAIN instead of waiting for the disk
+   (preadv2 with RWF_NOWAIT); the bytes read, or -1 with errno. */
+long archip_pread_nowait_sys(int fd, void *buf, size_t len, uint64_t off);
 #endif

@@ -1,0 +1,465 @@
+import CArchipSys
+import Foundation
+
+// Checked reads: no byte leaves a block's object before it is checked.
+//
+// - A content block is checked whole against its name (its block hash) the
+//   first time this process reads it; its stored length is then remembered
+//   (a bounded cache, `VerifiedObjects`) and checked on every later read, so
+//   an emptied or cut object is an error, never zeros.
+// - An owned block carries a CRC-32C per 4 KiB page after its data (format
+//   1.1, docs/FORMAT.md): every read checks the pages it touches, every write
+//   updates the checksums of the pages it changes. An owned object without
+//   the table (written by an older archip) is checked whole against the
+//   map's block hash once, as a content block is.
+//
+// docs/CHECKSUMS.md has the design and the measured cost.
+
+/// What a block's bytes are checked against when read.
+enum BlockCheck: Sendable {
+    /// A content block: its name is its block hash.
+    case content(ContentHash)
+    /// An owned block: its own 4 KiB checksums; for an object without them,
+    /// the committed block hash (nil: written since the last flush).
+    case owned(ContentHash?)
+}
+
+/// CRC-32C (Castagnoli), hardware-assisted where the CPU has it.
+public enum CRC32C {
+    public static func checksum(_ data: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        archip_crc32c(crc, data.baseAddress, data.count)
+    }
+}
+
+enum BlockChecks {
+    /// The unit an owned block's checksums cover.
+    static let pageSize = 4096
+
+    /// False only in the bench's unchecked runs (ARCHIP_BENCH_UNCHECKED=1 in
+    /// the environment, or `ReadChecks.enabled` in archip-bench), which
+    /// measure what the checks cost. Writes keep their checksums either way;
+    /// only reads skip the checks.
+    nonisolated(unsafe) static var enabled: Bool = ProcessInfo.processInfo.environment["ARCHIP_BENCH_UNCHECKED"] != "1"
+
+    /// Bytes of an owned object's checksum table: one u32 per page.
+    static func tableBytes(blockSize: Int) -> Int { blockSize / pageSize * 4 }
+
+    /// The checksums (little-endian u32 each) of `data`'s pages; `data` is a
+    /// whole number of pages.
+    static func table(_ data: UnsafeRawBufferPointer) -> [UInt8] {
+        let pages = data.count / pageSize
+        var out = [UInt8](repeating: 0, count: pages * 4)
+        out.withUnsafeMutableBytes { t in
+            for i in 0..<pages {
+                let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * pageSize)..<((i + 1) * pageSize)]))
+                t.storeBytes(of: c.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+            }
+        }
+        return out
+    }
+
+    /// The first page of an owned object (block then table) whose checksum
+    /// does not match, nil if all do.
+    static func firstBadPage(_ object: [UInt8], blockSize: Int) -> Int? {
+        object.withUnsafeBytes { o in
+            for i in 0..<(blockSize / pageSize) {
+                let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: o[(i * pageSize)..<((i + 1) * pageSize)]))
+                if c != UInt32(littleEndian: o.loadUnaligned(fromByteOffset: blockSize + i * 4, as: UInt32.self)) { return i }
+            }
+            return nil
+        }
+    }
+
+    /// The table of an all-zero block.
+    static func zeroTable(blockSize: Int) -> [UInt8] {
+        let page = [UInt8](repeating: 0, count: pageSize)
+        let c = page.withUnsafeBytes { CRC32C.checksum($0) }.littleEndian
+        var out = [UInt8](repeating: 0, count: tableBytes(blockSize: blockSize))
+        out.withUnsafeMutableBytes { t in
+            for i in 0..<(blockSize / pageSize) { t.storeBytes(of: c, toByteOffset: i * 4, as: UInt32.self) }
+        }
+        return out
+    }
+}
+
+/// The bench's switch: reads unchecked, to measure what the checks cost.
+/// Set it only while no volume is being read.
+@_spi(Bench)
+public enum ReadChecks {
+    public static var enabled: Bool {
+        get { BlockChecks.enabled }
+        set { BlockChecks.enabled = newValue }
+    }
+}
+
+/// Objects this process has checked whole, with the length each had then.
+/// Bounded: the oldest entries go first (they are checked again when read).
+final class VerifiedObjects: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lengths: [ObjectName: Int] = [:]
+    private var ring: [ObjectName?]
+    private var next = 0
+
+    /// 65 536 entries: 256 GiB of 4 MiB blocks, a few MiB of memory.
+    init(capacity: Int = 1 << 16) {
+        ring = [ObjectName?](repeating: nil, count: capacity)
+    }
+
+    func length(_ name: ObjectName) -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        return lengths[name]
+    }
+
+    func insert(_ name: ObjectName, length: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        if lengths.updateValue(length, forKey: name) != nil { return }
+        if let old = ring[next] { lengths[old] = nil }
+        ring[next] = name
+        next = (next + 1) % ring.count
+    }
+
+    func forget(_ name: ObjectName) {
+        lock.lock()
+        defer { lock.unlock() }
+        lengths[name] = nil
+    }
+}
+
+/// Owned objects' checksum tables, as this volume last read or wrote them:
+/// a read then needs no `pread` of the table. Kept coherent with this
+/// process's writes (each write sets what it wrote); frozen layers never
+/// change. A damaged table on disk is then simply not used (the data is
+/// still checked against the right one; `verify` reads the disk). Not used
+/// in shared mode, where the other holder writes too. Bounded: 4096 tables
+/// (16 MiB, 16 GiB of 4 MiB blocks), the oldest go first.
+final class TableCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var tables: [ObjectName: [UInt32]] = [:]
+    private var ring: [ObjectName?]
+    private var next = 0
+
+    init(capacity: Int = 4096) {
+        ring = [ObjectName?](repeating: nil, count: capacity)
+    }
+
+    func get(_ name: ObjectName) -> [UInt32]? {
+        lock.lock()
+        defer { lock.unlock() }
+        return tables[name]
+    }
+
+    func set(_ name: ObjectName, _ table: [UInt32]) {
+        lock.lock()
+        defer { lock.unlock() }
+        if tables.updateValue(table, forKey: name) != nil { return }
+        if let old = ring[next] { tables[old] = nil }
+        ring[next] = name
+        next = (next + 1) % ring.count
+    }
+
+    /// Updates entries from `first` on, if the table is held.
+    func update(_ name: ObjectName, from first: Int, _ entries: UnsafeRawBufferPointer) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard var t = tables[name] else { return }
+        tables[name] = nil   // keep the array uniquely referenced
+        for i in 0..<(entries.count / 4) { t[first + i] = entries.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self) }
+        tables[name] = t
+    }
+
+    func forget(_ name: ObjectName) {
+        lock.lock()
+        defer { lock.unlock() }
+        tables[name] = nil
+    }
+
+    static func entries(_ bytes: UnsafeRawBufferPointer) -> [UInt32] {
+        (0..<(bytes.count / 4)).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) }
+    }
+}
+
+/// A failed check, before it becomes a StoreError naming the volume and block.
+struct ChecksumMismatch: Error {
+    var what: String
+}
+
+extension Volume {
+    /// Reads part of block `b` from `obj`, checked. A mismatch is read once
+    /// more (under the block's lock for the top layer's own blocks, so a
+    /// write racing with the read is not taken for damage) before it is an error.
+    func readChecked(_ b: UInt32, _ obj: ObjectName, _ check: BlockCheck, topLayer: Bool,
+                     at offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws {
+        if buffer.isEmpty { return }
+        do {
+            try readCheckedOnce(obj, check, at: offset, into: buffer)
+        } catch is ChecksumMismatch {
+            objects.forgetCached(obj)
+            store.verified.forget(obj)
+            tables.forget(obj)
+            do {
+                if topLayer, case .owned = check {
+                    try blockLocks.with(b) { try readCheckedOnce(obj, check, at: offset, into: buffer) }
+                } else {
+                    try readCheckedOnce(obj, check, at: offset, into: buffer)
+                }
+            } catch let m as ChecksumMismatch {
+                if topLayer, case .owned = check, state.read({ $0.unsettled.contains(b) }) {
+                    // A writer stopped mid-write here (see State.unsettled): its
+                    // pages and checksums may be apart until a writable open
+                    // settles the block. Read it as the store did before checksums.
+                    let n = try objects.read(obj, at: UInt64(offset), into: buffer)
+                    if n < buffer.count {
+                        UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+                    }
+                    return
+                }
+                throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location): \(m.what)",
+                                 cause: "the object is damaged; run 'archip verify \(name)'")
+            }
+        }
+    }
+
+    private func readCheckedOnce(_ obj: ObjectName, _ check: BlockCheck, at offset: Int,
+                                 into buffer: UnsafeMutableRawBufferPointer) throws {
+        switch check {
+        case .content(let h):
+            try readWholeChecked(obj, expected: h, maxLength: blockSize, at: offset, into: buffer)
+        case .owned(let committed):
+            try readOwnedChecked(obj, committed: committed, at: offset, into: buffer)
+        }
+    }
+
+    /// An object checked whole against a block hash (content blocks, and
+    /// owned objects without checksums): the first read checks it and
+    /// remembers its length, later reads check that length.
+    private func readWholeChecked(_ obj: ObjectName, expected: ContentHash, maxLength: Int, at offset: Int,
+                                  into buffer: UnsafeMutableRawBufferPointer) throws {
+        if let length = store.verified.length(obj) {
+            let n = try objects.read(obj, at: UInt64(offset), into: buffer)
+            let want = max(0, min(buffer.count, length - offset))
+            guard n == want else {
+                throw ChecksumMismatch(what: "read \(n) bytes at \(offset) where it held \(want) when checked (it was \(length) bytes long)")
+            }
+            if n < buffer.count {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+            }
+            return
+        }
+        // One byte more than a block: an object longer than that is damaged too.
+        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: maxLength + 1, alignment: 4096)
+        defer { whole.deallocate() }
+        let n = try objects.read(obj, at: 0, into: whole)
+        guard n <= maxLength else {
+            throw ChecksumMismatch(what: "the object is longer than the block size \(maxLength)")
+        }
+        let got = SHA256.blockHash(UnsafeRawBufferPointer(rebasing: whole[0..<n]))
+        guard got == expected else {
+            throw ChecksumMismatch(what: "its \(n) bytes hash to \(got.hex), expected \(expected.hex)")
+        }
+        store.verified.insert(obj, length: n)
+        let have = max(0, min(buffer.count, n - offset))
+        if have > 0 {
+            buffer.baseAddress!.copyMemory(from: whole.baseAddress! + offset, byteCount: have)
+        }
+        if have < buffer.count {
+            UnsafeMutableRawBufferPointer(rebasing: buffer[have...]).initializeMemory(as: UInt8.self, repeating: 0)
+        }
+    }
+
+    /// An owned block's pages, checked against its checksum table.
+    private func readOwnedChecked(_ obj: ObjectName, committed: ContentHash?, at offset: Int,
+                                  into buffer: UnsafeMutableRawBufferPointer) throws {
+        let page = BlockChecks.pageSize
+        let first = offset / page
+        let last = (offset + buffer.count - 1) / page
+        let pages = last - first + 1
+        let tableBytes = BlockChecks.tableBytes(blockSize: blockSize)
+        var table: [UInt32]
+        var tn = tableBytes
+        if mode != .shared, let t = tables.get(obj) {
+            table = t
+        } else {
+            table = [UInt32](repeating: 0, count: tableBytes / 4)
+            tn = try table.withUnsafeMutableBytes { try objects.read(obj, at: UInt64(blockSize), into: $0) }
+            if tn == tableBytes && mode != .shared { tables.set(obj, table) }
+        }
+        if tn == 0 {
+            // No table: an object an older archip wrote (format 1.0).
+            guard let committed else {
+                // Written since the last flush by a writer that kept no
+                // checksums; nothing to check it against yet.
+                let n = try objects.read(obj, at: UInt64(offset), into: buffer)
+                if n < buffer.count {
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+                }
+                return
+            }
+            try readWholeChecked(obj, expected: committed, maxLength: blockSize, at: offset, into: buffer)
+            return
+        }
+        guard tn == tableBytes else {
+            throw ChecksumMismatch(what: "its checksum table is cut short (\(tn) of \(tableBytes) bytes)")
+        }
+        let start = first * page
+        let count = pages * page
+        func check(_ data: UnsafeRawBufferPointer) throws {
+            for i in 0..<pages {
+                let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * page)..<((i + 1) * page)]))
+                let want = UInt32(littleEndian: table[first + i])
+                guard c == want else {
+                    throw ChecksumMismatch(what: "4 KiB page \(first + i) (bytes \((first + i) * page)-\((first + i + 1) * page - 1) of the block) has CRC-32C \(String(c, radix: 16)), its table says \(String(want, radix: 16))")
+                }
+            }
+        }
+        if start == offset && count == buffer.count {
+            let n = try objects.read(obj, at: UInt64(start), into: buffer)
+            guard n == count else { throw ChecksumMismatch(what: "the object ends at byte \(start + n), inside the block") }
+            try check(UnsafeRawBufferPointer(buffer))
+            return
+        }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
+        defer { scratch.deallocate() }
+        let n = try objects.read(obj, at: UInt64(start), into: scratch)
+        guard n == count else { throw ChecksumMismatch(what: "the object ends at byte \(start + n), inside the block") }
+        try check(UnsafeRawBufferPointer(scratch))
+        buffer.baseAddress!.copyMemory(from: scratch.baseAddress! + (offset - start), byteCount: buffer.count)
+    }
+
+    // MARK: zero-copy reads
+
+    /// Checks `count` bytes of `obj` at `offset` (inside one block) before
+    /// `readPieces` hands out its file: false when that cannot be done
+    /// without waiting for the disk or reading the whole block (then the
+    /// caller copies through `read`, which checks). Throws on damage.
+    func checkForZeroCopy(_ b: UInt32, _ obj: ObjectName, _ check: BlockCheck, _ d: ObjectReadDescriptor,
+                          at offset: Int, count: Int) throws -> Bool {
+        if !BlockChecks.enabled || count == 0 { return true }
+        func whole() throws -> Bool {
+            guard let length = store.verified.length(obj) else { return false }
+            guard d.size == UInt64(length) else {
+                throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location): it is \(d.size) bytes long, \(length) when checked",
+                                 cause: "the object is damaged; run 'archip verify \(name)'")
+            }
+            return true
+        }
+        switch check {
+        case .content:
+            return try whole()
+        case .owned(let committed):
+            let table = BlockChecks.tableBytes(blockSize: blockSize)
+            if d.size != UInt64(blockSize + table) {
+                // Without a table (or damaged): the copying read decides.
+                return committed != nil && d.size == UInt64(blockSize) ? try whole() : false
+            }
+            let page = BlockChecks.pageSize
+            let first = offset / page
+            let last = (offset + count - 1) / page
+            let pages = last - first + 1
+            let fd = d.fd, dataAt = UInt64(first * page)
+            let crcs: [UInt32]
+            if let t = tables.get(obj) {
+                crcs = t
+            } else {
+                var t = [UInt32](repeating: 0, count: table / 4)
+                let tn = t.withUnsafeMutableBytes { archip_pread_nowait_sys(fd, $0.baseAddress, $0.count, UInt64(blockSize)) }
+                guard tn == table else { return false }
+                tables.set(obj, t)
+                crcs = t
+            }
+            func verify(_ scratch: UnsafeMutableRawBufferPointer) -> Bool {
+                guard archip_pread_nowait_sys(fd, scratch.baseAddress, scratch.count, dataAt) == scratch.count else { return false }
+                for i in 0..<pages {
+                    let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: scratch[(i * page)..<((i + 1) * page)]))
+                    // A mismatch may be a write racing with this read: the copying read decides.
+                    if c != UInt32(littleEndian: crcs[first + i]) { return false }
+                }
+                return true
+            }
+            // Small reads (the guest's 4 KiB) check on the stack: no allocation.
+            if pages <= 16 {
+                return withUnsafeTemporaryAllocation(byteCount: pages * page, alignment: 4096) { verify($0) }
+            }
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * page, alignment: 4096)
+            defer { scratch.deallocate() }
+            return verify(scratch)
+        }
+    }
+
+    // MARK: writes keep the checksums
+
+    /// After `data` was written at `inBlock` into an owned object that has a
+    /// table: recompute the checksums of the pages it touched (reading back
+    /// the parts of the edge pages it did not cover). Caller holds the block's lock.
+    func updateChecksums(_ obj: ObjectName, inBlock: Int, _ data: UnsafeRawBufferPointer) throws {
+        if data.isEmpty { return }
+        let page = BlockChecks.pageSize
+        let first = inBlock / page
+        let last = (inBlock + data.count - 1) / page
+        let table: [UInt8]
+        if inBlock % page == 0 && data.count % page == 0 {
+            table = BlockChecks.table(data)
+        } else {
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: (last - first + 1) * page, alignment: 4096)
+            defer { scratch.deallocate() }
+            let n = try objects.read(obj, at: UInt64(first * page), into: scratch)
+            guard n == scratch.count else {
+                throw StoreError(.corrupt, "\(name): object \(obj) in \(objects.location) ends at byte \(first * page + n), inside its block",
+                                 cause: "the object is damaged; run 'archip verify \(name)'")
+            }
+            table = BlockChecks.table(UnsafeRawBufferPointer(scratch))
+        }
+        try table.withUnsafeBytes { t in
+            try objects.write(obj, at: UInt64(blockSize + first * 4), t)
+            tables.update(obj, from: first, t)
+        }
+    }
+
+    /// Writes the whole table of an owned object from `block` (its data).
+    func writeChecksums(_ obj: ObjectName, of block: UnsafeRawBufferPointer) throws {
+        let table = BlockChecks.table(block)
+        try table.withUnsafeBytes { try objects.write(obj, at: UInt64(blockSize), $0) }
+        wroteTable(obj, table)
+    }
+
+    /// Keeps the table cache in step with a table this volume just wrote.
+    func wroteTable(_ obj: ObjectName, _ table: [UInt8]) {
+        if mode == .shared { return }
+        tables.set(obj, table.withUnsafeBytes { TableCache.entries($0) })
+    }
+
+    /// The table of a block that was just made all zero.
+    func writeZeroChecksums(_ obj: ObjectName) throws {
+        let table = BlockChecks.zeroTable(blockSize: blockSize)
+        try table.withUnsafeBytes { try objects.write(obj, at: UInt64(blockSize), $0) }
+        wroteTable(obj, table)
+    }
+
+    /// Before the first in-place write to a committed owned object: one an
+    /// older archip wrote has no table yet; give it one (from what it holds,
+    /// checked against the map first) so the pages written next can be updated.
+    func ensureChecksums(_ b: UInt32, _ obj: ObjectName, committed: ContentHash) throws {
+        if tabled.withLock({ $0.contains(obj) }) { return }
+        let table = BlockChecks.tableBytes(blockSize: blockSize)
+        let size = try objects.stat(obj)?.size ?? 0
+        if size != UInt64(blockSize + table) {
+            let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096)
+            defer { whole.deallocate() }
+            let n = try objects.read(obj, at: 0, into: whole)
+            if n < blockSize { UnsafeMutableRawBufferPointer(rebasing: whole[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
+            if BlockChecks.enabled {
+                let got = SHA256.blockHash(UnsafeRawBufferPointer(whole))
+                guard got == committed else {
+                    throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location): its \(n) bytes hash to \(got.hex), expected \(committed.hex)",
+                                     cause: "the object is damaged; run 'archip verify \(name)'")
+                }
+            }
+            if n < blockSize {
+                try objects.write(obj, at: UInt64(n), UnsafeRawBufferPointer(rebasing: whole[n...]))
+            }
+            try writeChecksums(obj, of: UnsafeRawBufferPointer(whole))
+        }
+        tabled.withLock { _ = $0.insert(obj) }
+    }
+}
