@@ -416,6 +416,30 @@ extension Volume {
         }
     }
 
+    /// After a write into `obj` failed part way, the pages it may have touched
+    /// hold old or new bytes (a short write cuts at a page's edge): their
+    /// checksums are recomputed from what the object holds, so a later read
+    /// returns those bytes rather than failing on a table the write left
+    /// stale. Best effort: if this fails too, those pages read as damaged
+    /// (loudly) until written again. Caller holds the block's lock.
+    func resyncChecksums(_ obj: ObjectName, inBlock: Int, count: Int) throws {
+        guard count > 0, tabled.withLock({ $0.contains(obj) }) else { return }
+        let page = BlockChecks.pageSize
+        let first = inBlock / page
+        let last = (inBlock + count - 1) / page
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: (last - first + 1) * page, alignment: 4096)
+        defer { scratch.deallocate() }
+        let n = try objects.read(obj, at: UInt64(first * page), into: scratch)
+        guard n == scratch.count else {
+            throw StoreError(.corrupt, "\(name): object \(obj) in \(objects.location) ends at byte \(first * page + n), inside its block")
+        }
+        let table = BlockChecks.table(UnsafeRawBufferPointer(scratch))
+        try table.withUnsafeBytes { t in
+            try objects.write(obj, at: UInt64(blockSize + first * 4), t)
+            tables.update(obj, from: first, t)
+        }
+    }
+
     /// Writes the whole table of an owned object from `block` (its data).
     func writeChecksums(_ obj: ObjectName, of block: UnsafeRawBufferPointer) throws {
         let table = BlockChecks.table(block)

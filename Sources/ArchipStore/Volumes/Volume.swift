@@ -361,6 +361,7 @@ public final class Volume: @unchecked Sendable {
                 case nil: ownsObject = committedOwned
                 }
                 if ownsObject {
+                    try? resyncChecksums(obj, inBlock: inBlock, count: data.count)
                     state.withLock { $0.overlay[b] = .pieces(PartialBlockHash(knownZeroFrom: blockSize)) }
                 }
                 throw error
