@@ -23,11 +23,15 @@ struct CLI {
         store = FileManager.default.temporaryDirectory.appendingPathComponent("archip-cli-\(UUID().uuidString)").path
     }
 
+    /// Runs archip with `args`; `under` runs it through another program
+    /// first (`["/usr/bin/timeout", "-s", "KILL", "60"]`).
     @discardableResult
-    func run(_ args: [String], stdin: Data? = nil, env: [String: String] = [:], withStore: Bool = true) throws -> Result {
+    func run(_ args: [String], stdin: Data? = nil, env: [String: String] = [:], withStore: Bool = true,
+             under wrapper: [String] = []) throws -> Result {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binDir + "/archip")
-        p.arguments = args
+        let command = wrapper + [CLI.binDir + "/archip"] + args
+        p.executableURL = URL(fileURLWithPath: command[0])
+        p.arguments = Array(command.dropFirst())
         // Nothing of the caller's archip settings (ARCHIP_NODE, ARCHIP_RUNTIME_DIR, ...
         // from an operator's shell) may reach the binary: only what the test sets.
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ARCHIP_") }

@@ -67,24 +67,8 @@ import Testing
         /// instead of hanging the suite.
         func timed(_ args: [String]) throws -> (CLI.Result, Double) {
             let t = Date()
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-            p.arguments = ["-s", "KILL", "60", CLI.binDir + "/archip"] + args
-            var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ARCHIP_") }
-            env["ARCHIP_STORE"] = cli.store
-            env["ARCHIP_NODE"] = "node-a"
-            env["ARCHIP_RUNTIME_DIR"] = runtime
-            p.environment = env
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out
-            p.standardError = err
-            p.standardInput = FileHandle.nullDevice
-            try p.run()
-            let o = out.fileHandleForReading.readDataToEndOfFile()
-            let e = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            let r = CLI.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                               stderr: String(decoding: e, as: UTF8.self), stdoutData: o)
+            let r = try cli.run(args, env: ["ARCHIP_NODE": "node-a", "ARCHIP_RUNTIME_DIR": runtime],
+                                under: ["/usr/bin/timeout", "-s", "KILL", "60"])
             return (r, Date().timeIntervalSince(t))
         }
 
