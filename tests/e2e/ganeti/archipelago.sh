@@ -47,7 +47,7 @@ setsid "$BIN/archip" serve --config "$CONF" > "$W/serve.log" 2>&1 < /dev/null &
 SERVE_PID=$!
 for _ in $(seq 100); do [[ -S $RUN/control.sock ]] && break; sleep 0.1; done
 check "archip serve runs in the host's namespaces, not the cluster's" \
-  bash -c "[[ -S '$RUN/control.sock' && \$(readlink /proc/$SERVE_PID/ns/net) == \$(readlink /proc/self/ns/net) && -z \$(ip netns identify $SERVE_PID) ]]"
+  bash -c "[[ -S '$RUN/control.sock' && \$(readlink /proc/$SERVE_PID/ns/net) == \"\$(readlink /proc/self/ns/net)\" && -z \$(ip netns identify $SERVE_PID) ]]"
 stop_serve() { kill -TERM "$SERVE_PID" 2>/dev/null; for _ in $(seq 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done; }
 trap stop_serve EXIT
 
