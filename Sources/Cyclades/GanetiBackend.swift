@@ -7,9 +7,12 @@ public struct DiskSpec: Sendable, Equatable {
     public var provider: String?
     public var origin: String?
     public var originSize: Int64?        // bytes
+    /// The SHA-256 the origin must hash to (the image's registered checksum).
+    public var originSHA256: String?
 
-    public init(name: String, sizeMiB: Int, provider: String?, origin: String?, originSize: Int64?) {
+    public init(name: String, sizeMiB: Int, provider: String?, origin: String?, originSize: Int64?, originSHA256: String? = nil) {
         self.name = name; self.sizeMiB = sizeMiB; self.provider = provider; self.origin = origin; self.originSize = originSize
+        self.originSHA256 = originSHA256
     }
 
     /// RAPI's disk dict.
@@ -18,6 +21,7 @@ public struct DiskSpec: Sendable, Equatable {
         if let provider { d["provider"] = provider }
         if let origin { d["origin"] = origin }
         if let originSize { d["origin_size"] = originSize }
+        if let originSHA256 { d["origin_sha256"] = originSHA256 }
         return d
     }
 }

@@ -26,7 +26,7 @@ extension Registry {
             guard let img = try Image.fetchOne(db, key: parts[1]), img.isPublic || img.owner == user.id else {
                 throw CycladesError(.badRequest, "image \(parts[1]) does not exist")
             }
-            return ResolvedSource(source: source, origin: img.location, sizeBytes: img.size, imageID: img.id)
+            return ResolvedSource(source: source, origin: img.location, sizeBytes: img.size, imageID: img.id, sha256: img.checksum)
         case "snapshot":
             guard let s = try Snapshot.fetchOne(db, key: parts[1]), s.userid == user.id else {
                 throw CycladesError(.badRequest, "snapshot \(parts[1]) does not exist")
@@ -54,7 +54,7 @@ extension Registry {
     func diskSpec(_ v: Volume, type: VolumeType, source: ResolvedSource?) -> DiskSpec {
         let clone = type.canClone ? source : nil
         return DiskSpec(name: v.diskName, sizeMiB: v.size * 1024, provider: type.provider,
-                        origin: clone?.origin, originSize: clone?.sizeBytes)
+                        origin: clone?.origin, originSize: clone?.sizeBytes, originSHA256: clone?.sha256)
     }
 
     // MARK: servers

@@ -41,4 +41,6 @@ struct ResolvedSource {
     var origin: String        // the provider's origin
     var sizeBytes: Int64
     var imageID: String?
+    /// The image's registered SHA-256: the provider checks the origin against it.
+    var sha256: String? = nil
 }

@@ -66,8 +66,15 @@ public final class Registry: @unchecked Sendable {
 
     public func registerImage(name: String, location: String, size: Int64, owner: String, isPublic: Bool, checksum: String?) throws -> Image {
         guard size > 0 else { throw CycladesError(.badRequest, "image \(name): size must be above zero") }
+        // The checksum goes to the provider as origin_sha256, which checks every
+        // volume made from the image against it: only a SHA-256 can be one.
+        var digest = checksum?.lowercased()
+        if let d = digest, d.hasPrefix("sha256:") { digest = String(d.dropFirst(7)) }
+        if let d = digest, d.utf8.count != 64 || !d.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) {
+            throw CycladesError(.badRequest, "image \(name): checksum '\(d.prefix(80))' is not a SHA-256 (64 hex digits)")
+        }
         let img = Image(id: UUID().uuidString.lowercased(), name: name, owner: owner, isPublic: isPublic,
-                        location: location, size: size, checksum: checksum)
+                        location: location, size: size, checksum: digest)
         try db.write { db in try img.insert(db) }
         return img
     }

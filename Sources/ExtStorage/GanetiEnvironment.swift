@@ -12,7 +12,7 @@ public struct GanetiEnvironment: Sendable {
 
     /// Parameters the provider declares in `parameters.list`, plus the two
     /// Ganeti adds to every call itself.
-    public static let declaredParameters = ["origin", "origin_size"]
+    public static let declaredParameters = ["origin", "origin_size", "origin_sha256", "origin_hashmap"]
     public static let ganetiParameters = ["provider", "access"]
 
     /// `EXTP_ORIGIN=x` as `["ORIGIN": "x"]`: the names exactly as passed
@@ -26,6 +26,18 @@ public struct GanetiEnvironment: Sendable {
     public var origin: String? { nonEmpty("EXTP_ORIGIN") }
     /// Cyclades sends the origin's size in bytes with it (`origin_size`).
     public var originSize: UInt64? { nonEmpty("EXTP_ORIGIN_SIZE").flatMap { UInt64($0) } }
+    /// The whole image's SHA-256 (`origin_sha256`, what Cyclades registered
+    /// as the image's checksum; `sha256:` in front is accepted).
+    public var originSHA256: ContentHash? {
+        nonEmpty("EXTP_ORIGIN_SHA256").flatMap { ContentHash(hex: Self.bareDigest($0)) }
+    }
+    /// A Pithos hashmap the origin must match block by block (`origin_hashmap`: a file or an URL).
+    public var originHashmap: String? { nonEmpty("EXTP_ORIGIN_HASHMAP") }
+
+    private static func bareDigest(_ text: String) -> String {
+        let t = text.lowercased()
+        return t.hasPrefix("sha256:") ? String(t.dropFirst(7)) : t
+    }
 
     /// Unknown parameters are an error: Ganeti passes only what the operator
     /// set on the disk, so an unknown one is a typo that would be silently ignored.
@@ -41,6 +53,12 @@ public struct GanetiEnvironment: Sendable {
         }
         if let size = variables["EXTP_ORIGIN_SIZE"], !size.isEmpty, UInt64(size) == nil {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE '\(size)' is not a size in bytes")
+        }
+        if let digest = variables["EXTP_ORIGIN_SHA256"], !digest.isEmpty, ContentHash(hex: Self.bareDigest(digest)) == nil {
+            throw ExtStorageError(.badInput, "EXTP_ORIGIN_SHA256 '\(digest.prefix(80))' is not a SHA-256 (64 hex digits)")
+        }
+        if nonEmpty("EXTP_ORIGIN_SHA256") != nil || originHashmap != nil, origin == nil {
+            throw ExtStorageError(.badInput, "EXTP_ORIGIN_SHA256 and EXTP_ORIGIN_HASHMAP describe an origin, and EXTP_ORIGIN is not set")
         }
         if let access = variables["EXTP_ACCESS"], !["kernelspace", "userspace"].contains(access) {
             throw ExtStorageError(.badInput, "EXTP_ACCESS '\(access)' is neither kernelspace nor userspace")

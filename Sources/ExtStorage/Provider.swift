@@ -87,6 +87,18 @@ public struct Provider {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN_SIZE \(originSize) bytes is larger than VOL_SIZE (\(size.bytes) bytes)")
         }
         var source = try localOriginChecked(try parseOrigin(origin, store: store), origin: origin)
+        let expect = try expectation(for: source, origin: origin)
+        let remote = try remoteOpener(for: source, expect: expect)
+        if case .snapshot(let snap) = source, !expect.isEmpty {
+            // A clone copies nothing, so the filler never sees the bytes: check
+            // the snapshot itself (once; later clones compare with its record).
+            let started = Date()
+            switch try SnapshotContentCheck.check(snap, bytes: env.originSize, expect: expect, store: store, remote: remote) {
+            case .recorded: note("\(snap) matches \(expect) (recorded by an earlier check)")
+            case .checked(let bytes):
+                note(String(format: "%@ matches %@: %llu bytes read in %.1f s", snap.value, expect.description, bytes, Date().timeIntervalSince(started)))
+            }
+        }
         if case .volume(let live) = source {
             // A clone of a volume needs a frozen layer that holds every write
             // acknowledged so far: a snapshot, taken where the volume is served.
@@ -98,15 +110,21 @@ public struct Provider {
         // A create Ganeti retries after a crash continues the fill it began.
         request.resume = true
         request.blocks = config.pithosBlocks
-        switch request.source {
-        case .url, .pithos:
-            request.remote = try HTTPRemoteOpener(options: HTTPOptions(caCertificatePath: config.caCertificate, insecure: false))
-        default:
-            break
-        }
+        request.sha256 = expect.sha256
+        request.hashmap = expect.hashmap
+        request.remote = remote
         request.options.jobs = config.fillJobs
         request.options.progress = progressNotes()
-        switch try Filler.run(request, store: store) {
+        let outcome: FillOutcome
+        do {
+            outcome = try Filler.run(request, store: store)
+        } catch let e as StoreError where e.code == .corrupt && !expect.isEmpty {
+            // Not the registered image: a retry would fetch the same bytes, so
+            // nothing is kept to resume from (the blocks it wrote are gc's).
+            if (try? FillStage.abort(store: store, target: name)) == true { note("\(name): dropped the fill's checkpoint") }
+            throw e
+        }
+        switch outcome {
         case .cloned(let from):
             note("\(name): cloned from \(from) (O(1), nothing copied)")
         case .filled(let r):
@@ -207,6 +225,7 @@ public struct Provider {
         let store = try openStore()
         guard let origin = env.origin else { return }
         let spec = try localOriginChecked(try parseOrigin(origin, store: store), origin: origin)
+        _ = try expectation(for: spec, origin: origin)
         switch spec {
         case .snapshot(let n), .volume(let n):
             guard let s = try store.summary(n) else {
@@ -232,6 +251,18 @@ public struct Provider {
     /// clone a volume) becomes `volume:` the store volume of the Ganeti disk
     /// named NAME (its `VOL_CNAME`, recorded at create).
     private func parseOrigin(_ origin: String, store: VolumeStore) throws -> SourceSpec {
+        if Self.isBareName(origin) {
+            // Archipelago's spelling, what a stock Synnefo sends: the image's
+            // map name, `snf-snap-<id>-<n>` for a snapshot. A snapshot of that
+            // name is cloned; a volume is snapshotted first, like volume:NAME.
+            guard let n = try? VolumeName(origin) else {
+                throw ExtStorageError(.badInput, "EXTP_ORIGIN '\(origin.prefix(80))' is neither a name in the store nor kind:VALUE (snapshot:, volume:, disk:, file:, http(s)://, pithos:)")
+            }
+            guard let found = try store.summary(n) else {
+                throw ExtStorageError(.badInput, "origin \(origin): no snapshot or volume of that name in store \(config.storePath)")
+            }
+            return found.kind == "snapshot" ? .snapshot(n) : .volume(n)
+        }
         if origin.hasPrefix("disk:") {
             let cname = String(origin.dropFirst(5))
             guard !cname.isEmpty else { throw ExtStorageError(.badInput, "EXTP_ORIGIN: 'disk:' needs a Ganeti disk name") }
@@ -248,6 +279,48 @@ public struct Provider {
         } catch let e as StoreError {
             throw ExtStorageError(.badInput, "EXTP_ORIGIN: \(e.description)")
         }
+    }
+
+    /// A bare name: no `kind:` prefix, not a path.
+    static func isBareName(_ origin: String) -> Bool {
+        !origin.contains(":") && !origin.hasPrefix("/") && !origin.hasPrefix(".")
+    }
+
+    /// `origin_sha256` / `origin_hashmap` for this origin: for images
+    /// (file, URL, Pithos) and snapshots; a volume can change, so a checksum
+    /// of one is refused. A local hashmap file obeys the same folders as
+    /// `file:` origins.
+    func expectation(for spec: SourceSpec, origin: String) throws -> ContentExpectation {
+        var expect = ContentExpectation(sha256: env.originSHA256, hashmap: env.originHashmap)
+        if expect.isEmpty { return expect }
+        switch spec {
+        case .volume:
+            throw ExtStorageError(.badInput, "origin \(origin) is a volume, which can still change: EXTP_ORIGIN_SHA256/EXTP_ORIGIN_HASHMAP apply to images and snapshots")
+        case .pithos where expect.hashmap != nil:
+            throw ExtStorageError(.badInput, "origin \(origin) is a Pithos hashmap already: pass EXTP_ORIGIN_SHA256 only")
+        default:
+            break
+        }
+        if let hm = expect.hashmap, !(hm.hasPrefix("http://") || hm.hasPrefix("https://")) {
+            let path = hm.hasPrefix("file:") ? String(hm.dropFirst(5)) : hm
+            guard path.hasPrefix("/") else {
+                throw ExtStorageError(.badInput, "EXTP_ORIGIN_HASHMAP '\(hm.prefix(80))': a hashmap is an absolute path or an http(s) URL")
+            }
+            expect.hashmap = try localFile(path, origin: origin, what: "hashmap")
+        }
+        return expect
+    }
+
+    /// The HTTP client, loaded only when the origin or its hashmap is remote.
+    private func remoteOpener(for spec: SourceSpec, expect: ContentExpectation) throws -> (any RemoteSourceOpener)? {
+        var remote = false
+        switch spec {
+        case .url, .pithos: remote = true
+        default: break
+        }
+        if let hm = expect.hashmap, hm.hasPrefix("http://") || hm.hasPrefix("https://") { remote = true }
+        guard remote else { return nil }
+        return try HTTPRemoteOpener(options: HTTPOptions(caCertificatePath: config.caCertificate, insecure: false))
     }
 
     /// `file:` origins and local `pithos:` hashmaps only from the folders of

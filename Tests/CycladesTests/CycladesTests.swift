@@ -492,3 +492,31 @@ struct SeededGenerator: RandomNumberGenerator {
         return state
     }
 }
+
+/// An image registered with its checksum: every disk made from it carries
+/// `origin_sha256`, which the provider checks the origin against.
+@Suite struct ImageChecksums {
+    @Test func theRegisteredChecksumGoesToTheProviderWithTheOrigin() throws {
+        let f = try Fixture(quota: 20 << 30)
+        let r = f.registry
+        let digest = String(repeating: "ab", count: 32)
+        let img = try r.registerImage(name: "checked", location: "file:/srv/checked.raw", size: 1 << 30, owner: "system",
+                                      isPublic: true, checksum: "SHA256:" + digest.uppercased())
+        #expect(img.checksum == digest, "stored as 64 lower-case hex digits")
+        _ = try r.createServer(name: "vm", user: "alice", flavor: "small", image: img.id, volumes: [.init(sizeGB: 2, source: nil)])
+        let root = try #require(f.ganeti.sentDisks.last)
+        #expect(root.origin == "file:/srv/checked.raw" && root.originSHA256 == digest)
+        // An image without one sends none.
+        _ = try r.createServer(name: "vm2", user: "alice", flavor: "small", image: f.image.id, volumes: [.init(sizeGB: 2, source: nil)])
+        #expect(f.ganeti.sentDisks.last?.originSHA256 == nil)
+    }
+
+    @Test func aChecksumThatIsNotASHA256IsRefusedAtRegistration() throws {
+        let f = try Fixture()
+        for bad in ["abc", "md5:0123", String(repeating: "g", count: 64), String(repeating: "a", count: 63)] {
+            #expect(throws: CycladesError.self, "\(bad)") {
+                _ = try f.registry.registerImage(name: "x", location: "file:/srv/x.raw", size: 1 << 20, owner: "system", isPublic: true, checksum: bad)
+            }
+        }
+    }
+}

@@ -190,6 +190,7 @@ public final class FillStage: @unchecked Sendable {
                 _ = try? store.objects.remove(FillStage.checkpointName(target))
                 throw StoreError(.alreadyExists, "'\(target)' was created by someone else during the fill; it was left as they made it")
             }
+            store.noteIndexed(target, metadata)
             // Committed: a checkpoint left behind (failed removal) shows in 'archip list'.
             _ = try? store.objects.remove(FillStage.checkpointName(target))
             return
@@ -213,6 +214,7 @@ public final class FillStage: @unchecked Sendable {
             rec.layer = map.id
             rec.metadata.merge(metadata) { $1 }
             try store.objects.put(StoreLayout.record(target), rec.encode(), durable: true)
+            store.noteIndexed(target, rec.metadata)
             // Switched. Old layers left behind (a failed removal) are gc's;
             // a checkpoint left behind shows in 'archip list'.
             _ = try? store.removeUnreferencedLayers(startingAt: old, remaining: try store.allRecords())

@@ -7,6 +7,7 @@
 ///     layers/<layer>/b<index>      blocks the layer owns (8 hex digits)
 ///     blocks/aa/bb/cc/<sha256>     content-addressed blocks (Pithos layout)
 ///     locks/<name>                 who holds a volume
+///     index/<key>/<value>          lookup hints (MetadataIndex)
 enum StoreLayout {
     static let marker = ObjectName("archip-store")
     static let markerText = "archip store format 1\n"

@@ -124,14 +124,6 @@ public struct VolumeSummary: Sendable {
 }
 
 extension VolumeStore {
-    /// The volumes whose record has `key` = `value` in its metadata, sorted:
-    /// for finding a volume by what another system calls it (the Ganeti
-    /// provider resolves `disk:NAME` origins by `ganeti.cname`). Reads each
-    /// name's record only, never a map (`list` loads every map and chain).
-    public func volumes(withMetadata key: String, equalTo value: String) throws -> [VolumeName] {
-        try allRecords().filter { $0.1.kind == .volume && $0.1.metadata[key] == value }.map(\.0)
-    }
-
     /// Every volume that has metadata `key`, with its value, sorted by name:
     /// for comparing the store with another system's records (Cyclades'
     /// reconcile looks for `ganeti.cname`). Records only, like

@@ -131,6 +131,7 @@ public final class VolumeStore: @unchecked Sendable {
             try objects.removeAll(prefix: StoreLayout.layerPrefix(map.id))
             throw StoreError(.alreadyExists, "'\(name)' already exists")
         }
+        noteIndexed(name, metadata)
     }
 
     /// Opens a volume or snapshot. Writable modes take the volume's lock for
@@ -264,6 +265,7 @@ public final class VolumeStore: @unchecked Sendable {
             try objects.removeAll(prefix: StoreLayout.layerPrefix(map.id))
             throw StoreError(.alreadyExists, "'\(name)' already exists")
         }
+        noteIndexed(name, meta)
     }
 
     // MARK: names
@@ -377,6 +379,7 @@ public final class VolumeStore: @unchecked Sendable {
         }
         let drop = {
             try self.objects.remove(StoreLayout.record(name))
+            if rec.kind == .volume { self.forgetIndexed(name, rec.metadata) }
             try self.removeUnreferencedLayers(startingAt: rec.layer, remaining: records.filter { $0.0 != name })
         }
         if rec.kind == .volume {
