@@ -5,7 +5,8 @@
 #   running, modify --disk add (snf-vol-N), shutdown, activate-disks, modify
 #   --disk remove while the disks are active, deactivate-disks, startup,
 #   gnt-backup export (compared with the store's own export), instance
-#   remove; every step checked in the store (volumes, metadata, holds) and on
+#   remove, checksummed adds (origin_sha256 wrong and right, a bare-name
+#   origin, a file: origin); every step checked in the store (volumes, metadata, holds) and on
 #   the node (loop devices).
 # The node daemon runs as production runs it: started first, in the host's
 # namespaces (as archip-serve.service would), while every gnt-* command runs
@@ -35,7 +36,8 @@ attached_dev() { "$BIN/archip" attached --runtime-dir "$RUN" --json 2>/dev/null 
 
 log "archipelago provider in a Ganeti cluster; work folder $W"
 mkdir -p "$STORE"
-printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n' "$STORE" "$GNT_NODE_NAME" "$RUN" > "$CONF"
+mkdir -p "$W/images"
+printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n[fill]\nimage_dirs = %s\n' "$STORE" "$GNT_NODE_NAME" "$RUN" "$W/images" > "$CONF"
 run "install the provider (scripts/install-extstorage.sh)" "$REPO/scripts/install-extstorage.sh" "$PDIR" "$BIN" "$CONF" || exit 1
 # An image in the store: 24 MiB of a pattern, snapshot debian-img-v1.
 python3 -c "import sys,hashlib; sys.stdout.buffer.write(b''.join(hashlib.sha256(str(i).encode()).digest()*128 for i in range(6144)))" > "$W/image.raw"
@@ -112,6 +114,33 @@ run "gnt-instance remove -f" gnt gnt-instance remove -f "$I1"
 check "no instance volume is left in the store" bash -c "[[ -z \$('$BIN/archip' --store '$STORE' list --json | python3 -c 'import json,sys; print(\" \".join(v[\"name\"] for v in json.load(sys.stdin) if \".ext.disk\" in v[\"name\"]))') ]]"
 check "nothing is attached on the node" bash -c "[[ \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') == 0 ]]"
 check "the image snapshot is intact (archip verify)" "$BIN/archip" --store "$STORE" verify debian-img-v1
+
+# --- checksummed provisioning: origin_sha256, bare names ---------------------------
+# What Cyclades sends for an image registered with its checksum; a stock
+# Synnefo sends the bare snapshot name. A wrong checksum must fail the add with
+# the provider's line in Ganeti's error, and leave nothing in the store.
+I2=arch2.$GNT_DOMAIN
+cp "$W/image.raw" "$W/images/image.raw"
+IMG_SHA=$(sha256sum "$W/image.raw" | cut -d' ' -f1)
+IMG_SIZE=$(stat -c %s "$W/image.raw")
+WRONG=$(printf '%064d' 0)
+add2() { gnt gnt-instance add -t ext --disk "0:size=1G,provider=archipelago,$1" -o "$GNT_OS_NAME" --no-name-check --no-ip-check -H fake -n "$GNT_NODE_NAME" "$I2"; }
+for origin in "origin=snapshot:debian-img-v1,origin_size=$IMG_SIZE" "origin=file:$W/images/image.raw"; do
+  out=$(add2 "$origin,origin_sha256=$WRONG" 2>&1); rc=$?
+  check "add with a wrong origin_sha256 fails (${origin%%,*})" test "$rc" -ne 0
+  check "Ganeti shows the provider's one line naming both digests (${origin%%,*})" bash -c "grep -q 'expected $WRONG' <<<\"\$1\" && grep -q '$IMG_SHA' <<<\"\$1\"" _ "$out"
+  check "no volume and no fill checkpoint is left (${origin%%,*})" bash -c "[[ -z \$('$BIN/archip' --store '$STORE' list --json 2>/dev/null | python3 -c 'import json,sys; print(\" \".join(v[\"name\"] for v in json.load(sys.stdin) if \".ext.disk\" in v[\"name\"]))') && ! -e '$STORE/fills' || -z \$(ls -A '$STORE/fills' 2>/dev/null) ]]"
+  gnt gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "$I2" && gnt gnt-instance remove -f "$I2" >/dev/null 2>&1
+done
+run "gnt-instance add origin=debian-img-v1 (bare name) with the right origin_sha256" add2 "origin=debian-img-v1,origin_size=$IMG_SIZE,origin_sha256=$IMG_SHA"
+check "debian-img-v1 records the match" bash -c "[[ \$('$BIN/archip' --store '$STORE' info debian-img-v1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"metadata\"].get(\"content.sha256\",\"\"))') == '$IMG_SIZE $IMG_SHA' ]]"
+V2=$(vols | tr ' ' '\n' | grep 'ext.disk0$' | head -n1)
+check "the bare name gave an O(1) clone of debian-img-v1" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$V2' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"parent\"])') == debian-img-v1 ]]"
+run "gnt-instance remove -f $I2" gnt gnt-instance remove -f "$I2"
+run "gnt-instance add origin=file: with the right origin_sha256 (filled, hashed)" add2 "origin=file:$W/images/image.raw,origin_sha256=$IMG_SHA"
+V2=$(vols | tr ' ' '\n' | grep 'ext.disk0$' | head -n1)
+check "the filled disk holds the image (after the noop OS's stamp)" bash -c "cmp -s <(tail -c +1048577 '$W/image.raw') <('$BIN/archip' --store '$STORE' read '$V2' --offset 1048576 --length $((IMG_SIZE - 1048576)))"
+run "gnt-instance remove -f $I2" gnt gnt-instance remove -f "$I2"
 
 # Every detach the daemon did, and every one the provider reported to Ganeti, under 5 s.
 check "the daemon detached at least 4 times" bash -c "[[ \$(grep -c ': detach .* in [0-9]* ms' '$W/serve.log') -ge 4 ]]"
