@@ -43,7 +43,9 @@ run "backend-add (RAPI of the lab cluster)" snf backend-add lab --rapi "https://
 run "volume-type-create archipelago (ext_archipelago)" snf volume-type-create archipelago --disk-template ext_archipelago
 run "volume-type-create drbd" snf volume-type-create drbd --disk-template drbd
 run "flavor-create small (1 GB root)" snf flavor-create small --cpu 1 --ram 128 --disk 1 --volume-type archipelago
-IMG=$(snf image-register debian-12 --location snapshot:debian-img-v1 --size 24M)
+# Registered with its checksum: every disk made from it carries origin_sha256.
+IMG_SHA=$(sha256sum "$W/image.raw" | cut -d' ' -f1)
+IMG=$(snf image-register debian-12 --location snapshot:debian-img-v1 --size 24M --checksum "$IMG_SHA")
 check "image-register prints the image id" grep -Eq '^[0-9a-f-]{36}$' <<<"$IMG"
 TOKEN=$(snf user-create alice --quota 6G | awk '/^token:/ {print $2}')
 check "user-create prints a token" test -n "$TOKEN"
@@ -58,6 +60,7 @@ check "Ganeti has snf-$SID with disks of 1 and 2 GiB" bash -c "[[ \"\$(ip netns 
 check "the store has snf-vol-1 and snf-vol-2" bash -c "[[ \"\$('$BIN/archip' --store '$STORE' list --json | python3 -c \"import json,sys; print(' '.join(sorted(v['metadata'].get('ganeti.cname','') for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname','').startswith('snf-vol-'))))\")\" == 'snf-vol-1 snf-vol-2' ]]"
 ROOTSTORE=$(archip list --json | python3 -c "import json,sys; print(next(v['name'] for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname')=='snf-vol-1'))")
 check "the root volume is an O(1) clone of the image's snapshot" bash -c "[[ \$('$BIN/archip' --store '$STORE' info '$ROOTSTORE' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"parent\"])') == debian-img-v1 ]]"
+check "the provider checked the image's checksum (recorded with debian-img-v1)" bash -c "[[ \$('$BIN/archip' --store '$STORE' info debian-img-v1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"metadata\"].get(\"content.sha256\",\"\"))') == \"\$(stat -c %s '$W/image.raw') $IMG_SHA\" ]]"
 check "quota: alice uses 3 GiB" usage_is 3221225472 0
 run "reconcile-servers is clean" clean
 
