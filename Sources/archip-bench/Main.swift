@@ -76,6 +76,7 @@ struct Bench {
         if only == "all" || only == "fill" { try fill() }
         if only == "all" || only == "fill" || only == "fill-http" { try fillHTTP() }
         if only == "all" || only == "extstorage" { try extStorage() }
+        if only == "all" || only == "provision" { try provisioning() }
         if only == "all" || only == "checks" { try readChecks() }
         if only == "all" || only == "random" || only == "writes" {
             if only != "writes" && only != "all" { try sequential() }
