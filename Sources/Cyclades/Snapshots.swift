@@ -9,11 +9,14 @@ extension Registry {
     /// snapshot had), and its record. The one way snapshots are made: both
     /// `snf-manage snapshot-create` and the API's POST /snapshots call it.
     ///
-    /// Only IN_USE volumes. `throughNode` is asked when the store refuses
-    /// because a node holds the volume: it must take the snapshot through that
-    /// node's daemon (so it holds every acknowledged write) or throw.
+    /// Only IN_USE volumes. A held volume's snapshot must hold every write its
+    /// holder acknowledged, so the holder's daemon takes it: `throughThisNode`
+    /// is asked first (true when this node's daemon holds the volume and took
+    /// it); otherwise the holder is asked through the store
+    /// (`snapshotDelegating`), with a deadline and a one-line error naming it.
     public func createSnapshot(of volume: Volume, owner: String, name: String?, store: VolumeStore,
-                               throughNode: (_ source: VolumeName, _ target: VolumeName, _ refusal: StoreError) throws -> Void) throws -> Snapshot {
+                               holderTimeout: TimeInterval = SnapshotRequests.defaultTimeout,
+                               throughThisNode: (_ source: VolumeName, _ target: VolumeName) throws -> Bool) throws -> Snapshot {
         guard let id = volume.id, !volume.deleted, volume.status == .inUse else {
             throw CycladesError(.badRequest, "volume \(volume.id ?? 0) is \(volume.deleted ? "deleted" : volume.status.rawValue); only IN_USE volumes can be snapshotted")
         }
@@ -41,7 +44,11 @@ extension Registry {
         do {
             try store.snapshot(source, as: target)
         } catch let e as StoreError where e.code == .locked {
-            try throughNode(source, target, e)
+            if try !throughThisNode(source, target) {
+                do { try store.snapshotDelegating(source, as: target, timeout: holderTimeout) } catch let e as StoreError {
+                    throw CycladesError(e.code == .locked ? .conflict : .backend, e.description)
+                }
+            }
         } catch let e as StoreError {
             throw CycladesError(.backend, e.description)
         }

@@ -377,10 +377,8 @@ extension CycladesAPI {
         _ = try Input.metadata(o)
         let v = try registry.db.read { db in try ownedVolume(db, volRef, user) }
         let runtimeDir = self.runtimeDir
-        let snap = try registry.createSnapshot(of: v, owner: user.id, name: name, store: try store()) { source, target, refusal in
-            guard try NodeSnapshot.take(source, as: target, runtimeDir: runtimeDir) else {
-                throw CycladesError(.conflict, "\(refusal.description); it is attached on another node")
-            }
+        let snap = try registry.createSnapshot(of: v, owner: user.id, name: name, store: try store()) { source, target in
+            try NodeSnapshot.take(source, as: target, runtimeDir: runtimeDir)
         }
         return try .json(202, ["snapshot": snapshotView(snap, call, detail: true)])
     }

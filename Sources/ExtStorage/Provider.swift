@@ -210,7 +210,9 @@ public struct Provider {
             throw ExtStorageError(.failed, "'\(name)' does not exist in store \(config.storePath)")
         }
         if try node.snapshot(name, as: snap) { return }
-        try store.snapshot(name, as: snap)
+        // Held on another node (Ganeti runs this where the instance's primary
+        // was, which a failover may have moved): that node's daemon takes it.
+        try store.snapshotDelegating(name, as: snap)
     }
 
     private func open() throws {

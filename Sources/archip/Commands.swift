@@ -170,6 +170,8 @@ struct Snapshot: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Volume name.") var volume: String
     @Argument(help: "Snapshot name.") var snapshot: String
+    @Option(help: ArgumentHelp("Seconds to wait for the holder's daemon when another node holds the volume (default 30, or ARCHIP_SNAPSHOT_TIMEOUT).", valueName: "seconds"))
+    var timeout: Double?
 
     @OptionGroup var runtime: RuntimeOptions
 
@@ -182,7 +184,8 @@ struct Snapshot: ParsableCommand {
             _ = try client.call(ControlRequest(op: .snapshot, name: v.value, snapshot: s.value))
             return
         }
-        try global.openStore().snapshot(v, as: s)
+        // Held by another node (or process): its daemon takes it, asked through the store.
+        try global.openStore().snapshotDelegating(v, as: s, timeout: timeout ?? SnapshotRequests.defaultTimeout)
     }
 }
 

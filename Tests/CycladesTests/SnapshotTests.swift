@@ -26,8 +26,10 @@ import Testing
                              metadata: [GanetiMetadata.cname: volume.diskName])
         }
 
-        func snapshot(_ name: String? = nil, throughNode: (VolumeName, VolumeName, StoreError) throws -> Void = { _, _, e in throw e }) throws -> Snapshot {
-            try f.registry.createSnapshot(of: volume, owner: f.user.id, name: name, store: store, throughNode: throughNode)
+        func snapshot(_ name: String? = nil, holderTimeout: TimeInterval = 0.5,
+                      throughThisNode: (VolumeName, VolumeName) throws -> Bool = { _, _ in false }) throws -> Snapshot {
+            try f.registry.createSnapshot(of: volume, owner: f.user.id, name: name, store: store, holderTimeout: holderTimeout,
+                                          throughThisNode: throughThisNode)
         }
     }
 
@@ -52,24 +54,49 @@ import Testing
         #expect(Set(records) == ["snf-snap-\(id)-2", "snf-snap-\(id)-3", "snf-snap-\(id)-5"])
     }
 
-    @Test func aHeldVolumeGoesThroughTheNodeOrIsRefused() throws {
+    @Test func aHeldVolumeGoesThroughItsHolderOrIsRefused() throws {
         let s = try Setup()
         defer { try? FileManager.default.removeItem(atPath: s.dir) }
         let source = try VolumeName("vol-of-\(s.volume.diskName)")
-        try s.store.lock(source, owner: LockOwner(node: "node2", token: "t", pid: nil, since: Date()), mode: .exclusive)
-        // No node serves it here: refused, nothing recorded, nothing in the store.
-        #expect(throws: CycladesError.self) {
-            try s.snapshot { _, _, refusal in throw CycladesError(.conflict, "\(refusal.description); attached elsewhere") }
-        }
+        // Node 2 holds it open, with a write it acknowledged and never flushed.
+        let node2 = LockOwner(node: "node2", token: "t", pid: nil, since: Date())
+        let held = try s.store.open(source, mode: .exclusive, owner: node2)
+        defer { try? held.close() }
+        try held.write(at: 4096, Array(repeating: 0xA5, count: 4096))
+        // Nobody serves node 2's requests: refused in one line naming it, nothing recorded, nothing in the store.
+        let e = #expect(throws: CycladesError.self) { try s.snapshot() }
+        #expect(e?.kind == .conflict && e?.message.contains("node node2") == true && e?.message.contains("did not answer") == true,
+                "\(e?.message ?? "")")
         #expect(try s.f.registry.db.read { db in try Snapshot.fetchCount(db) } == 0)
         #expect(try s.store.list().allSatisfy { !$0.name.hasPrefix("snf-snap") })
-        // The node takes it: the record names what the node was asked to make.
+        // This node's daemon holds it: it takes it.
         var asked: [String] = []
-        let snap = try s.snapshot { src, target, refusal in
-            #expect(src == source && refusal.code == .locked)
+        let mine = try s.snapshot { src, target in
+            #expect(src == source)
             asked.append(target.value)
+            return true
         }
-        #expect(asked == [snap.storeName])
+        #expect(asked == [mine.storeName])
+        // Node 2 serves requests (as its daemon does): the snapshot is taken
+        // through its open volume and holds its acknowledged write.
+        let stop = Locked(false)
+        let served = Locked<[String]>([])
+        let store = s.store
+        Thread.detachNewThread {
+            while !stop.withLock({ $0 }) {
+                if let c = store.claimSnapshotRequest(source) {
+                    do { try held.snapshot(c.snapshot); store.answer(c, error: nil) } catch { store.answer(c, error: "\(error)") }
+                    served.withLock { $0.append(c.snapshot.value) }
+                }
+                usleep(20_000)
+            }
+        }
+        defer { stop.withLock { $0 = true } }
+        let theirs = try s.snapshot(holderTimeout: 10)
+        #expect(served.withLock { $0 } == [theirs.storeName])
+        let snap = try s.store.open(try VolumeName(theirs.storeName), mode: .readOnly)
+        defer { try? snap.close() }
+        #expect(try snap.read(at: 4096, length: 4096) == Array(repeating: 0xA5, count: 4096))
     }
 
     @Test func onlyInUseVolumesAndOnlyTheOneStoreVolumeOfTheDisk() throws {
@@ -77,7 +104,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: s.dir) }
         var detached = s.volume
         detached.status = .available
-        #expect(throws: CycladesError.self) { try s.f.registry.createSnapshot(of: detached, owner: s.f.user.id, name: nil, store: s.store) { _, _, e in throw e } }
+        #expect(throws: CycladesError.self) { try s.f.registry.createSnapshot(of: detached, owner: s.f.user.id, name: nil, store: s.store) { _, _ in false } }
         // Two store volumes claiming the disk: which one is meant is not guessed.
         try s.store.create(try VolumeName("another"), size: .mebibytes(8), metadata: [GanetiMetadata.cname: s.volume.diskName])
         let e = #expect(throws: CycladesError.self) { try s.snapshot() }

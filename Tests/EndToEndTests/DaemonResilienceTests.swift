@@ -12,15 +12,17 @@ import Testing
     final class RunningDaemon {
         let cli: CLI
         let runtime: String
+        let node: String
         let process = Process()
         var log: String { runtime + ".log" }
 
-        init(_ cli: CLI, extra: [String] = []) throws {
+        init(_ cli: CLI, node: String = "node-a", extra: [String] = []) throws {
             self.cli = cli
-            runtime = cli.store + "-run"
+            self.node = node
+            runtime = cli.store + "-run-" + node
             process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
             process.arguments = [CLI.binDir + "/archip", "serve", "--runtime-dir", runtime, "--store", cli.store,
-                                 "--node", "node-a"] + extra
+                                 "--node", node] + extra
             process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ARCHIP_") }
             _ = FileManager.default.createFile(atPath: log, contents: nil)
             let out = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -45,7 +47,7 @@ import Testing
 
         @discardableResult
         func run(_ args: [String], env: [String: String] = [:]) throws -> CLI.Result {
-            try cli.run(args, env: ["ARCHIP_NODE": "node-a", "ARCHIP_RUNTIME_DIR": runtime].merging(env) { $1 })
+            try cli.run(args, env: ["ARCHIP_NODE": node, "ARCHIP_RUNTIME_DIR": runtime].merging(env) { $1 })
         }
 
         /// `archip attach NAME`: the device and the NBD URI.
@@ -67,7 +69,7 @@ import Testing
         /// instead of hanging the suite.
         func timed(_ args: [String]) throws -> (CLI.Result, Double) {
             let t = Date()
-            let r = try cli.run(args, env: ["ARCHIP_NODE": "node-a", "ARCHIP_RUNTIME_DIR": runtime],
+            let r = try cli.run(args, env: ["ARCHIP_NODE": node, "ARCHIP_RUNTIME_DIR": runtime],
                                 under: ["/usr/bin/timeout", "-s", "KILL", "60"])
             return (r, Date().timeIntervalSince(t))
         }

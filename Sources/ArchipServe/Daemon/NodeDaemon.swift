@@ -95,6 +95,7 @@ public final class NodeDaemon: @unchecked Sendable {
         let l = try UnixListener(path: controlSocket)
         listener = l
         log("serving node \(store.node) on \(controlSocket) (store \(store.objects.location))")
+        Thread.detachNewThread { [self] in self.serveSnapshotRequests() }
         // The listener is non-blocking: wait for a client (or, every second, for a stop).
         while !stopping.withLock({ $0 }) {
             guard try Sys.waitReadable(l.fd, timeoutMilliseconds: 1000, what: controlSocket) else { continue }
@@ -370,6 +371,30 @@ public final class NodeDaemon: @unchecked Sendable {
             }
             try a.volume.snapshot(snap)
             log("snapshot \(name.value) as \(snap.value)")
+        }
+    }
+
+    /// Snapshots other nodes ask for (SnapshotRequests) of the volumes this
+    /// daemon holds writable: only it has every write it acknowledged.
+    private func serveSnapshotRequests() {
+        while !stopping.withLock({ $0 }) {
+            let held = attached.withLock { table in
+                table.compactMap { name, a in a.info.mode != Hold.none.rawValue ? name : nil }
+            }
+            for n in held {
+                guard let name = try? VolumeName(n), let c = store.claimSnapshotRequest(name) else { continue }
+                Thread.detachNewThread { [self] in
+                    do {
+                        try snapshot(name, as: c.snapshot)
+                        store.answer(c, error: nil)
+                        log("snapshot \(name.value) as \(c.snapshot.value) for \(c.from)")
+                    } catch {
+                        store.answer(c, error: "\(error)")
+                        log("snapshot \(name.value) as \(c.snapshot.value) for \(c.from) failed: \(error)")
+                    }
+                }
+            }
+            Thread.sleep(forTimeInterval: SnapshotRequests.pollInterval)
         }
     }
 
