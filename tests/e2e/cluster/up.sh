@@ -116,7 +116,52 @@ for n in $GC_NODES; do
   install -d -m 0750 "$d/log-ganeti/extstorage"
   mkdir -p "$d/srv-ganeti/os/$GC_OS_NAME"
   cp "$GC_REPO"/tests/e2e/ganeti/noop-os/* "$d/srv-ganeti/os/$GC_OS_NAME/"
-  "$GC_REPO/scripts/install-extstorage.sh" "$d/srv-ganeti/extstorage/archipelago" "$GC_ARCHIP_BIN" "$d/archip.conf"
+  pd=$d/srv-ganeti/extstorage/archipelago
+  "$GC_REPO/scripts/install-extstorage.sh" "$pd" "$GC_ARCHIP_BIN" "$d/archip.conf"
+  # Record every call Ganeti makes (time, node, action, the variables that
+  # matter) in $d/calls.log, and as a first stderr line in the log file Ganeti
+  # keeps for each call but attach; then run the installed shim. Two lab
+  # hooks stand in for the hypervisor the fake one does not run: attach
+  # records the device, a successful open publishes it in $d/dev.VOL_NAME
+  # (where the guest's I/O finds it; close and detach withdraw it), and
+  # close and detach first stop the guest's writer running on this node (a
+  # real hypervisor has stopped the VM before Ganeti closes its disks) and
+  # then signal $GC_ROOT/handoff.go (the VM runs on the other node now).
+  for a in create attach detach remove grow setinfo verify snapshot open close; do
+    mv -f "$pd/$a" "$pd/.$a.real"
+    {
+      echo '#!/bin/sh'
+      echo "d=$d a=$a"
+      cat <<'SH'
+line="$(date +%s.%N) ${d##*/} $a ${VOL_NAME:-} excl=${VOL_OPEN_EXCLUSIVE:--} size=${VOL_SIZE:--} new=${VOL_NEW_SIZE:--} snap=${VOL_SNAPSHOT_NAME:--}"
+echo "$line" >> "$d/calls.log"
+[ $a = attach ] || echo "gntc-lab: $line" >&2
+if [ $a = close ] || [ $a = detach ]; then
+  if p=$(cat "$d/writer.pid" 2>/dev/null) && [ -n "$p" ]; then
+    kill -TERM "$p" 2>/dev/null
+    i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
+    rm -f "$d/writer.pid"
+    echo "$(date +%s.%N) ${d##*/} guest writer $p stopped before $a" >> "$d/calls.log"
+    touch "${d%/nodes/*}/handoff.go"
+  fi
+fi
+case $a in
+attach)
+  out=$("$(dirname "$0")/.$a.real" "$@") || exit $?
+  printf '%s\n' "$out"
+  printf '%s\n' "$out" | head -n 1 > "$d/attached.$VOL_NAME"
+  exit 0;;
+open)   # the guest may use the disk once Ganeti opened it
+  "$(dirname "$0")/.$a.real" "$@" || exit $?
+  cp "$d/attached.$VOL_NAME" "$d/dev.$VOL_NAME" 2>/dev/null
+  exit 0;;
+close|detach) rm -f "$d/dev.$VOL_NAME";;
+esac
+SH
+      echo 'exec "$(dirname "$0")/.$a.real" "$@"'
+    } > "$pd/$a"
+    chmod 0755 "$pd/$a"
+  done
   if ! { p=$(cat "$d/run-ganeti/lab-sshd.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null; }; then
     nx "$n" /usr/sbin/sshd -f /etc/ssh/sshd_config
   fi
@@ -152,7 +197,7 @@ for n in $GC_NODES; do
   [[ $n == "$M" ]] && continue
   if nx "$M" gnt-node list --no-headers -o name | grep -qx "$(node_fqdn "$n")"; then
     for dm in $(/usr/lib/ganeti/daemon-util list-start-daemons); do
-      nx "$n" /usr/lib/ganeti/daemon-util check-and-start "$dm" 2>/dev/null || true
+      nx "$n" /usr/lib/ganeti/daemon-util check-and-start "$dm" >/dev/null 2>&1 || true
     done
     continue
   fi
