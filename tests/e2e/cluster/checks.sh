@@ -31,7 +31,7 @@ start_writer() {
   for x in $3; do after+="$W/$x.ack "; done
   shift 3
   nx "$n" env GUESTIO_AFTER="${WRITER_AFTER:-$after}" setsid -f /bin/sh -c 'echo $$ > "$1"; shift; exec "$@" 2>"$0"' \
-    "$W/$name.err" "$W/$name.pid" "$GC_PY" "$GIO" write "$name" "$d/dev.$V" "$W/$name.ack" "$d/writer.pid" "$@"
+    "$W/$name.err" "$W/$name.pid" "$GC_PY" "$GIO" write "$name" "$d/dev.$V" "$W/$name.ack" "$d/writer.$V.pid" "$@"
 }
 # wait_acks NAME N: until NAME acknowledged N writes (10 s at most).
 wait_acks() {
@@ -48,7 +48,7 @@ handoff() {
 cleanup_writers() {
   local f p
   for f in "$W"/*.pid; do [[ -e $f ]] && p=$(cat "$f") && kill -TERM "$p" 2>/dev/null; done
-  sleep 0.2; rm -f "$GO" "$DA/writer.pid" "$DB/writer.pid"
+  sleep 0.2; rm -f "$GO" "$DA"/writer.*.pid "$DB"/writer.*.pid
 }
 
 # Provider calls: mark TAG before a step; calls_since TAG merges what each
@@ -62,7 +62,7 @@ record_calls() {
   for n in $GC_NODES; do
     from=$(awk -v n="$n" '$1==n{print $2}' "$W/mark-$1"); from=${from:-0}
     tail -n +"$((from + 1))" "$(node_dir "$n")/calls.log" 2>/dev/null
-  done | sort -n | cut -d' ' -f1-5 > "$W/calls-$1.txt"
+  done | sort -n > "$W/calls-$1.txt"
 }
 # called NODE TAG TEXT: NODE's wrapper recorded "NODE TEXT" since TAG.
 called() { record_calls "$2"; grep -qF " $1 $3" "$W/calls-$2.txt"; }
@@ -82,7 +82,7 @@ holder_is() {
 }
 no_holder() { [[ $(archip info "$V" --json | jq_ 'len((d.get("lock") or {}).get("holders") or [])') == 0 ]]; }
 nothing_attached() {
-  [[ $(nx "$1" "$GC_ARCHIP_BIN/archip" attached --runtime-dir /run/archip --json | jq_ 'len(d)') == 0 ]]
+  [[ $(nx "$1" "$GC_ARCHIP_BIN/archip" attached --runtime-dir "$(node_rundir "$1")" --json | jq_ 'len(d)') == 0 ]]
 }
 vol_gone() { ! archip info "$1" >/dev/null 2>&1; }
 # gio_check NODE NAME...: the writers' records read back through NODE's device.

@@ -72,7 +72,7 @@ log "namespaces deleted"
 # --- 4. loop devices over the lab's files, folders ----------------------------------------
 for b in /sys/block/loop*/loop/backing_file; do
   [[ -e $b ]] || continue
-  if grep -q "^$GC_ROOT/" "$b"; then
+  if grep -Eq "^($GC_ROOT/|/run/archip/node-[a-z]+/)" "$b"; then
     dev=/dev/$(basename "$(dirname "$(dirname "$b")")")
     losetup -d "$dev" && log "detached $dev ($(cat "$b" 2>/dev/null))"
   fi

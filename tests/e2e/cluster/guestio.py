@@ -15,7 +15,7 @@ guestio.py check DEV ACKLOG...
     device; a file holds the volume's bytes from 0) and compare.
     Prints "N records ok" or the first bad ones; exit 1 if any is wrong.
 """
-import mmap, os, signal, sys, time, hashlib
+import hashlib, mmap, os, re, signal, sys, time
 
 BS = 4096
 OFFSET = 16 << 20
@@ -101,7 +101,7 @@ def check(args):
     buf = mmap.mmap(-1, BS)
     n, bad = 0, []
     for p in acklogs:
-        name = os.path.basename(p).split(".")[0]
+        name = re.split(r"[.-]", os.path.basename(p))[0]   # NAME.ack, NAME-whatever.ack
         for line in open(p):
             if not line.strip():
                 continue

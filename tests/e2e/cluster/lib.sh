@@ -58,6 +58,12 @@ node_ip() { echo "$GC_NET.$(node_index "$1")"; }
 node_short() { echo "node-$1"; }
 node_fqdn() { echo "node-$1.$GC_DOMAIN"; }
 node_dir() { echo "$GC_ROOT/nodes/$1"; }
+# The node daemon's runtime dir, inside the node's own /run/archip. Not
+# /run/archip itself: the daemon's recovery finds its old loop devices by
+# their backing file's path, and every node shares this kernel's loop devices,
+# so the same path on two nodes let one node's recovery detach the other's
+# devices (seen: node b's restart detached node a's /dev/loop5).
+node_rundir() { echo "/run/archip/$(node_short "$1")"; }
 node_netns() { echo "gntc-$1"; }
 master() { set -- $GC_NODES; echo "$1"; }
 netns_exists() { [[ -e /run/netns/$1 ]]; }
@@ -81,7 +87,11 @@ start_serve() {
   rm -f "$d/serve.pid"
   nx "$n" setsid -f /bin/sh -c 'echo $$ > "$1"; exec "$2" serve --config "$3" >>"$4" 2>&1 </dev/null' \
     sh "$d/serve.pid" "$GC_ARCHIP_BIN/archip" "$d/archip.conf" "$d/serve.log"
-  local _; for _ in $(seq 100); do nx "$n" test -S /run/archip/control.sock && return 0; sleep 0.1; done
+  # Serving once it logged so (after its recovery).
+  local _; for _ in $(seq 100); do
+    nx "$n" test -S "$(node_rundir "$n")/control.sock" && tail -n 1 "$d/serve.log" | grep -q ': serving node ' && return 0
+    sleep 0.1
+  done
   log "WARNING: node $n: archip serve has no control socket after 10 s"; return 1
 }
 stop_serve() {

@@ -66,8 +66,9 @@ CONF
   cp "$GC_ROOT/id_ed25519.pub" "$d/root/.ssh/authorized_keys"
   chmod 600 "$d/root/.ssh/"*
   # archip: the shared store, this node's name, its runtime dir.
-  printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = /run/archip\n[fill]\nimage_dirs = %s\n' \
-    "$GC_STORE" "$(node_fqdn "$n")" "$GC_ROOT/images" > "$d/archip.conf"
+  install -d -m 0755 "$d/run-archip/$(node_short "$n")"
+  printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n[fill]\nimage_dirs = %s\n' \
+    "$GC_STORE" "$(node_fqdn "$n")" "$(node_rundir "$n")" "$GC_ROOT/images" > "$d/archip.conf"
 done
 mkdir -p "$GC_ROOT/images"
 log "folders under $GC_ROOT"
@@ -124,7 +125,7 @@ for n in $GC_NODES; do
   # hooks stand in for the hypervisor the fake one does not run: attach
   # records the device, a successful open publishes it in $d/dev.VOL_NAME
   # (where the guest's I/O finds it; close and detach withdraw it), and
-  # close and detach first stop the guest's writer running on this node (a
+  # close and detach of a volume first stop the guest's writer of that volume on this node (a
   # real hypervisor has stopped the VM before Ganeti closes its disks) and
   # then signal $GC_ROOT/handoff.go (the VM runs on the other node now).
   for a in create attach detach remove grow setinfo verify snapshot open close; do
@@ -137,10 +138,10 @@ line="$(date +%s.%N) ${d##*/} $a ${VOL_NAME:-} excl=${VOL_OPEN_EXCLUSIVE:--} siz
 echo "$line" >> "$d/calls.log"
 [ $a = attach ] || echo "gntc-lab: $line" >&2
 if [ $a = close ] || [ $a = detach ]; then
-  if p=$(cat "$d/writer.pid" 2>/dev/null) && [ -n "$p" ]; then
+  if p=$(cat "$d/writer.$VOL_NAME.pid" 2>/dev/null) && [ -n "$p" ]; then
     kill -TERM "$p" 2>/dev/null
     i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
-    rm -f "$d/writer.pid"
+    rm -f "$d/writer.$VOL_NAME.pid"
     echo "$(date +%s.%N) ${d##*/} guest writer $p stopped before $a" >> "$d/calls.log"
     touch "${d%/nodes/*}/handoff.go"
   fi
@@ -199,6 +200,10 @@ for n in $GC_NODES; do
     for dm in $(/usr/lib/ganeti/daemon-util list-start-daemons); do
       nx "$n" /usr/lib/ganeti/daemon-util check-and-start "$dm" >/dev/null 2>&1 || true
     done
+    if [[ $(nx "$M" gnt-node list --no-headers -o offline "$(node_fqdn "$n")") == Y ]]; then
+      nx "$M" gnt-node add --readd --no-ssh-key-check "$(node_fqdn "$n")" >/dev/null
+      log "gnt-node add --readd $(node_fqdn "$n") (it was offline)"
+    fi
     continue
   fi
   t=$(now)
@@ -209,7 +214,8 @@ done
 for n in $GC_NODES; do
   for f in "$(node_dir "$n")"/run-ganeti/ganeti-*.pid; do
     [[ -e $f ]] || continue
-    p=$(cat "$f"); [[ $(ip netns identify "$p" 2>/dev/null) == "$(node_netns "$n")" ]] ||
+    p=$(cat "$f"); kill -0 "$p" 2>/dev/null || continue   # stale (a killed node)
+    [[ $(ip netns identify "$p" 2>/dev/null) == "$(node_netns "$n")" ]] ||
       die "$(basename "$f" .pid) ($p) of node $n is not in netns $(node_netns "$n")"
   done
 done
