@@ -70,6 +70,7 @@ check "the guest writer stopped before the detach on $A" bash -c "! kill -0 \$(c
 mark failover1; t=$(now)
 run "gnt-instance failover -f (stopped) to $B" gnt gnt-instance failover -f "$I"
 T_FO_STOPPED=$(secs "$t" "$(now)")
+record_calls failover1
 check "primary node is $B" primary_is "$B"
 check "failover of a stopped instance left no hold on the volume" no_holder
 run "the controller ($GC_CTRL) reads the volume from the store (attaching nothing)" \
