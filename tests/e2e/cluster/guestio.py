@@ -6,8 +6,9 @@ guestio.py write NAME DEVFILE ACKLOG PIDFILE [--go FILE] [--start SEQ]
     file the provider's attach wrapper writes the device path into); then
     write 4 KiB records seq, seq+1, ... at OFFSET + seq * 4 KiB with O_DIRECT
     and O_DSYNC, appending "seq time" to ACKLOG once each write returned (the
-    write is acknowledged). PIDFILE is written when writing starts. SIGTERM
-    (the hypervisor stopping the VM): finish the write in flight, exit 0. A
+    write is acknowledged). PIDFILE is written when writing starts and
+    removed once the device is closed. SIGTERM (the hypervisor stopping the
+    VM): finish the write in flight, close, exit 0. A
     write error: one line on stderr, exit 3. --start defaults to the last seq
     of the ACKLOGs named in $GUESTIO_AFTER (space-separated) plus one.
 guestio.py check DEV ACKLOG...
@@ -88,6 +89,9 @@ def write(args):
         seq += 1
     t = time.time()
     os.close(fd)
+    # Gone from the device: say so by removing PIDFILE (a zombie still
+    # answers kill -0 until it is reaped, which PID 1 may do late).
+    os.unlink(pidfile)
     print("guestio %s: stopped after seq %d; closing %s took %.3f s" % (name, seq - 1, dev, time.time() - t),
           file=sys.stderr)
     return 0

@@ -140,7 +140,7 @@ echo "$line" >> "$d/calls.log"
 if [ $a = close ] || [ $a = detach ]; then
   if p=$(cat "$d/writer.$VOL_NAME.pid" 2>/dev/null) && [ -n "$p" ]; then
     kill -TERM "$p" 2>/dev/null
-    i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
+    i=0; while [ -e "$d/writer.$VOL_NAME.pid" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
     rm -f "$d/writer.$VOL_NAME.pid"
     echo "$(date +%s.%N) ${d##*/} guest writer $p stopped before $a" >> "$d/calls.log"
     touch "${d%/nodes/*}/handoff.go"
