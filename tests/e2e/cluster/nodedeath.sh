@@ -114,6 +114,7 @@ mark death; t=$(now)
 out=$(failover_ignoring_consistency 2>&1); rc=$?
 T_FO1=$(secs "$t" "$(now)")
 echo "$out" > "$W/failover-1.log"
+record_calls death
 check "failover --ignore-consistency does not get the disks while the dead node's lock stands" bash -c "(( $rc != 0 ))"
 check "A's open was refused, naming the dead holder and the way to break it" \
   grep -q "is locked (exclusive) by node $(node_fqdn "$B").*archip unlock --force" "$W/failover-1.log"
