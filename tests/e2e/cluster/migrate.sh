@@ -108,5 +108,6 @@ if [[ ${GC_KEEP:-no} != yes ]]; then
   check "nothing is attached on $B" nothing_attached "$B"
 fi
 cleanup_writers
+if [[ $failed == 0 && ${GC_KEEP:-no} != yes ]]; then rm -rf "$W"; else log "logs kept in $W"; fi
 echo "$passed passed, $failed failed"
 [[ $failed == 0 ]]

@@ -163,5 +163,6 @@ if [[ ${GC_KEEP:-no} != yes ]]; then
 fi
 cleanup_writers
 log "$gaps gaps (GAP lines: what issue 17 still needs)"
+if [[ $failed == 0 && ${GC_KEEP:-no} != yes ]]; then rm -rf "$W"; else log "logs kept in $W"; fi
 echo "$passed passed, $failed failed"
 [[ $failed == 0 ]]
