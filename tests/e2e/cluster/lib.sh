@@ -63,7 +63,8 @@ node_dir() { echo "$GC_ROOT/nodes/$1"; }
 # their backing file's path, and every node shares this kernel's loop devices,
 # so the same path on two nodes let one node's recovery detach the other's
 # devices (seen: node b's restart detached node a's /dev/loop5).
-node_rundir() { echo "/run/archip/$(node_short "$1")"; }
+# GC_SHARED_RUNDIR=yes brings that layout back (to see nodedeath.sh catch it).
+node_rundir() { if [[ ${GC_SHARED_RUNDIR:-no} == yes ]]; then echo /run/archip; else echo "/run/archip/$(node_short "$1")"; fi; }
 node_netns() { echo "gntc-$1"; }
 master() { set -- $GC_NODES; echo "$1"; }
 netns_exists() { [[ -e /run/netns/$1 ]]; }
