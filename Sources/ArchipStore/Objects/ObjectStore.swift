@@ -181,12 +181,37 @@ public protocol ObjectStore: AnyObject, Sendable {
 public final class ObjectReadDescriptor: @unchecked Sendable {
     public let fd: Int32
     public let size: UInt64
+    /// The file's identity when it was handed out (nil: not known): what a
+    /// reader that remembers having checked its bytes compares before trusting that.
+    public let identity: FileIdentity?
     private let owner: AnyObject
 
-    public init(fd: Int32, size: UInt64, keepingAlive owner: AnyObject) {
+    public init(fd: Int32, size: UInt64, identity: FileIdentity? = nil, keepingAlive owner: AnyObject) {
         self.fd = fd
         self.size = size
+        self.identity = identity
         self.owner = owner
+    }
+}
+
+/// Which file, and which version of its bytes, by what `fstat` says: any
+/// write through the file system (or a rename over it) changes one of these.
+/// Linux stamps a change after a `stat` with a fine-grained time (multigrain
+/// timestamps, ext4/xfs/btrfs/tmpfs since 6.13), so two versions one
+/// `fstat` apart differ even within one clock tick.
+public struct FileIdentity: Equatable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var size: UInt64
+    public var modifiedNanoseconds: Int64
+    public var changedNanoseconds: Int64
+
+    public init(device: UInt64, inode: UInt64, size: UInt64, modifiedNanoseconds: Int64, changedNanoseconds: Int64) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.modifiedNanoseconds = modifiedNanoseconds
+        self.changedNanoseconds = changedNanoseconds
     }
 }
 

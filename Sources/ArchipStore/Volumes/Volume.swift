@@ -64,6 +64,8 @@ public final class Volume: @unchecked Sendable {
     let tabled = Locked<Set<ObjectName>>([])
     /// Owned objects' checksum tables (BlockChecks.swift).
     let tables = TableCache()
+    /// Owned objects' pages checked on the zero-copy path (BlockChecks.swift).
+    let checkedPages = CheckedPages()
 
     public let blockSize: Int
 
