@@ -249,6 +249,46 @@ extension ObjectStore {
 }
 
 extension ObjectStore {
+    /// `acquireLock` for an owner made for this one hold (a fresh token, so it
+    /// held nothing before). A failure other than "held by someone else" may
+    /// come after the lock was written (a put whose folder fsync failed, a
+    /// reply lost on the way back from a RADOS OSD): the hold is given back,
+    /// so a failed take never leaves the name locked by a holder that thinks
+    /// it has nothing. The take's error is the one reported.
+    func takeFreshLock(_ name: ObjectName, owner: LockOwner, mode: LockMode) throws {
+        do {
+            try acquireLock(name, owner: owner, mode: mode)
+        } catch let e as StoreError where e.code == .locked {
+            throw e
+        } catch {
+            _ = try? giveBackLock(name, owner: owner)
+            throw error
+        }
+    }
+
+    /// `releaseLock` (never forced), tried once more after an I/O error: the
+    /// first may have failed before it took effect (the hold would stay,
+    /// locking the name until 'unlock --force') or after (the second then
+    /// finds nothing to release, which is no error).
+    @discardableResult
+    func giveBackLock(_ name: ObjectName, owner: LockOwner) throws -> Bool {
+        do {
+            return try releaseLock(name, owner: owner, force: false)
+        } catch let e as StoreError where e.code == .locked {
+            throw e
+        } catch {
+            let first = error
+            do {
+                _ = try releaseLock(name, owner: owner, force: false)
+                return true
+            } catch {
+                throw first
+            }
+        }
+    }
+}
+
+extension ObjectStore {
     public func put(_ name: ObjectName, _ bytes: [UInt8], durable: Bool) throws {
         try bytes.withUnsafeBytes { try put(name, $0, length: 0, durable: durable) }
     }

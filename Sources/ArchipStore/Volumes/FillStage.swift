@@ -197,7 +197,11 @@ public final class FillStage: @unchecked Sendable {
         guard found.kind == .volume else {
             throw StoreError(.wrongKind, "'\(target)' is a snapshot; fill a volume")
         }
-        try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        if owner == nil {
+            try store.objects.takeFreshLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        } else {
+            try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        }
         do {
             // Re-read under the lock: a snapshot may have moved its layer since.
             var rec = try store.record(target)
@@ -218,10 +222,10 @@ public final class FillStage: @unchecked Sendable {
             _ = try? store.removeUnreferencedLayers(startingAt: old, remaining: try store.allRecords())
             _ = try? store.objects.remove(FillStage.checkpointName(target))
         } catch {
-            _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // report the switch's error
+            _ = try? store.objects.giveBackLock(StoreLayout.lock(target), owner: o)   // report the switch's error
             throw error
         }
-        try store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
+        try store.objects.giveBackLock(StoreLayout.lock(target), owner: o)
     }
 
     private func newMap(size: UInt64, done: [UInt32: ContentHash]) -> LayerMap {

@@ -802,14 +802,14 @@ public final class Volume: @unchecked Sendable {
                 // error is the one to report.
                 state.withLock { $0.closed = true }
                 if let owner, !keepingLock {
-                    _ = try? objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+                    _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: owner)
                 }
                 throw error
             }
         }
         state.withLock { $0.closed = true }
         if let owner, !keepingLock {
-            try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+            try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
         }
     }
 }
