@@ -86,16 +86,20 @@ struct List: ParsableCommand {
             }
             printTable(["NAME", "KIND", "SIZE", "PARENT", "BLOCKS", "LOCK"], rows)
         }
-        // Notes go to stdout under the table, to stderr with --json (the JSON stays a list of volumes).
-        func note(_ line: String) {
-            if json { FileHandle.standardError.write(Data("archip: \(line)\n".utf8)) } else { print(line) }
-        }
+        // Notes go to stdout under the table. With --json (the JSON stays a
+        // list of volumes) they go to stderr as one line, with the error if any.
+        var notes: [String] = []
         for f in fills {
-            note("fill in progress or interrupted: \(f.name), \(f.blocksStored) of \(f.blocks) blocks stored (\(ByteCount.format(UInt64(f.bytesStored)))) from \(f.source); continue it with 'archip fill \(f.name) --resume --from SOURCE' or drop it with 'archip fill \(f.name) --abort'")
+            notes.append("fill in progress or interrupted: \(f.name), \(f.blocksStored) of \(f.blocks) blocks stored (\(ByteCount.format(UInt64(f.bytesStored)))) from \(f.source); continue it with 'archip fill \(f.name) --resume --from SOURCE' or drop it with 'archip fill \(f.name) --abort'")
         }
-        for d in damaged { note("damaged: \(StoreError.bounded(d.description))") }
+        for d in damaged { notes.append("damaged: \(StoreError.bounded(d.description))") }
+        if !json { notes.forEach { print($0) } }
         if !damaged.isEmpty {
-            throw CLIError(message: "\(damaged.count) name(s) could not be read (listed above as damaged); run 'archip verify NAME' on each")
+            let failure = "\(damaged.count) name(s) could not be read (\(json ? "named here" : "listed above") as damaged); run 'archip verify NAME' on each"
+            throw CLIError(message: json ? (notes + [failure]).joined(separator: "; ") : failure)
+        }
+        if json && !notes.isEmpty {
+            FileHandle.standardError.write(Data("archip: \(notes.joined(separator: "; "))\n".utf8))
         }
     }
 }
