@@ -122,9 +122,9 @@ public final class FillStage: @unchecked Sendable {
         return try store.objects.remove(checkpointName(target))
     }
 
-    /// Ends this fill's hold on the name (`commit` does it when it succeeds);
-    /// the checkpoint stays for a resume. Idempotent; also done when the
-    /// stage is dropped.
+    /// Ends this fill's hold on the name (`commit` does it, whatever its
+    /// outcome); the checkpoint stays for a resume. Idempotent; also done
+    /// when the stage is dropped.
     public func end() {
         guard let owner = holder.withLock({ h -> LockOwner? in defer { h = nil }; return h }) else { return }
         _ = try? store.objects.giveBackLock(FillStage.fillLock(target), owner: owner)
