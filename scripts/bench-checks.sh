@@ -115,4 +115,7 @@ for path in ("nbd", "loop"):
         m = statistics.median(ratios)
         unit = (lambda v: f"{v / 1e6:.0f} MB/s") if idx == 0 else (lambda v: f"{v / 1e3:.1f}k IOPS")
         print(f"checks: {path:4} {job:8} checked {unit(statistics.median(x[idx] for x in on)):>12}, unchecked {unit(statistics.median(x[idx] for x in off)):>12}: ratio {m:.2f} [{min(ratios):.2f}-{max(ratios):.2f}] (goal >= 0.9{'' if m >= 0.9 else ', NOT MET'})")
+        # Round 1 is the first read of the data since fio wrote it (every page
+        # checked); later rounds re-read pages the daemon checked before.
+        print(f"checks: {path:4} {job:8} per round: {' '.join(f'{r:.2f}' for r in ratios)}")
 PY

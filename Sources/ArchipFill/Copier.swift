@@ -55,7 +55,18 @@ public struct FillResult: Sendable {
 /// number of blocks in flight. Verified blocks are checkpointed as it goes, so
 /// a failed or killed fill resumes without fetching them again.
 public enum Copier {
+    /// A failed fill is over: its checkpoint stays for a resume, and its
+    /// hold on the name (the fill lock) is given back (`FillStage.end`).
     public static func fill(from source: any BlockSource, into stage: FillStage, options: FillOptions) throws -> FillResult {
+        do {
+            return try copy(from: source, into: stage, options: options)
+        } catch {
+            stage.end()
+            throw error
+        }
+    }
+
+    private static func copy(from source: any BlockSource, into stage: FillStage, options: FillOptions) throws -> FillResult {
         guard source.blockSize == stage.blockSize else {
             throw StoreError(.invalidArgument, "\(source.description) is cut in \(ByteCount(UInt64(source.blockSize))) blocks, the volume in \(ByteCount(UInt64(stage.blockSize)))")
         }

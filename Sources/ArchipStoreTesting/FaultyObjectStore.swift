@@ -21,6 +21,13 @@ public enum FaultCall: String, Sendable, CaseIterable, CustomStringConvertible {
     case rename
     /// `enumerate`.
     case list
+    /// `acquireLock` (a lock object's read, decision and put under its guard;
+    /// a RADOS `lock_exclusive`/`lock_shared`).
+    case lock
+    /// `releaseLock`.
+    case unlock
+    /// `lockState`.
+    case lockState
 
     public var description: String { rawValue }
 }
@@ -44,7 +51,8 @@ public enum Fault: String, Sendable, CaseIterable, CustomStringConvertible {
     /// The faults that make sense for a kind of call.
     public static func applicable(to call: FaultCall) -> [Fault] {
         switch call {
-        case .read, .stat, .list: return [.eio]
+        case .read, .stat, .list, .lockState: return [.eio]
+        case .lock, .unlock: return [.eio, .afterEffect]
         case .put, .create: return [.eio, .enospc, .afterEffect]
         case .write: return [.eio, .enospc, .shortWrite, .afterEffect]
         case .sync: return [.eio, .afterEffect]
@@ -74,9 +82,9 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
 
 /// An `ObjectStore` over another one that counts its calls by kind and
 /// fails the one a `FaultPlan` names: the seam the fault-injection suite
-/// drives every store operation through. Lock calls pass through uncounted
-/// (the suite checks what the store does when its data calls fail; a lock
-/// that cannot be released is an operator's `unlock --force`).
+/// drives every store operation through. Lock calls are counted and fail
+/// too: a take that fails after it took effect must be given back, a
+/// release that fails once is tried again (no lock is left behind).
 ///
 /// `readDescriptor` answers nil, so every read goes through `read` and is
 /// counted (and can fail).
@@ -237,19 +245,19 @@ public final class FaultyObjectStore: ObjectStore, @unchecked Sendable {
         try run(.remove, "temporaries") { try inner.removeStaleTemporaries(olderThan: date) }
     }
 
-    // MARK: passed through
-
     public func acquireLock(_ name: ObjectName, owner: LockOwner, mode: LockMode) throws {
-        try inner.acquireLock(name, owner: owner, mode: mode)
+        try run(.lock, name.path) { try inner.acquireLock(name, owner: owner, mode: mode) }
     }
 
     public func releaseLock(_ name: ObjectName, owner: LockOwner, force: Bool) throws -> Bool {
-        try inner.releaseLock(name, owner: owner, force: force)
+        try run(.unlock, name.path) { try inner.releaseLock(name, owner: owner, force: force) }
     }
 
     public func lockState(_ name: ObjectName) throws -> LockState? {
-        try inner.lockState(name)
+        try run(.lockState, name.path) { try inner.lockState(name) }
     }
+
+    // MARK: passed through
 
     public func forgetCached(_ name: ObjectName) { inner.forgetCached(name) }
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <unistd.h>
 #include <sys/uio.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include "archip_sys.h"
 
@@ -195,4 +196,16 @@ long archip_pread_nowait_sys(int fd, void *buf, size_t len, uint64_t off) {
         n = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
     } while (n < 0 && errno == EINTR);
     return (long)n;
+}
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+
+int archip_range_cached(int fd, uint64_t off, uint64_t len) {
+    struct { uint64_t off, len; } range = {off, len};
+    struct { uint64_t cache, dirty, writeback, evicted, recently_evicted; } st;
+    if (len == 0) return 1;
+    if (syscall(__NR_cachestat, fd, &range, &st, 0) != 0) return -1;
+    return st.cache >= (off + len + 4095) / 4096 - off / 4096 ? 1 : 0;
 }

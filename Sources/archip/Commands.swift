@@ -86,16 +86,20 @@ struct List: ParsableCommand {
             }
             printTable(["NAME", "KIND", "SIZE", "PARENT", "BLOCKS", "LOCK"], rows)
         }
-        // Notes go to stdout under the table, to stderr with --json (the JSON stays a list of volumes).
-        func note(_ line: String) {
-            if json { FileHandle.standardError.write(Data("archip: \(line)\n".utf8)) } else { print(line) }
-        }
+        // Notes go to stdout under the table. With --json (the JSON stays a
+        // list of volumes) they go to stderr as one line, with the error if any.
+        var notes: [String] = []
         for f in fills {
-            note("fill in progress or interrupted: \(f.name), \(f.blocksStored) of \(f.blocks) blocks stored (\(ByteCount.format(UInt64(f.bytesStored)))) from \(f.source); continue it with 'archip fill \(f.name) --resume --from SOURCE' or drop it with 'archip fill \(f.name) --abort'")
+            notes.append("fill in progress or interrupted: \(f.name), \(f.blocksStored) of \(f.blocks) blocks stored (\(ByteCount.format(UInt64(f.bytesStored)))) from \(f.source); continue it with 'archip fill \(f.name) --resume --from SOURCE' or drop it with 'archip fill \(f.name) --abort'")
         }
-        for d in damaged { note("damaged: \(StoreError.bounded(d.description))") }
+        for d in damaged { notes.append("damaged: \(StoreError.bounded(d.description))") }
+        if !json { notes.forEach { print($0) } }
         if !damaged.isEmpty {
-            throw CLIError(message: "\(damaged.count) name(s) could not be read (listed above as damaged); run 'archip verify NAME' on each")
+            let failure = "\(damaged.count) name(s) could not be read (\(json ? "named here" : "listed above") as damaged); run 'archip verify NAME' on each"
+            throw CLIError(message: json ? (notes + [failure]).joined(separator: "; ") : failure)
+        }
+        if json && !notes.isEmpty {
+            FileHandle.standardError.write(Data("archip: \(notes.joined(separator: "; "))\n".utf8))
         }
     }
 }
@@ -316,11 +320,13 @@ struct GC: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Remove what is found.") var apply = false
     @Option(help: ArgumentHelp("Spare objects younger than this many seconds.", valueName: "seconds")) var grace: Double = 600
+    @Option(help: ArgumentHelp("Keep the checkpoint (and blocks) of an interrupted fill this long after its last progress, for --resume: seconds, or with a unit (30m, 24h, 7d).", valueName: "duration")) var fillGrace: String = "24h"
     @Flag(help: "Output JSON.") var json = false
 
     func run() throws {
         guard grace >= 0 else { throw CLIError(message: "--grace must not be negative", status: 2) }
-        let r = try global.openStore().gc(apply: apply, grace: grace)
+        let fillSeconds = try parseDuration(fillGrace, option: "--fill-grace")
+        let r = try global.openStore().gc(apply: apply, grace: grace, fillGrace: fillSeconds)
         if json {
             try printJSON(r)
             if r.withheld { throw ExitCode(1) }
@@ -329,6 +335,13 @@ struct GC: ParsableCommand {
         let verb = apply ? "removed" : "would remove"
         print("\(verb): \(r.deadLayers.count) dead layer(s), \(r.orphanOwnedBlocks) orphan owned block(s), \(r.unreferencedContentBlocks) unreferenced content block(s), \(ByteCount.format(r.bytes)) bytes")
         if !r.busyLayers.isEmpty { print("skipped \(r.busyLayers.count) layer(s) of volumes held open") }
+        if !r.reclaimedFills.isEmpty {
+            print("\(apply ? "dropped" : "would drop") the checkpoint of \(r.reclaimedFills.count) abandoned fill(s) (no progress for \(fillGrace)): \(r.reclaimedFills.joined(separator: ", "))")
+        }
+        if !r.interruptedFills.isEmpty {
+            let names = r.interruptedFills.joined(separator: ", ")
+            print("kept: \(r.interruptedFills.count) interrupted fill(s) hold \(ByteCount.format(r.interruptedFillBytes)): \(names); continue with 'archip fill NAME --from SOURCE --resume' or drop with 'archip fill NAME --abort' (gc drops them \(fillGrace) after their last progress)")
+        }
         if !apply { print("(dry run; pass --apply to remove)") }
         if r.withheld {
             print("kept every dead layer and content block: \(r.damaged.count) damaged name(s) may reference them (never deleted on partial knowledge):")
@@ -489,4 +502,19 @@ struct SetInfo: ParsableCommand {
         let n = try volumeName(name)
         try global.openStore().setMetadata(n, try parseMetadata(pairs), replace: replace)
     }
+}
+
+/// A duration for an option: seconds, or a number with s, m, h or d.
+func parseDuration(_ text: String, option: String) throws -> Double {
+    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+    var number = Substring(text)
+    var scale = 1.0
+    if let last = text.last, let u = units[last] {
+        number = text.dropLast()
+        scale = u
+    }
+    guard let v = Double(number), v >= 0, v.isFinite else {
+        throw CLIError(message: "\(option) '\(text)': give seconds or a number with s, m, h or d (e.g. 24h)", status: 2)
+    }
+    return v * scale
 }

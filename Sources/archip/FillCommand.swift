@@ -165,8 +165,8 @@ func runFill(_ request: FillRequest, store: VolumeStore, source: String) throws 
         if before && !request.resume {
             throw error   // the error is about that earlier fill, and says what to do
         }
-        if let e = error as? StoreError, e.code == .alreadyExists {
-            throw error   // another fill's checkpoint, or a name taken meanwhile: nothing of this one is kept
+        if let e = error as? StoreError, e.code == .alreadyExists || e.code == .locked {
+            throw error   // another fill's checkpoint or running fill, or a name taken meanwhile: nothing of this one is kept
         }
         let code: Int32 = (error as? StoreError).map { Main.isUsage($0) ? 2 : 1 } ?? 1
         throw CLIError(message: "\(error); \(hint)", status: code)

@@ -136,6 +136,50 @@ import Glibc
         CheckedReads.expectCorrupt("read after the cut", block: 0, object: obj) { _ = try v.read(at: 1 << 20, length: 4096) }
     }
 
+    /// A long-running reader (the node daemon: one store kept open) checked a
+    /// content block whole once; a byte flipped in place afterwards, keeping
+    /// the length, is found by its next read (the file's version changed),
+    /// copying or zero-copy, not when the check leaves the cache.
+    @Test func contentBlockFlippedInPlaceAfterItWasCheckedIsAnError() throws {
+        let t = try TestBackend.dir.store("flip-later")
+        defer { t.remove() }
+        try CheckedReads.cloneOfHashedSnapshot(t.store)
+        let obj = try CheckedReads.contentObject(t.store, "s", block: 1)
+        let v = try t.store.open(name("c"), mode: .readOnly)
+        let expected = Array(CheckedReads.data(3 * CheckedReads.bs)[(4 << 20)..<((4 << 20) + 65536)])
+        #expect(try v.read(at: 4 << 20, length: 65536) == expected)
+        #expect(try v.readPieces(at: 4 << 20, length: 65536) != nil, "checked once: handed out without copying")
+        // In place, as a failing disk or a stray write would: same inode, same length.
+        try CheckedReads.flip(t, obj, at: 1000)
+        CheckedReads.expectCorrupt("read after the flip", block: 1, object: obj) { _ = try v.read(at: (4 << 20) + 65536, length: 4096) }
+        CheckedReads.expectCorrupt("zero-copy read after the flip", block: 1, object: obj) {
+            // nil sends the caller to `read`, which checks.
+            if try v.readPieces(at: 4 << 20, length: 65536) == nil { _ = try v.read(at: 4 << 20, length: 65536) }
+        }
+    }
+
+    /// The zero-copy path hands out owned pages it checked before without
+    /// reading them again (CheckedPages); a byte flipped in place since is
+    /// still never handed out.
+    @Test func ownedPagesCheckedBeforeAreCheckedAgainAfterAChange() throws {
+        let t = try TestBackend.dir.store("flip-owned-later")
+        defer { t.remove() }
+        try t.store.create(name("w"), size: .mebibytes(8))
+        let written = CheckedReads.data(8 << 20)
+        try t.store.withVolume(name("w")) { try $0.write(at: 0, written) }
+        let obj = try CheckedReads.ownedObject(t.store, "w", block: 1)
+        let v = try t.store.open(name("w"), mode: .readOnly)
+        for _ in 0..<2 {
+            #expect(try v.readPieces(at: 4 << 20, length: 1 << 20) != nil)
+        }
+        try CheckedReads.flip(t, obj, at: 5000)
+        CheckedReads.expectCorrupt("zero-copy read after the flip", block: 1, object: obj) {
+            if try v.readPieces(at: 4 << 20, length: 1 << 20) == nil { _ = try v.read(at: 4 << 20, length: 1 << 20) }
+        }
+        // The rest of the block still goes out.
+        #expect(try v.readPieces(at: (4 << 20) + 65536, length: 1 << 20) != nil)
+    }
+
     @Test(arguments: TestBackend.persistent)
     func flippedByteInContentBlockFailsReadsCopiesAndVerify(_ backend: TestBackend) throws {
         let t = try backend.store("flip-content")

@@ -52,4 +52,33 @@ import Testing
         #expect(try cli.run(["fill", "x", "--abort"]).status == 0)
         #expect(try cli.run(["fill", "x", "--from", "file:" + img, "--progress", "none"]).status == 0)
     }
+
+    /// Two interrupted fills: `list --json` keeps stdout a list of volumes and
+    /// says the notes on stderr in one line; `gc --apply` keeps and reports
+    /// them while they are young, drops them past --fill-grace.
+    @Test func interruptedFillsAreOneNoteLineAndGCReclaimsThemPastTheGrace() throws {
+        let cli = CLI()
+        let img = image(cli, mib: 5)
+        for n in ["a", "b"] {
+            let bad = try cli.run(["fill", n, "--from", "file:" + img, "--sha256", String(repeating: "ab", count: 32), "--progress", "none"])
+            #expect(bad.status == 1, "\(bad.stderr)")
+        }
+        let listed = try cli.run(["list", "--json"])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        #expect((try JSONSerialization.jsonObject(with: listed.stdoutData) as? [Any])?.isEmpty == true)
+        let notes = listed.stderr.split(separator: "\n")
+        #expect(notes.count == 1, "list --json wrote \(notes.count) lines on stderr: \(listed.stderr)")
+        #expect(listed.stderr.contains("fill in progress or interrupted: a") && listed.stderr.contains("fill in progress or interrupted: b"))
+        let young = try cli.run(["gc", "--apply", "--grace", "0"])
+        #expect(young.status == 0, "\(young.stderr)")
+        #expect(young.stdout.contains("2 interrupted fill(s) hold"), "\(young.stdout)")
+        #expect(young.stdout.contains("--resume") && young.stdout.contains("--abort"), "\(young.stdout)")
+        expectOneLineError(try cli.run(["gc", "--fill-grace", "soon"]), status: 2, mentioning: "--fill-grace", "bad duration")
+        let old = try cli.run(["gc", "--apply", "--grace", "0", "--fill-grace", "0s"])
+        #expect(old.status == 0, "\(old.stderr)")
+        #expect(old.stdout.contains("dropped the checkpoint of 2 abandoned fill(s)"), "\(old.stdout)")
+        let after = try cli.run(["list"])
+        #expect(!after.stdout.contains("interrupted"), "\(after.stdout)")
+        #expect(try cli.run(["fill", "a", "--from", "file:" + img, "--progress", "none"]).status == 0)
+    }
 }

@@ -20,6 +20,14 @@ public struct GCReport: Codable, Sendable {
     public var damaged: [String] = []
     /// True when `damaged` held removals back.
     public var withheld: Bool { !damaged.isEmpty }
+    /// Checkpoints of fills that are not running and older than the fill
+    /// grace: dropped (with `apply`), their blocks then garbage like any other.
+    public var reclaimedFills: [String] = []
+    /// Checkpoints of interrupted fills younger than the fill grace: kept
+    /// (with their blocks) for `fill NAME --resume` or `--abort`.
+    public var interruptedFills: [String] = []
+    /// Bytes of content blocks the kept interrupted fills stored.
+    public var interruptedFillBytes: UInt64 = 0
 }
 
 extension VolumeStore {
@@ -29,9 +37,15 @@ extension VolumeStore {
     ///
     /// Objects younger than `grace` are spared: a clone or fill in progress
     /// writes objects before the name or map that references them.
-    public func gc(apply: Bool, grace: TimeInterval = 600) throws -> GCReport {
+    ///
+    /// A fill's checkpoint keeps its blocks while the fill runs (it holds its
+    /// fill lock) and, once interrupted, for `fillGrace` after its last
+    /// checkpoint (for a `--resume`); after that it is dropped and its blocks
+    /// are garbage. A running fill is never touched.
+    public func gc(apply: Bool, grace: TimeInterval = 600, fillGrace: TimeInterval = 86_400) throws -> GCReport {
         var report = GCReport(applied: apply, graceSeconds: grace)
         let cutoff = Date().addingTimeInterval(-grace)
+        let fillCutoff = Date().addingTimeInterval(-fillGrace)
 
         // Listing costs a pass over the whole store on some backends (RADOS
         // lists a pool only whole), so gc lists twice, whatever the number of
@@ -59,7 +73,17 @@ extension VolumeStore {
         var referenced = Set<ContentHash>()
         for obj in fillObjects {
             do {
-                referenced.formUnion(try FillStage.decode(try objects.readAll(obj), what: obj.path).done.values)
+                let checkpoint = try FillStage.decode(try objects.readAll(obj), what: obj.path)
+                if let target = try? VolumeName(obj.lastComponent),
+                   try reclaimFill(target, checkpoint: obj, olderThan: fillCutoff, apply: apply) {
+                    report.reclaimedFills.append(target.value)
+                    continue
+                }
+                if let target = try? VolumeName(obj.lastComponent), try FillStage.runningHolder(store: self, target: target) == nil {
+                    report.interruptedFills.append(target.value)
+                    report.interruptedFillBytes += UInt64(checkpoint.done.values.filter { $0 != ContentHash.ofEmpty }.count) * UInt64(checkpoint.blockSize)
+                }
+                referenced.formUnion(checkpoint.done.values)
             } catch let e as StoreError where e.code == .notFound {
                 continue   // finished or dropped since the listing
             } catch {
@@ -126,5 +150,25 @@ extension VolumeStore {
             report.temporaries = try objects.removeStaleTemporaries(olderThan: cutoff)
         }
         return report
+    }
+
+    /// Whether `target`'s fill checkpoint is abandoned: no fill runs it and
+    /// it was last written before `cutoff`. With `apply` it is then dropped,
+    /// under the fill's lock (a resume starting now waits or fails, and a
+    /// fill that started since keeps it).
+    private func reclaimFill(_ target: VolumeName, checkpoint: ObjectName, olderThan cutoff: Date, apply: Bool) throws -> Bool {
+        guard try FillStage.runningHolder(store: self, target: target) == nil,
+              let st = try objects.stat(checkpoint), st.modified < cutoff else { return false }
+        guard apply else { return true }
+        let owner: LockOwner
+        do {
+            owner = try FillStage.claim(store: self, target: target, doing: "reclaim its checkpoint")
+        } catch let e as StoreError where e.code == .locked {
+            return false   // a fill of it started meanwhile
+        }
+        defer { _ = try? objects.giveBackLock(FillStage.fillLock(target), owner: owner) }
+        guard let again = try objects.stat(checkpoint), again.modified < cutoff else { return false }
+        try objects.remove(checkpoint)
+        return true
     }
 }

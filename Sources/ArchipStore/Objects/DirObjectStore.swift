@@ -78,7 +78,10 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         let fd = try descriptor(name, writable: false)
         var st = Glibc.stat()
         guard fstat(fd.fd, &st) == 0 else { throw StoreError.posix("stat", path(name), errno: errno) }
-        return ObjectReadDescriptor(fd: fd.fd, size: UInt64(st.st_size), keepingAlive: fd)
+        let identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: UInt64(st.st_size),
+                                    modifiedNanoseconds: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+                                    changedNanoseconds: Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec))
+        return ObjectReadDescriptor(fd: fd.fd, size: UInt64(st.st_size), identity: identity, keepingAlive: fd)
     }
 
     // MARK: ObjectStore

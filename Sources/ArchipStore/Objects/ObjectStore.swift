@@ -181,12 +181,37 @@ public protocol ObjectStore: AnyObject, Sendable {
 public final class ObjectReadDescriptor: @unchecked Sendable {
     public let fd: Int32
     public let size: UInt64
+    /// The file's identity when it was handed out (nil: not known): what a
+    /// reader that remembers having checked its bytes compares before trusting that.
+    public let identity: FileIdentity?
     private let owner: AnyObject
 
-    public init(fd: Int32, size: UInt64, keepingAlive owner: AnyObject) {
+    public init(fd: Int32, size: UInt64, identity: FileIdentity? = nil, keepingAlive owner: AnyObject) {
         self.fd = fd
         self.size = size
+        self.identity = identity
         self.owner = owner
+    }
+}
+
+/// Which file, and which version of its bytes, by what `fstat` says: any
+/// write through the file system (or a rename over it) changes one of these.
+/// Linux stamps a change after a `stat` with a fine-grained time (multigrain
+/// timestamps, ext4/xfs/btrfs/tmpfs since 6.13), so two versions one
+/// `fstat` apart differ even within one clock tick.
+public struct FileIdentity: Equatable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var size: UInt64
+    public var modifiedNanoseconds: Int64
+    public var changedNanoseconds: Int64
+
+    public init(device: UInt64, inode: UInt64, size: UInt64, modifiedNanoseconds: Int64, changedNanoseconds: Int64) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.modifiedNanoseconds = modifiedNanoseconds
+        self.changedNanoseconds = changedNanoseconds
     }
 }
 
@@ -220,6 +245,46 @@ extension ObjectStore {
     /// backend overrides it.
     public func removeAll(prefixes: [String]) throws {
         for p in prefixes { try removeAll(prefix: p) }
+    }
+}
+
+extension ObjectStore {
+    /// `acquireLock` for an owner made for this one hold (a fresh token, so it
+    /// held nothing before). A failure other than "held by someone else" may
+    /// come after the lock was written (a put whose folder fsync failed, a
+    /// reply lost on the way back from a RADOS OSD): the hold is given back,
+    /// so a failed take never leaves the name locked by a holder that thinks
+    /// it has nothing. The take's error is the one reported.
+    func takeFreshLock(_ name: ObjectName, owner: LockOwner, mode: LockMode) throws {
+        do {
+            try acquireLock(name, owner: owner, mode: mode)
+        } catch let e as StoreError where e.code == .locked {
+            throw e
+        } catch {
+            _ = try? giveBackLock(name, owner: owner)
+            throw error
+        }
+    }
+
+    /// `releaseLock` (never forced), tried once more after an I/O error: the
+    /// first may have failed before it took effect (the hold would stay,
+    /// locking the name until 'unlock --force') or after (the second then
+    /// finds nothing to release, which is no error).
+    @discardableResult
+    func giveBackLock(_ name: ObjectName, owner: LockOwner) throws -> Bool {
+        do {
+            return try releaseLock(name, owner: owner, force: false)
+        } catch let e as StoreError where e.code == .locked {
+            throw e
+        } catch {
+            let first = error
+            do {
+                _ = try releaseLock(name, owner: owner, force: false)
+                return true
+            } catch {
+                throw first
+            }
+        }
     }
 }
 

@@ -5,7 +5,10 @@ import Foundation
 /// volume never claims data it does not have. A checkpoint (`fills/<name>`)
 /// records the verified blocks, so an interrupted fill resumes where it stopped.
 ///
-/// Not for concurrent use by two processes: one fill per target at a time.
+/// One fill per target at a time: a running fill holds the lock
+/// `fill-locks/<name>` from `begin` until `commit` (or `end`), so a second
+/// fill or resume of the name fails naming the first, and `gc` can tell a
+/// running fill's checkpoint from an abandoned one.
 public final class FillStage: @unchecked Sendable {
     public let store: VolumeStore
     public let target: VolumeName
@@ -23,53 +26,121 @@ public final class FillStage: @unchecked Sendable {
     }
 
     private let state: Locked<(done: [UInt32: ContentHash], unsynced: [ObjectName], written: Int)>
+    /// This fill's hold on `fillLock(target)`, until `end`.
+    private let holder: Locked<LockOwner?>
 
     static let magic = Array("ARCHFILL".utf8)
     static func checkpointName(_ n: VolumeName) -> ObjectName { ObjectName("fills", n.value) }
+    static func fillLock(_ n: VolumeName) -> ObjectName { ObjectName("fill-locks", n.value) }
+
+    /// A running fill writes its checkpoint every few seconds while blocks
+    /// arrive (`FillOptions.checkpointInterval`); a holder on another node
+    /// whose checkpoint is older than this counts as gone (that node died).
+    static let silentHolderTimeout: TimeInterval = 3600
+
+    /// Whether a holder of a fill's lock is gone: a process of this node
+    /// that no longer runs, or (its process cannot be checked from here) a
+    /// holder on another node whose fill made no checkpoint for an hour.
+    static func isGone(_ h: LockOwner, node: String, lastProgress: Date?) -> Bool {
+        if h.node == node, let pid = h.pid, pid > 0 {
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+        guard let lastProgress else { return false }
+        return Date().timeIntervalSince(lastProgress) > silentHolderTimeout
+    }
+
+    /// The running fill of `target`, if any: the holder of its fill lock,
+    /// unless that holder is gone (see `isGone`).
+    static func runningHolder(store: VolumeStore, target: VolumeName) throws -> LockOwner? {
+        guard let st = try store.objects.lockState(fillLock(target)), !st.holders.isEmpty else { return nil }
+        let last = try store.objects.stat(checkpointName(target))?.modified
+        return st.holders.first { !isGone($0, node: store.node, lastProgress: last) }
+    }
+
+    /// Takes `target`'s fill lock for a fresh owner: holders that are gone
+    /// are dropped first; a running one is an error naming it.
+    static func claim(store: VolumeStore, target: VolumeName, doing what: String) throws -> LockOwner {
+        let lock = fillLock(target)
+        let owner = LockOwner.forThisProcess(node: store.node)
+        if let st = try store.objects.lockState(lock), !st.holders.isEmpty, try runningHolder(store: store, target: target) == nil {
+            // Gone without releasing (killed, or its node died).
+            for h in st.holders { _ = try? store.objects.giveBackLock(lock, owner: h) }
+        }
+        do {
+            try store.objects.takeFreshLock(lock, owner: owner, mode: .exclusive)
+        } catch let e as StoreError where e.code == .locked {
+            let running = (try? store.objects.lockState(lock))?.holders.map(\.description).joined(separator: ", ") ?? "another process"
+            throw StoreError(.locked, "cannot \(what): a fill of '\(target)' is running (\(running)); wait for it to end (a holder on another node that makes no progress for \(Int(silentHolderTimeout / 60)) minutes counts as gone)")
+        }
+        return owner
+    }
 
     /// Starts (or with `resume`, continues) a fill of `target`.
     public static func begin(store: VolumeStore, target: VolumeName, imageSize: UInt64, blockSize: Int,
                              sourceID: String, resume: Bool) throws -> FillStage {
         try LayerMap.checkBlockSize(UInt32(blockSize))
         let cp = checkpointName(target)
-        var done: [UInt32: ContentHash] = [:]
-        let found = try store.objects.stat(cp) != nil
-        if found {
-            guard resume else {
-                throw StoreError(.alreadyExists, "a fill of '\(target)' is running or was interrupted; continue it with --resume, or drop it with 'archip fill \(target) --abort'")
+        // Held from here to commit (or end): a second fill or resume of the
+        // name fails here, naming this one.
+        let owner = try claim(store: store, target: target, doing: resume ? "resume" : "fill")
+        do {
+            var done: [UInt32: ContentHash] = [:]
+            let found = try store.objects.stat(cp) != nil
+            if found {
+                guard resume else {
+                    throw StoreError(.alreadyExists, "a fill of '\(target)' was interrupted; continue it with --resume, or drop it with 'archip fill \(target) --abort'")
+                }
+                let c = try decode(try store.objects.readAll(cp), what: "fill checkpoint \(cp)")
+                guard c.sourceID == sourceID, c.imageSize == imageSize, c.blockSize == UInt32(blockSize) else {
+                    throw StoreError(.invalidArgument, "the interrupted fill of '\(target)' was from another source (\(c.sourceID)); drop it with 'archip fill --abort \(target)' first")
+                }
+                done = c.done
             }
-            let c = try decode(try store.objects.readAll(cp), what: "fill checkpoint \(cp)")
-            guard c.sourceID == sourceID, c.imageSize == imageSize, c.blockSize == UInt32(blockSize) else {
-                throw StoreError(.invalidArgument, "the interrupted fill of '\(target)' was from another source (\(c.sourceID)); drop it with 'archip fill --abort \(target)' first")
+            let stage = FillStage(store: store, target: target, imageSize: imageSize, blockSize: blockSize,
+                                  sourceID: sourceID, done: done, holder: owner)
+            if !found {
+                // Made only if absent: a fill by an archip without fill locks
+                // (or one that got past them) still loses the race here.
+                let c = Checkpoint(sourceID: sourceID, imageSize: imageSize, blockSize: UInt32(blockSize), done: [:])
+                guard try store.objects.create(cp, encode(c), durable: true) else {
+                    stage.holder.withLock { $0 = nil }
+                    throw StoreError(.alreadyExists, "another fill of '\(target)' is running (or was just interrupted); wait for it, or see 'archip list'")
+                }
             }
-            done = c.done
+            return stage
+        } catch {
+            _ = try? store.objects.giveBackLock(fillLock(target), owner: owner)
+            throw error
         }
-        let stage = FillStage(store: store, target: target, imageSize: imageSize, blockSize: blockSize,
-                              sourceID: sourceID, done: done)
-        if !found {
-            // The checkpoint is the fill's claim on the name: made only if
-            // absent, so of two fills of one name started at once, one runs.
-            let c = Checkpoint(sourceID: sourceID, imageSize: imageSize, blockSize: UInt32(blockSize), done: [:])
-            guard try store.objects.create(cp, encode(c), durable: true) else {
-                throw StoreError(.alreadyExists, "another fill of '\(target)' is running (or was just interrupted); wait for it, or see 'archip list'")
-            }
-        }
-        return stage
     }
 
-    /// Drops an interrupted fill's checkpoint (its blocks are left to `gc`).
+    /// Drops an interrupted fill's checkpoint (its blocks are left to `gc`);
+    /// a running fill's is an error naming it.
     public static func abort(store: VolumeStore, target: VolumeName) throws -> Bool {
-        try store.objects.remove(checkpointName(target))
+        let owner = try claim(store: store, target: target, doing: "abort")
+        defer { _ = try? store.objects.giveBackLock(fillLock(target), owner: owner) }
+        return try store.objects.remove(checkpointName(target))
     }
+
+    /// Ends this fill's hold on the name (`commit` does it, whatever its
+    /// outcome); the checkpoint stays for a resume. Idempotent; also done
+    /// when the stage is dropped.
+    public func end() {
+        guard let owner = holder.withLock({ h -> LockOwner? in defer { h = nil }; return h }) else { return }
+        _ = try? store.objects.giveBackLock(FillStage.fillLock(target), owner: owner)
+    }
+
+    deinit { end() }
 
     private init(store: VolumeStore, target: VolumeName, imageSize: UInt64, blockSize: Int, sourceID: String,
-                 done: [UInt32: ContentHash]) {
+                 done: [UInt32: ContentHash], holder: LockOwner) {
         self.store = store
         self.target = target
         self.imageSize = imageSize
         self.blockSize = blockSize
         self.sourceID = sourceID
         state = Locked((done, [], 0))
+        self.holder = Locked(holder)
     }
 
     public var blockCount: Int { Int((imageSize + UInt64(blockSize) - 1) / UInt64(blockSize)) }
@@ -168,6 +239,8 @@ public final class FillStage: @unchecked Sendable {
     /// create won), nothing is switched, and this fill's checkpoint is dropped.
     public func commit(volumeSize: UInt64, metadata: [String: String] = [:], owner: LockOwner? = nil,
                        mustCreate: Bool = false) throws {
+        // Whatever happens, this fill is over after its commit.
+        defer { end() }
         let done = self.done
         guard done.count == blockCount else {
             throw StoreError(.invalidArgument, "fill of '\(target)' is incomplete: \(done.count) of \(blockCount) blocks")
@@ -198,7 +271,11 @@ public final class FillStage: @unchecked Sendable {
         guard found.kind == .volume else {
             throw StoreError(.wrongKind, "'\(target)' is a snapshot; fill a volume")
         }
-        try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        if owner == nil {
+            try store.objects.takeFreshLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        } else {
+            try store.objects.acquireLock(StoreLayout.lock(target), owner: o, mode: .exclusive)
+        }
         do {
             // Re-read under the lock: a snapshot may have moved its layer since.
             var rec = try store.record(target)
@@ -220,10 +297,10 @@ public final class FillStage: @unchecked Sendable {
             _ = try? store.removeUnreferencedLayers(startingAt: old, remaining: try store.allRecords())
             _ = try? store.objects.remove(FillStage.checkpointName(target))
         } catch {
-            _ = try? store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)   // report the switch's error
+            _ = try? store.objects.giveBackLock(StoreLayout.lock(target), owner: o)   // report the switch's error
             throw error
         }
-        try store.objects.releaseLock(StoreLayout.lock(target), owner: o, force: false)
+        try store.objects.giveBackLock(StoreLayout.lock(target), owner: o)
     }
 
     private func newMap(size: UInt64, done: [UInt32: ContentHash]) -> LayerMap {

@@ -64,6 +64,8 @@ public final class Volume: @unchecked Sendable {
     let tabled = Locked<Set<ObjectName>>([])
     /// Owned objects' checksum tables (BlockChecks.swift).
     let tables = TableCache()
+    /// Owned objects' pages checked on the zero-copy path (BlockChecks.swift).
+    let checkedPages = CheckedPages()
 
     public let blockSize: Int
 
@@ -800,14 +802,14 @@ public final class Volume: @unchecked Sendable {
                 // error is the one to report.
                 state.withLock { $0.closed = true }
                 if let owner, !keepingLock {
-                    _ = try? objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+                    _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: owner)
                 }
                 throw error
             }
         }
         state.withLock { $0.closed = true }
         if let owner, !keepingLock {
-            try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+            try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
         }
     }
 }

@@ -144,7 +144,12 @@ public final class VolumeStore: @unchecked Sendable {
         var lockOwner: LockOwner? = nil
         if effectiveMode != .readOnly {
             let o = owner ?? LockOwner.forThisProcess(node: node)
-            try objects.acquireLock(StoreLayout.lock(name), owner: o, mode: effectiveMode == .shared ? .shared : .exclusive)
+            let lockMode: LockMode = effectiveMode == .shared ? .shared : .exclusive
+            if owner == nil {
+                try objects.takeFreshLock(StoreLayout.lock(name), owner: o, mode: lockMode)
+            } else {
+                try objects.acquireLock(StoreLayout.lock(name), owner: o, mode: lockMode)
+            }
             lockOwner = o
         }
         do {
@@ -168,7 +173,7 @@ public final class VolumeStore: @unchecked Sendable {
             return Volume(store: self, name: name, mode: effectiveMode, owner: lockOwner, state: state)
         } catch {
                 // The open failed; that error is the one to report.
-            if let lockOwner { _ = try? objects.releaseLock(StoreLayout.lock(name), owner: lockOwner, force: false) }
+            if let lockOwner { _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: lockOwner) }
             throw error
         }
     }
@@ -353,7 +358,7 @@ public final class VolumeStore: @unchecked Sendable {
         if try objects.exists(StoreLayout.record(to)) {
             throw StoreError(.alreadyExists, "'\(to)' already exists")
         }
-        try holdingLock(from, owner: owner ?? LockOwner.forThisProcess(node: node)) {
+        try holdingLock(from, owner: owner) {
             try objects.rename(StoreLayout.record(from), to: StoreLayout.record(to))
         }
     }
@@ -383,7 +388,7 @@ public final class VolumeStore: @unchecked Sendable {
             try self.removeUnreferencedLayers(startingAt: rec.layer, remaining: records.filter { $0.0 != name })
         }
         if rec.kind == .volume {
-            try holdingLock(name, owner: owner ?? LockOwner.forThisProcess(node: node), drop)
+            try holdingLock(name, owner: owner, drop)
         } else {
             try drop()
         }
@@ -407,16 +412,22 @@ public final class VolumeStore: @unchecked Sendable {
     /// Runs `body` holding `name`'s lock. If `body` fails, its error is the
     /// one reported (a failed release then only leaves a lock an operator can
     /// break); if it succeeds, a failed release is reported.
-    func holdingLock<R>(_ name: VolumeName, owner: LockOwner, _ body: () throws -> R) throws -> R {
-        try objects.acquireLock(StoreLayout.lock(name), owner: owner, mode: .exclusive)
+    /// `owner` nil: one made for this hold (see `takeFreshLock`).
+    func holdingLock<R>(_ name: VolumeName, owner given: LockOwner?, _ body: () throws -> R) throws -> R {
+        let owner = given ?? LockOwner.forThisProcess(node: node)
+        if given == nil {
+            try objects.takeFreshLock(StoreLayout.lock(name), owner: owner, mode: .exclusive)
+        } else {
+            try objects.acquireLock(StoreLayout.lock(name), owner: owner, mode: .exclusive)
+        }
         let result: R
         do {
             result = try body()
         } catch {
-            _ = try? objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+            _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: owner)
             throw error
         }
-        try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+        try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
         return result
     }
 
@@ -429,8 +440,8 @@ public final class VolumeStore: @unchecked Sendable {
         // Serialise with other metadata writers when nobody holds the volume;
         // when a node holds it open (Ganeti's setinfo comes after open), write
         // anyway: that holder re-reads the record before it rewrites it.
-        let held = (try? objects.acquireLock(lockName, owner: o, mode: .exclusive)) != nil
-        defer { if held { _ = try? objects.releaseLock(lockName, owner: o, force: false) } }
+        let held = (try? objects.takeFreshLock(lockName, owner: o, mode: .exclusive)) != nil
+        defer { if held { _ = try? objects.giveBackLock(lockName, owner: o) } }
         var rec = try record(name)
         if replace { rec.metadata = values } else { rec.metadata.merge(values) { $1 } }
         let size = rec.metadata.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }

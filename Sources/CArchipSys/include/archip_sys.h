@@ -23,4 +23,7 @@ uint32_t archip_crc32c(uint32_t crc, const void *data, size_t len);
 /* pread(2) that fails with EAGAIN instead of waiting for the disk
    (preadv2 with RWF_NOWAIT); the bytes read, or -1 with errno. */
 long archip_pread_nowait_sys(int fd, void *buf, size_t len, uint64_t off);
+/* Whether every page of `fd`'s bytes [off, off+len) is in the page cache now
+   (cachestat(2), Linux 6.5): 1 yes, 0 no, -1 where the call is missing or fails. */
+int archip_range_cached(int fd, uint64_t off, uint64_t len);
 #endif
