@@ -182,6 +182,7 @@ extension VolumeStore {
         try recordVerification(VerificationRecord(name: r.name, kind: rec.kind.name, checkedAt: Date(), layer: rec.layer.hex, created: rec.createdAt,
                                                   damaged: r.problems.count - missing, missing: missing,
                                                   problems: r.problems.prefix(16).map { StoreError.bounded($0.description) }))
+        try objects.sync([ScrubLayout.result(n)])
     }
 
     func recordVerification(_ r: VerificationRecord) throws {
@@ -529,7 +530,7 @@ final class Scrubber: @unchecked Sendable {
                                     pending: p.pending, findings: p.findings)
             if let data = try? JSONEncoder.scrub.encode(c) {
                 // Best effort: a checkpoint that cannot be written only costs a longer resume.
-                try? objects.put(ScrubLayout.checkpoint, Array(data), durable: false)
+                try? objects.put(ScrubLayout.checkpoint, Array(data), durable: true)
             }
         }
 
@@ -716,5 +717,7 @@ final class Scrubber: @unchecked Sendable {
             // Advisory: a result that cannot be recorded does not fail the scrub.
             try? store.recordVerification(rec)
         }
+        // One wait for all of them (RADOS submits puts that need not be durable without waiting).
+        try? store.objects.sync(roots.map { ScrubLayout.result($0.name) })
     }
 }
