@@ -104,13 +104,13 @@ struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Re-read and check every block of some names, or of the whole store (--all) once.",
         discussion: """
-        With NAME: every block the name references, through its parent chain (as before).
-        With --all (or --attached: the volumes this node's daemon holds): every object the names
-        reach is read once, however many maps reference it, and each damaged or missing object is
-        reported with every volume and snapshot that reads it and the byte ranges. Safe on a live
-        node (--max-rate bounds the load); a killed or stopped run resumes from its checkpoint in
-        the store (--restart starts over). --scheduled is what archip-scrub.service runs: the
-        [scrub] section of the configuration decides whether to run, and its rate, jobs and metrics.
+        With NAME: every block the name references, through its parent chain (as before). \
+        With --all (or --attached: the volumes this node's daemon holds): every object the names \
+        reach is read once, however many maps reference it, and each damaged or missing object is \
+        reported with every volume and snapshot that reads it and the byte ranges. Safe on a live \
+        node (--max-rate bounds the load); a killed or stopped run resumes from its checkpoint in \
+        the store (--restart starts over). --scheduled is what archip-scrub.service runs: the \
+        [scrub] section of the configuration decides whether to run, and its rate, jobs and metrics. \
         Exit status: 0 clean, 1 damage found (or stopped before the end), 2 bad usage.
         """)
     @OptionGroup var global: GlobalOptions
@@ -245,12 +245,12 @@ struct Repair: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Restore damaged or missing content blocks from a source holding the same content.",
         discussion: """
-        Scans as 'verify --all' does (or the names given), then restores each damaged or missing
-        block from the first source holding bytes with its hash: --from DIR (a Pithos block folder
-        aa/bb/cc/HASH, or another store: a folder with an archip-store marker or rados://...),
-        --from-image FILE|URL with --hashmap (its Pithos hashmap). Bytes are checked (SHA-256)
-        before anything is written, and written whole (a temporary, then a rename). An owned block
-        no source holds is reported LOST with the volumes and byte ranges that read it, never
+        Scans as 'verify --all' does (or the names given), then restores each damaged or missing \
+        block from the first source holding bytes with its hash: --from DIR (a Pithos block folder \
+        aa/bb/cc/HASH, or another store: a folder with an archip-store marker or rados://...), \
+        --from-image FILE|URL with --hashmap (its Pithos hashmap). Bytes are checked (SHA-256) \
+        before anything is written, and written whole (a temporary, then a rename). An owned block \
+        no source holds is reported LOST with the volumes and byte ranges that read it, never \
         replaced. Exit status: 0 nothing left damaged, 1 something is, 2 bad usage.
         """)
     @OptionGroup var global: GlobalOptions

@@ -31,7 +31,7 @@ public struct ScrubOptions: Sendable {
     /// A checkpoint is written after this many objects or seconds, whichever comes first.
     public var checkpointObjects = 4096
     public var checkpointSeconds: TimeInterval = 2
-    /// Record each name's result (`scrub/names/<name>`) at the end.
+    /// Record each name's result (in `scrub/results`) at the end.
     public var recordResults = true
     /// Checked before each object: true stops the run (its checkpoint is kept).
     public var stop: @Sendable () -> Bool = { false }
@@ -106,7 +106,7 @@ public struct ScrubReport: Codable, Sendable {
     public var ok: Bool { findings.isEmpty }
 }
 
-/// The last verification of one name, kept in the store (`scrub/names/<name>`)
+/// The last verification of one name, kept in the store (`scrub/results`)
 /// for `snf-manage volume-inspect` and `reconcile-servers`.
 public struct VerificationRecord: Codable, Sendable, Equatable {
     public var name: String
@@ -131,10 +131,16 @@ public struct VerificationRecord: Codable, Sendable, Equatable {
 }
 
 enum ScrubLayout {
-    static let prefix = "scrub/"
-    static let namesPrefix = "scrub/names/"
     static let checkpoint = ObjectName("scrub", "checkpoint")
-    static func result(_ name: VolumeName) -> ObjectName { ObjectName("scrub", "names", name.value) }
+    /// Every name's last result, in one object: a scrub of 10 000 names
+    /// writes one object, not 10 000.
+    static let results = ObjectName("scrub", "results")
+}
+
+/// The last verification of each name (`scrub/results`).
+struct ScrubResults: Codable {
+    var version = 1
+    var names: [String: VerificationRecord] = [:]
 }
 
 /// Progress kept between runs.
@@ -152,26 +158,18 @@ struct ScrubCheckpoint: Codable {
 
 extension VolumeStore {
     /// The last verification result of `name`, nil if it was never verified
-    /// (or its record cannot be read: the result is advisory).
+    /// (or the results cannot be read: they are advisory).
     public func lastVerification(_ name: VolumeName) throws -> VerificationRecord? {
-        let bytes: [UInt8]
-        do { bytes = try objects.readAll(ScrubLayout.result(name)) } catch let e as StoreError where e.code == .notFound {
-            return nil
-        }
-        guard let r = try? JSONDecoder.scrub.decode(VerificationRecord.self, from: Data(bytes)),
-              let rec = try recordIfPresent(name), rec.createdAt == r.created else { return nil }
+        guard let r = loadResults().names[name.value], let rec = try recordIfPresent(name), rec.createdAt == r.created else { return nil }
         return r
     }
 
-    /// Every recorded verification result that found damage, by name.
+    /// Every recorded verification result that found damage, of names that still exist, by name.
     public func namesWithDamage() throws -> [VerificationRecord] {
-        var out: [VerificationRecord] = []
-        try objects.enumerate(prefix: ScrubLayout.namesPrefix) { obj in
-            guard let n = try? VolumeName(obj.lastComponent), let r = (try? lastVerification(n)) ?? nil, !r.ok else { return true }
-            out.append(r)
-            return true
-        }
-        return out.sorted { $0.name < $1.name }
+        loadResults().names.values.filter { r in
+            guard !r.ok, let n = try? VolumeName(r.name), let rec = (try? recordIfPresent(n)) ?? nil else { return false }
+            return rec.createdAt == r.created
+        }.sorted { $0.name < $1.name }
     }
 
     /// Records the result of `verify(name)` as the name's last verification.
@@ -179,15 +177,25 @@ extension VolumeStore {
         let n = try VolumeName(r.name)
         let rec = try record(n)
         let missing = r.problems.filter { $0.problem == "object is missing" }.count
-        try recordVerification(VerificationRecord(name: r.name, kind: rec.kind.name, checkedAt: Date(), layer: rec.layer.hex, created: rec.createdAt,
-                                                  damaged: r.problems.count - missing, missing: missing,
-                                                  problems: r.problems.prefix(16).map { StoreError.bounded($0.description) }))
-        try objects.sync([ScrubLayout.result(n)])
+        try recordVerifications([VerificationRecord(name: r.name, kind: rec.kind.name, checkedAt: Date(), layer: rec.layer.hex, created: rec.createdAt,
+                                                    damaged: r.problems.count - missing, missing: missing,
+                                                    problems: r.problems.prefix(16).map { StoreError.bounded($0.description) })],
+                                replacingAll: false)
     }
 
-    func recordVerification(_ r: VerificationRecord) throws {
-        let data = try JSONEncoder.scrub.encode(r)
-        try objects.put(ScrubLayout.result(try VolumeName(r.name)), Array(data), durable: false)
+    func loadResults() -> ScrubResults {
+        guard let bytes = try? objects.readAll(ScrubLayout.results),
+              let r = try? JSONDecoder.scrub.decode(ScrubResults.self, from: Data(bytes)), r.version == 1 else { return ScrubResults() }
+        return r
+    }
+
+    /// Merges `records` into the results (`replacingAll`: they are all there is,
+    /// as after a scrub of every name). Two scrubs ending at once: the last one's view wins.
+    func recordVerifications(_ records: [VerificationRecord], replacingAll: Bool) throws {
+        var all = replacingAll ? ScrubResults() : loadResults()
+        for r in records { all.names[r.name] = r }
+        let data = try JSONEncoder.scrub.encode(all)
+        try objects.put(ScrubLayout.results, Array(data), durable: true)
     }
 
     /// Forgets a scrub's checkpoint, so the next one starts over.
@@ -710,14 +718,12 @@ final class Scrubber: @unchecked Sendable {
                 perName[r.name] = e
             }
         }
-        for r in roots {
+        let records = roots.map { r in
             let e = perName[r.name.value] ?? (0, 0, [])
-            let rec = VerificationRecord(name: r.name.value, kind: r.record.kind.name, checkedAt: report.endedAt,
-                                         layer: r.record.layer.hex, created: r.record.createdAt, damaged: e.damaged, missing: e.missing, problems: e.problems)
-            // Advisory: a result that cannot be recorded does not fail the scrub.
-            try? store.recordVerification(rec)
+            return VerificationRecord(name: r.name.value, kind: r.record.kind.name, checkedAt: report.endedAt,
+                                      layer: r.record.layer.hex, created: r.record.createdAt, damaged: e.damaged, missing: e.missing, problems: e.problems)
         }
-        // One wait for all of them (RADOS submits puts that need not be durable without waiting).
-        try? store.objects.sync(roots.map { ScrubLayout.result($0.name) })
+        // Advisory: results that cannot be recorded do not fail the scrub.
+        try? store.recordVerifications(records, replacingAll: options.names == nil)
     }
 }
