@@ -138,6 +138,14 @@ import Testing
         #expect(text.contains("# TYPE archip_scrub_last_end_timestamp_seconds gauge"))
     }
 
+    @Test func attachedWithoutADaemonSaysSo() throws {
+        let cli = CLI()
+        #expect(try cli.run(["create", "v", "--size", "8M"]).status == 0)
+        let runtime = cli.store + "-run"
+        let r = try cli.run(["verify", "--attached", "--runtime-dir", runtime])
+        #expect(r.status == 0 && r.stderr.contains("no node daemon runs here") && r.stdout.isEmpty, "\(r.status) \(r.stderr)")
+    }
+
     // MARK: systemd units
 
     static func unitText(_ name: String) throws -> String {
