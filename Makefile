@@ -180,6 +180,7 @@ bench:
 	scripts/bench-fuse-ceiling.sh .build/release/archip
 	scripts/bench-nbd-reference.sh .build/release/archip
 	scripts/bench-checks.sh .build/release/archip
+	scripts/bench-scrub.sh .build/release/archip
 	scripts/bench-rados.sh .build/release/archip
 	scripts/bench-startup.sh .build/release
 	$(SWIFT) build -c release --product snf-manage
@@ -196,7 +197,7 @@ provision-bench:
 	else GNT_ARCHIP_BIN=$${GNT_ARCHIP_BIN:-$(CURDIR)/.build/debug} tests/e2e/ganeti/provision-scale.sh; fi
 
 MANPAGES = archip.8 archip-extstorage.8 snf-manage.8 cyclades-api.8
-UNITS    = archip-serve.service cyclades-api.service
+UNITS    = archip-serve.service cyclades-api.service archip-scrub.service archip-scrub.timer
 
 install: release install-files
 

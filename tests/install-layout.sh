@@ -24,6 +24,7 @@ expected() {  # PREFIX: every file make install lays out, sorted
         for m in archip archip-extstorage snf-manage cyclades-api; do echo "$p/share/man/man8/$m.8"; done
         echo /etc/archip/archip.conf; echo /etc/archip/cyclades.conf
         echo "$p/lib/systemd/system/archip-serve.service"; echo "$p/lib/systemd/system/cyclades-api.service"
+        echo "$p/lib/systemd/system/archip-scrub.service"; echo "$p/lib/systemd/system/archip-scrub.timer"
         echo "$p/lib/sysusers.d/cyclades.conf"
         echo "$p/share/ganeti/extstorage/archipelago/parameters.list"
         for a in $actions; do echo "$p/share/ganeti/extstorage/archipelago/$a"; done
@@ -53,6 +54,9 @@ for prefix in /usr /usr/local; do
         grep -q "^ExecStart=$prefix/bin/${u#*:} " "$unit" || bad "${u%%:*}.service: $(grep ^ExecStart "$unit")"
         [ "$(stat -c %a "$unit")" = 644 ] || bad "${u%%:*}.service is mode $(stat -c %a "$unit")"
     done
+    scrub=$d$prefix/lib/systemd/system/archip-scrub.service
+    grep -q "^ExecStart=$prefix/bin/archip verify --all --scheduled --config /etc/archip/archip.conf$" "$scrub" || bad "archip-scrub.service: $(grep ^ExecStart "$scrub")"
+    [ "$(stat -c %a "$d$prefix/lib/systemd/system/archip-scrub.timer")" = 644 ] || bad "archip-scrub.timer is not mode 644"
     grep -q '^User=cyclades$' "$d$prefix/lib/systemd/system/cyclades-api.service" || bad "cyclades-api.service does not run as cyclades"
     cmp -s docs/cyclades.conf.sample "$d/etc/archip/cyclades.conf" || bad "cyclades.conf is not the sample"
 done

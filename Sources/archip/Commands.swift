@@ -252,29 +252,6 @@ struct Hash: ParsableCommand {
     }
 }
 
-struct Verify: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Re-read every block a volume or snapshot references and check it.",
-        discussion: "Exit status 1 if any block is missing or damaged; every problem is listed.")
-    @OptionGroup var global: GlobalOptions
-    @Argument(help: "Volume or snapshot name.") var name: String
-    @Flag(help: "Output JSON.") var json = false
-
-    func run() throws {
-        let r = try global.openStore().verify(try volumeName(name))
-        if json {
-            try printJSON(r)
-        } else {
-            for p in r.problems { print("BAD  \(p)") }
-            if !r.pending.isEmpty {
-                print("note: \(r.pending.count) block(s) have unflushed in-place writes from a writer that stopped; their checksums are re-taken at the next open")
-            }
-            print("\(r.name): \(r.blocksChecked) blocks in \(r.layers) layer(s) checked, \(r.problems.count) problem(s)")
-        }
-        if !r.ok { throw ExitCode(1) }
-    }
-}
-
 struct Lock: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Take a volume's lock for this node (prints the token).")
     @OptionGroup var global: GlobalOptions

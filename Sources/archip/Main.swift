@@ -62,7 +62,7 @@ struct Archip: ParsableCommand {
         """,
         subcommands: [
             Init.self, Create.self, Remove.self, Rename.self, List.self, Info.self, Resize.self,
-            Snapshot.self, Clone.self, Flatten.self, Hash.self, Verify.self,
+            Snapshot.self, Clone.self, Flatten.self, Hash.self, Verify.self, Repair.self,
             Lock.self, Unlock.self, GC.self, Import.self, Export.self, Write.self, Read.self, Fill.self,
             Serve.self, Attach.self, Detach.self, Open.self, Close.self, Attached.self,
             SetInfo.self,

@@ -73,13 +73,17 @@ struct ReconcileServers: ParsableCommand {
     func run() throws {
         let c = try common.open()
         let diffs = try c.reconcile(store: try common.store(store), fix: fixDisks || fixAll)
+        // Store volumes whose last verification (archip verify / the scrub) found damage.
+        let damaged = try common.store(store)?.namesWithDamage() ?? []
         if common.output == .table {
-            if diffs.isEmpty { print("in sync: database, Ganeti\(try common.store(store) == nil ? "" : " and the store") agree") }
+            if diffs.isEmpty && damaged.isEmpty { print("in sync: database, Ganeti\(try common.store(store) == nil ? "" : " and the store") agree") }
             for d in diffs { print(d.description) }
+            for r in damaged { print("damaged: store \(r.kind) \(r.name): \(r.summary); see 'archip verify --all' and 'archip repair'") }
         } else {
             Rows(columns: ["kind", "server", "volume", "detail", "fixed"],
-                 rows: diffs.map { [$0.kind.rawValue, $0.server.map(String.init) ?? "", $0.volume.map(String.init) ?? "", $0.detail, $0.fixed ?? ""] }).print(common.output)
+                 rows: diffs.map { [$0.kind.rawValue, $0.server.map(String.init) ?? "", $0.volume.map(String.init) ?? "", $0.detail, $0.fixed ?? ""] }
+                     + damaged.map { ["damaged", "", "", "store \($0.kind) \($0.name): \($0.summary)", ""] }).print(common.output)
         }
-        if diffs.contains(where: { $0.fixed == nil }) { throw ExitCode(1) }
+        if diffs.contains(where: { $0.fixed == nil }) || !damaged.isEmpty { throw ExitCode(1) }
     }
 }

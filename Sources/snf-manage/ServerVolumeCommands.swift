@@ -214,6 +214,8 @@ func showVolume(_ common: Common, _ id: Int64, inspect: Bool, store storePath: S
                 let info = try store.info(n)
                 fields += [("store.name", info.name), ("store.size", "\(info.size)"), ("store.parent", info.parent ?? ""),
                            ("store.lock", info.lock.map { "\($0.mode.rawValue) by \($0.holders.map(\.node).joined(separator: ","))" } ?? "")]
+                // The last 'archip verify' (or scrub) of it, as recorded in the store.
+                fields.append(("store.last_verify", (try? store.lastVerification(n))??.summary ?? "never verified"))
             } else {
                 fields.append(("store", "no volume records \(v.diskName)"))
             }
