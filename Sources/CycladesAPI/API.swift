@@ -1,6 +1,5 @@
 import Cyclades
 import Foundation
-import GRDB
 import Hummingbird
 import NIOCore
 import NIOHTTP1

@@ -1,6 +1,5 @@
 import Cyclades
 import Foundation
-import GRDB
 
 /// The compute extensions at /compute/v2.1 and /compute/v2.0: servers with
 /// block_device_mapping_v2, flavors, images, os-volume_attachments.
@@ -59,34 +58,8 @@ extension CycladesAPI {
         }
     }
 
-    func ownedServer(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Server {
-        guard let id = Int64(ref), let s = try Server.fetchOne(db, key: id), s.userid == user.id, !s.deleted else {
-            throw CycladesError(.itemNotFound, "server \(ref) does not exist")
-        }
-        return s
-    }
-
-    /// The servers' volumes (not deleted, by index), in one query for a whole list.
-    func serverVolumes(_ db: GRDB.Database, _ servers: [Server]) throws -> [Int64: [Volume]] {
-        var out: [Int64: [Volume]] = [:]
-        let ids = servers.compactMap(\.id)
-        if ids.count == 1 {
-            out[ids[0]] = try Volume.filter(Column("machineID") == ids[0] && Column("deleted") == false).order(Column("index")).fetchAll(db)
-        } else if !ids.isEmpty {
-            let users = Array(Set(servers.map(\.userid)))
-            let vols = try Volume.fetchAll(db, sql: """
-                SELECT * FROM volumes WHERE deleted = 0 AND machineID IN
-                  (SELECT id FROM servers WHERE userid IN (\(users.map { _ in "?" }.joined(separator: ","))))
-                ORDER BY machineID, "index"
-                """, arguments: StatementArguments(users))
-            let wanted = Set(ids)
-            for v in vols where wanted.contains(v.machineID!) { out[v.machineID!, default: []].append(v) }
-        }
-        return out
-    }
-
     /// A server as nova reads it, with the Synnefo keys (`volumes`) and
-    /// `os-extended-volumes:volumes_attached`; `vols` from `serverVolumes`.
+    /// `os-extended-volumes:volumes_attached`; `vols` from `Registry.volumes(ofServers:)`.
     func serverView(_ s: Server, _ vols: [Volume], _ call: Call, detail: Bool) -> JSON {
         let id = String(s.id!)
         let href = JSON.string("\(call.base)\(call.prefix)/servers/\(id)")
@@ -124,23 +97,17 @@ extension CycladesAPI {
             guard let n = Int(s), n >= 0 else { throw CycladesError(.badRequest, "limit must be a whole number >= 0") }
             return n
         }
-        return try registry.db.read { db in
-            var q = Server.filter(Column("userid") == user.id && Column("deleted") == false)
-            if let name = call.query["name"] { q = q.filter(Column("name") == name) }
-            if let m = call.query["marker"] { q = q.filter(Column("id") > (Int64(m) ?? 0)) }
-            var list = try q.order(Column("id")).fetchAll(db)
-            if let limit { list = Array(list.prefix(limit)) }
-            let vols = detail ? try serverVolumes(db, list) : [:]
-            return .json(200, .object([("servers", .array(list.map { serverView($0, vols[$0.id!] ?? [], call, detail: detail) }))]))
-        }
+        let after = call.query["marker"].map { Int64($0) ?? 0 }
+        var list = try registry.servers(ServerFilter(owner: user.id, name: call.query["name"], after: after))
+        if let limit { list = Array(list.prefix(limit)) }
+        let vols = detail ? try registry.volumes(ofServers: list) : [:]
+        return .json(200, .object([("servers", .array(list.map { serverView($0, vols[$0.id!] ?? [], call, detail: detail) }))]))
     }
 
     func showServer(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let s = try ownedServer(db, call.param("server_id"), user)
-            return .json(200, .object([("server", serverView(s, try serverVolumes(db, [s])[s.id!] ?? [], call, detail: true))]))
-        }
+        let s = try registry.server(call.param("server_id"), owner: user.id)
+        return .json(200, .object([("server", serverView(s, try registry.volumes(server: s.id!), call, detail: true))]))
     }
 
     /// POST /servers: element 0 of block_device_mapping_v2 is the root (never
@@ -186,8 +153,7 @@ extension CycladesAPI {
         }
         if volumes.isEmpty && imageRef == nil { throw Input.bad("give imageRef or a block_device_mapping_v2 whose first item has a source") }
         // The flavor by id (as nova sends it), or by name.
-        let flavor = try registry.db.read { db in try Flavor.filter(Column("id") == (Int64(flavorRef) ?? -1) || Column("name") == flavorRef).fetchOne(db) }
-        guard let flavor else { throw Input.bad("flavor \(flavorRef.prefix(60)) does not exist") }
+        guard let flavor = try registry.flavor(flavorRef) else { throw Input.bad("flavor \(flavorRef.prefix(60)) does not exist") }
         let server = try registry.createServer(name: name, user: user.id, flavor: String(flavor.id!), image: volumes.isEmpty ? imageRef : nil, volumes: volumes)
         let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(server.id!)"]]
         return try .json(202, ["server": ["id": String(server.id!), "links": links, "adminPass": "", "OS-DCF:diskConfig": "MANUAL",
@@ -196,7 +162,7 @@ extension CycladesAPI {
 
     func deleteServer(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let s = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        let s = try registry.server(call.param("server_id"), owner: user.id)
         _ = try registry.removeServer(s.id!, user: user.id)
         return .empty(204)
     }
@@ -210,22 +176,17 @@ extension CycladesAPI {
 
     func listAttachments(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let s = try ownedServer(db, call.param("server_id"), user)
-            let vols = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false).order(Column("index")).fetchAll(db)
-            return try .json(200, ["volumeAttachments": vols.map(Self.attachmentView)])
-        }
+        let s = try registry.server(call.param("server_id"), owner: user.id)
+        return try .json(200, ["volumeAttachments": try registry.volumes(server: s.id!).map(Self.attachmentView)])
     }
 
     func showAttachment(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let s = try ownedServer(db, call.param("server_id"), user)
-            guard let vid = Int64(call.param("volume_id")), let v = try Volume.fetchOne(db, key: vid), v.machineID == s.id, !v.deleted else {
-                throw CycladesError(.itemNotFound, "volume \(call.param("volume_id")) is not attached to server \(s.id!)")
-            }
-            return try .json(200, ["volumeAttachment": Self.attachmentView(v)])
+        let s = try registry.server(call.param("server_id"), owner: user.id)
+        guard let vid = Int64(call.param("volume_id")), let v = try registry.volume(id: vid), v.machineID == s.id, !v.deleted else {
+            throw CycladesError(.itemNotFound, "volume \(call.param("volume_id")) is not attached to server \(s.id!)")
         }
+        return try .json(200, ["volumeAttachment": Self.attachmentView(v)])
     }
 
     /// Attach/detach of existing volumes: the registration layer creates every
@@ -236,7 +197,7 @@ extension CycladesAPI {
     /// in attach op") and no operation removes a detached disk.
     func attach(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        _ = try registry.server(call.param("server_id"), owner: user.id)
         let body = try Input.body(call)
         _ = try Input.object(body, "volumeAttachment")
         throw CycladesError(.notImplemented, "attaching an existing volume is not supported: Ganeti 3.0 refuses to attach ext disks (its checks want the provider and allow only the name); create one on the server (POST /volume/v3/volumes with server_id; source_volid clones a volume)")
@@ -244,7 +205,7 @@ extension CycladesAPI {
 
     func detach(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        _ = try registry.server(call.param("server_id"), owner: user.id)
         throw CycladesError(.notImplemented, "detaching a volume is not supported: Ganeti 3.0 could detach it but never attach or remove it again; delete it (DELETE /volume/v3/volumes/{id})")
     }
 
@@ -271,32 +232,26 @@ extension CycladesAPI {
 
     func listFlavors(_ call: Call, detail: Bool) throws -> Reply {
         _ = try call.requireUser
-        return try registry.db.read { db in
-            let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
-            return try .json(200, ["flavors": try Flavor.order(Column("id")).fetchAll(db).map { flavorView($0, types, call, detail: detail) }])
-        }
+        let types = try registry.volumeTypesByID()
+        return try .json(200, ["flavors": try registry.flavors().map { flavorView($0, types, call, detail: detail) }])
     }
 
-    func findFlavor(_ db: GRDB.Database, _ ref: String) throws -> Flavor {
-        guard let id = Int64(ref), let f = try Flavor.fetchOne(db, key: id) else { throw CycladesError(.itemNotFound, "flavor \(ref) does not exist") }
+    func findFlavor(_ ref: String) throws -> Flavor {
+        guard let id = Int64(ref), let f = try registry.flavor(id: id) else { throw CycladesError(.itemNotFound, "flavor \(ref) does not exist") }
         return f
     }
 
     func showFlavor(_ call: Call) throws -> Reply {
         _ = try call.requireUser
-        return try registry.db.read { db in
-            let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
-            return try .json(200, ["flavor": flavorView(try findFlavor(db, call.param("flavor_id")), types, call, detail: true)])
-        }
+        let f = try findFlavor(call.param("flavor_id"))
+        return try .json(200, ["flavor": flavorView(f, try registry.volumeTypesByID(), call, detail: true)])
     }
 
     func flavorExtraSpecs(_ call: Call) throws -> Reply {
         _ = try call.requireUser
-        return try registry.db.read { db in
-            let f = try findFlavor(db, call.param("flavor_id"))
-            let t = try VolumeType.fetchOne(db, key: f.volumeTypeID)
-            return try .json(200, ["extra_specs": ["SNF:disk_template": t?.diskTemplate ?? "", "SNF:volume_type": String(f.volumeTypeID)]])
-        }
+        let f = try findFlavor(call.param("flavor_id"))
+        let t = try registry.volumeType(id: f.volumeTypeID)
+        return try .json(200, ["extra_specs": ["SNF:disk_template": t?.diskTemplate ?? "", "SNF:volume_type": String(f.volumeTypeID)]])
     }
 
     // MARK: images
@@ -318,9 +273,7 @@ extension CycladesAPI {
 
     func listImages(_ call: Call, detail: Bool) throws -> Reply {
         let user = try call.requireUser
-        let list = try registry.db.read { db in
-            try Image.filter(Column("isPublic") == true || Column("owner") == user.id).order(Column("name"), Column("id")).fetchAll(db)
-        }
+        let list = try registry.images(visibleTo: user.id)
         let named = call.query["name"].map { n in list.filter { $0.name == n } } ?? list
         return try .json(200, ["images": named.map { imageView($0, call, detail: detail) }])
     }
@@ -328,8 +281,7 @@ extension CycladesAPI {
     func showImage(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let ref = call.param("image_id")
-        let i = try registry.db.read { db in try Image.fetchOne(db, key: ref) }
-        guard let i, i.isPublic || i.owner == user.id else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
+        guard let i = try registry.image(ref, visibleTo: user.id) else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
         return try .json(200, ["image": imageView(i, call, detail: true)])
     }
 }

@@ -1,6 +1,5 @@
 import Cyclades
 import Foundation
-import GRDB
 
 /// A read-only, Glance v2-shaped image service: what the real clients look
 /// images up in. `openstack` (openstacksdk) discovers `/image` (without a
@@ -40,9 +39,7 @@ extension CycladesAPI {
     /// ?name (exact), ?limit, ?marker (an image id), ?status (active).
     func listGlanceImages(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        var list = try registry.db.read { db in
-            try Image.filter(Column("isPublic") == true || Column("owner") == user.id).order(Column("name"), Column("id")).fetchAll(db)
-        }
+        var list = try registry.images(visibleTo: user.id)
         if let n = call.query["name"] { list = list.filter { $0.name == n } }
         if let s = call.query["status"], s.lowercased() != "active" { list = [] }
         if let m = call.query["marker"] {
@@ -59,8 +56,7 @@ extension CycladesAPI {
     func showGlanceImage(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let ref = call.param("image_id")
-        let i = try registry.db.read { db in try Image.fetchOne(db, key: ref) }
-        guard let i, i.isPublic || i.owner == user.id else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
+        guard let i = try registry.image(ref, visibleTo: user.id) else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
         return try .json(200, glanceView(i))
     }
 }

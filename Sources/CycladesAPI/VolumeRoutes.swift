@@ -3,7 +3,6 @@ import ArchipServe
 import ArchipStore
 import Cyclades
 import Foundation
-import GRDB
 
 /// The volume service at /volume/v3 and /volume/v2.0 (same handlers).
 extension CycladesAPI {
@@ -66,30 +65,6 @@ extension CycladesAPI {
         return "/dev/vd" + String(UnicodeScalar(UInt8(97 + i)))
     }
 
-    struct VolumeContext {
-        var types: [Int64: VolumeType]
-        var metadata: [Int64: [String: String]]
-    }
-
-    func volumeContext(_ db: GRDB.Database, _ vols: [Volume]) throws -> VolumeContext {
-        let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
-        var meta: [Int64: [String: String]] = [:]
-        let ids = vols.compactMap(\.id)
-        if ids.count == 1 {
-            for m in try VolumeMetadata.filter(Column("volumeID") == ids[0]).fetchAll(db) { meta[m.volumeID, default: [:]][m.key] = m.value }
-        } else if !ids.isEmpty {
-            let users = Set(vols.map(\.userid))
-            let rows = try Row.fetchAll(db, sql: "SELECT m.volumeID, m.key, m.value FROM volume_metadata m JOIN volumes v ON v.id = m.volumeID WHERE v.userid IN (\(users.map { _ in "?" }.joined(separator: ",")))",
-                                        arguments: StatementArguments(Array(users)))
-            let wanted = Set(ids)
-            for row in rows {
-                let vid: Int64 = row[0]
-                if wanted.contains(vid) { meta[vid, default: [:]][row[1]] = row[2] }
-            }
-        }
-        return VolumeContext(types: types, metadata: meta)
-    }
-
     /// A volume as Cinder and Synnefo clients read it (keys and types as in
     /// docs/openapi.json's Volume and VolumeSummary), as an ordered JSON value.
     func volumeView(_ v: Volume, _ ctx: VolumeContext, _ call: Call, detail: Bool) -> JSON {
@@ -130,16 +105,6 @@ extension CycladesAPI {
         ])
     }
 
-    // MARK: lookups
-
-    /// The user's volume; another user's and a missing one are the same 404.
-    func ownedVolume(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Volume {
-        guard let id = Int64(ref), let v = try Volume.fetchOne(db, key: id), v.userid == user.id else {
-            throw CycladesError(.itemNotFound, "volume \(ref) does not exist")
-        }
-        return v
-    }
-
     // MARK: volumes
 
     /// ?limit, ?marker (an id), ?changes-since (then deleted ones too), ?name, ?status.
@@ -157,25 +122,17 @@ extension CycladesAPI {
             guard let d = Date.parseOpenstack(s) else { throw CycladesError(.badRequest, "changes-since must be an ISO 8601 time") }
             return d
         }
-        return try registry.db.read { db in
-            var q = Volume.filter(Column("userid") == user.id)
-            if let since { q = q.filter(Column("updated") >= since) } else { q = q.filter(Column("deleted") == false) }
-            if let marker { q = q.filter(Column("id") > marker) }
-            if let name = call.query["name"] { q = q.filter(Column("name") == name) }
-            var vols = try q.order(Column("id")).fetchAll(db)
-            if let status = call.query["status"]?.lowercased() { vols = vols.filter { Self.cinderStatus($0.status) == status || $0.status.rawValue.lowercased() == status } }
-            if let limit { vols = Array(vols.prefix(limit)) }
-            let ctx = try detail ? volumeContext(db, vols) : VolumeContext(types: [:], metadata: [:])
-            return .json(200, .object([("volumes", .array(vols.map { volumeView($0, ctx, call, detail: detail) }))]))
-        }
+        var vols = try registry.volumes(VolumeFilter(owner: user.id, name: call.query["name"], after: marker, changedSince: since))
+        if let status = call.query["status"]?.lowercased() { vols = vols.filter { Self.cinderStatus($0.status) == status || $0.status.rawValue.lowercased() == status } }
+        if let limit { vols = Array(vols.prefix(limit)) }
+        let ctx = try detail ? registry.volumeContext(vols) : VolumeContext()
+        return .json(200, .object([("volumes", .array(vols.map { volumeView($0, ctx, call, detail: detail) }))]))
     }
 
     func showVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let v = try ownedVolume(db, call.param("volume_id"), user)
-            return .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
-        }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
+        return .json(200, .object([("volume", volumeView(v, try registry.volumeContext([v]), call, detail: true))]))
     }
 
     /// POST /volumes: server_id from the volume or the scheduler hint; one
@@ -206,25 +163,12 @@ extension CycladesAPI {
         let metadata = try Input.metadata(v) ?? [:]
         if size == nil {
             // The source's size, rounded up to GB.
-            size = try registry.db.read { db -> Int? in
-                if let snapshot, let s = try Snapshot.fetchOne(db, key: snapshot), s.userid == user.id { return s.size }
-                if let image, let i = try Image.fetchOne(db, key: image), i.isPublic || i.owner == user.id { return Int((i.size + (1 << 30) - 1) >> 30) }
-                if let sourceVol {
-                    // Another user's volume is as missing as one that never was.
-                    guard let id = Int64(sourceVol), let s = try Volume.fetchOne(db, key: id), s.userid == user.id else {
-                        throw CycladesError(.itemNotFound, "volume \(sourceVol.prefix(40)) does not exist")
-                    }
-                    return s.size
-                }
-                return nil
-            }
+            size = try registry.sourceSizeGB(snapshot: snapshot, image: image, volume: sourceVol, user: user.id)
             guard size != nil else { throw Input.bad("Malformed request. Missing attribute 'size'.") }
         }
         let created = try registry.createVolume(server: serverID, user: user.id, sizeGB: size!, source: sources.first, volumeType: volumeType,
                                                 name: name, description: description, metadata: metadata)
-        return try registry.db.read { db in
-            .json(202, .object([("volume", volumeView(created, try volumeContext(db, [created]), call, detail: true))]))
-        }
+        return .json(202, .object([("volume", volumeView(created, try registry.volumeContext([created]), call, detail: true))]))
     }
 
     func updateVolume(_ call: Call) throws -> Reply {
@@ -237,23 +181,21 @@ extension CycladesAPI {
         if dot == false {
             throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
         }
-        let owned = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let owned = try registry.volume(call.param("volume_id"), owner: user.id)
         let v = try registry.describeVolume(owned.id!, name: name, description: description)
-        return try registry.db.read { db in
-            .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
-        }
+        return .json(200, .object([("volume", volumeView(v, try registry.volumeContext([v]), call, detail: true))]))
     }
 
     func deleteVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         _ = try registry.removeVolume(v.id!, user: user.id)
         return .empty(202)
     }
 
     func volumeMetadata(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         return try .json(200, ["metadata": try registry.metadata(volume: v.id!)])
     }
 
@@ -261,7 +203,7 @@ extension CycladesAPI {
         let user = try call.requireUser
         let body = try Input.body(call)
         guard let m = try Input.metadata(body) else { throw Input.bad("Malformed request. Missing attribute 'metadata'.") }
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         try registry.setMetadata(volume: v.id!, m, replace: replace)
         return try .json(200, ["metadata": try registry.metadata(volume: v.id!)])
     }
@@ -269,7 +211,7 @@ extension CycladesAPI {
     func deleteVolumeMetadata(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let key = call.param("key")
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         try registry.deleteMetadata(volume: v.id!, key: key)
         return .empty(200)
     }
@@ -279,7 +221,7 @@ extension CycladesAPI {
         let user = try call.requireUser
         let body = try Input.body(call)
         guard body.count == 1, let action = body.keys.first else { throw Input.bad("an action is one key, e.g. {\"os-extend\": {\"new_size\": 2}}") }
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         switch action {
         case "os-extend":
             let a = try Input.object(body, action)
@@ -300,16 +242,14 @@ extension CycladesAPI {
 
     func listTypes(_ call: Call) throws -> Reply {
         _ = try call.requireUser
-        let types = try registry.db.read { db in try VolumeType.filter(Column("deleted") == false).order(Column("id")).fetchAll(db) }
+        let types = try registry.volumeTypes()
         return try .json(200, ["volume_types": types.map(Self.typeView)])
     }
 
     func showType(_ call: Call) throws -> Reply {
         _ = try call.requireUser
         let ref = call.param("type_id")
-        let t = try registry.db.read { db in
-            try VolumeType.filter((Column("id") == (Int64(ref) ?? -1) || Column("name") == ref) && Column("deleted") == false).fetchOne(db)
-        }
+        let t = try registry.volumeType(ref)
         guard let t else { throw CycladesError(.itemNotFound, "volume type \(ref) does not exist") }
         return try .json(200, ["volume_type": Self.typeView(t)])
     }
@@ -334,20 +274,13 @@ extension CycladesAPI {
         return out
     }
 
-    func ownedSnapshot(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Snapshot {
-        guard let s = try Snapshot.fetchOne(db, key: ref), s.userid == user.id else {
-            throw CycladesError(.itemNotFound, "snapshot \(ref) does not exist")
-        }
-        return s
-    }
-
     func listSnapshots(_ call: Call, detail: Bool) throws -> Reply {
         let user = try call.requireUser
         let limit = try call.query["limit"].map { s -> Int in
             guard let n = Int(s), n >= 0 else { throw CycladesError(.badRequest, "limit must be a whole number >= 0") }
             return n
         }
-        var list = try registry.db.read { db in try Snapshot.filter(Column("userid") == user.id).order(Column("created"), Column("id")).fetchAll(db) }
+        var list = try registry.snapshots(owner: user.id)
         if let marker = call.query["marker"] {
             guard let i = list.firstIndex(where: { $0.id == marker }) else { throw CycladesError(.badRequest, "marker \(marker) is not a snapshot") }
             list = Array(list[(i + 1)...])
@@ -360,7 +293,7 @@ extension CycladesAPI {
 
     func showSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let s = try registry.db.read { db in try ownedSnapshot(db, call.param("snapshot_id"), user) }
+        let s = try registry.snapshot(call.param("snapshot_id"), owner: user.id)
         return try .json(200, ["snapshot": snapshotView(s, call, detail: true)])
     }
 
@@ -375,7 +308,7 @@ extension CycladesAPI {
         let name = try Input.string(o, "name") ?? Input.string(o, "display_name")
         _ = try Input.bool(o, "force")
         _ = try Input.metadata(o)
-        let v = try registry.db.read { db in try ownedVolume(db, volRef, user) }
+        let v = try registry.volume(volRef, owner: user.id)
         let runtimeDir = self.runtimeDir
         let snap = try registry.createSnapshot(of: v, owner: user.id, name: name, store: try store()) { source, target, refusal in
             guard try NodeSnapshot.take(source, as: target, runtimeDir: runtimeDir) else {
@@ -387,7 +320,7 @@ extension CycladesAPI {
 
     func deleteSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let s = try registry.db.read { db in try ownedSnapshot(db, call.param("snapshot_id"), user) }
+        let s = try registry.snapshot(call.param("snapshot_id"), owner: user.id)
         try registry.removeSnapshot(s.id, store: try store())
         return .empty(202)
     }
