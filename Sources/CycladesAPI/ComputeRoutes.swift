@@ -1,38 +1,35 @@
 import Cyclades
 import Foundation
+import Hummingbird
 
 /// The compute extensions at /compute/v2.1 and /compute/v2.0: servers with
 /// block_device_mapping_v2, flavors, images, os-volume_attachments.
 extension CycladesAPI {
     static let computePrefixes = ["/compute/v2.1", "/compute/v2.0"]
 
-    func computeRoutes() -> [Route] {
-        var r: [Route] = []
-        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
-            r.append(Route(method: m, path: path, auth: auth, handler: h))
-        }
-        add(.GET, "/compute", auth: false) { try Self.computeVersions($0, one: nil) }
+    func addComputeRoutes(_ router: Router<BasicRequestContext>) {
+        Endpoints(self, router, "/compute").get(auth: false) { try Self.computeVersions($0, one: nil) }
         for p in Self.computePrefixes {
             let v = p.hasSuffix("2.1") ? "v2.1" : "v2.0"
-            add(.GET, p, auth: false) { try Self.computeVersions($0, one: v) }
-            add(.GET, "\(p)/servers") { [unowned self] in try listServers($0, detail: false) }
-            add(.GET, "\(p)/servers/detail") { [unowned self] in try listServers($0, detail: true) }
-            add(.POST, "\(p)/servers") { [unowned self] in try createServer($0) }
-            add(.GET, "\(p)/servers/{server_id}") { [unowned self] in try showServer($0) }
-            add(.DELETE, "\(p)/servers/{server_id}") { [unowned self] in try deleteServer($0) }
-            add(.GET, "\(p)/servers/{server_id}/os-volume_attachments") { [unowned self] in try listAttachments($0) }
-            add(.POST, "\(p)/servers/{server_id}/os-volume_attachments") { [unowned self] in try attach($0) }
-            add(.GET, "\(p)/servers/{server_id}/os-volume_attachments/{volume_id}") { [unowned self] in try showAttachment($0) }
-            add(.DELETE, "\(p)/servers/{server_id}/os-volume_attachments/{volume_id}") { [unowned self] in try detach($0) }
-            add(.GET, "\(p)/flavors") { [unowned self] in try listFlavors($0, detail: false) }
-            add(.GET, "\(p)/flavors/detail") { [unowned self] in try listFlavors($0, detail: true) }
-            add(.GET, "\(p)/flavors/{flavor_id}") { [unowned self] in try showFlavor($0) }
-            add(.GET, "\(p)/flavors/{flavor_id}/os-extra_specs") { [unowned self] in try flavorExtraSpecs($0) }
-            add(.GET, "\(p)/images") { [unowned self] in try listImages($0, detail: false) }
-            add(.GET, "\(p)/images/detail") { [unowned self] in try listImages($0, detail: true) }
-            add(.GET, "\(p)/images/{image_id}") { [unowned self] in try showImage($0) }
+            let g = Endpoints(self, router, p)
+            g.get(auth: false) { try Self.computeVersions($0, one: v) }
+            g.get("servers") { try self.listServers($0, detail: false) }
+            g.get("servers/detail") { try self.listServers($0, detail: true) }
+            g.post("servers") { try self.createServer($0) }
+            g.get("servers/{server_id}") { try self.showServer($0) }
+            g.delete("servers/{server_id}") { try self.deleteServer($0) }
+            g.get("servers/{server_id}/os-volume_attachments") { try self.listAttachments($0) }
+            g.post("servers/{server_id}/os-volume_attachments") { try self.attach($0) }
+            g.get("servers/{server_id}/os-volume_attachments/{volume_id}") { try self.showAttachment($0) }
+            g.delete("servers/{server_id}/os-volume_attachments/{volume_id}") { try self.detach($0) }
+            g.get("flavors") { try self.listFlavors($0, detail: false) }
+            g.get("flavors/detail") { try self.listFlavors($0, detail: true) }
+            g.get("flavors/{flavor_id}") { try self.showFlavor($0) }
+            g.get("flavors/{flavor_id}/os-extra_specs") { try self.flavorExtraSpecs($0) }
+            g.get("images") { try self.listImages($0, detail: false) }
+            g.get("images/detail") { try self.listImages($0, detail: true) }
+            g.get("images/{image_id}") { try self.showImage($0) }
         }
-        return r
     }
 
     // MARK: versions

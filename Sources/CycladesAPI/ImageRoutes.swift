@@ -1,5 +1,6 @@
 import Cyclades
 import Foundation
+import Hummingbird
 
 /// A read-only, Glance v2-shaped image service: what the real clients look
 /// images up in. `openstack` (openstacksdk) discovers `/image` (without a
@@ -7,18 +8,14 @@ import Foundation
 /// asks `<compute endpoint>/v2/images?name=NAME` (it has no catalog under
 /// admin_token). The images are the registry's (public or the user's).
 extension CycladesAPI {
-    func imageRoutes() -> [Route] {
-        var r: [Route] = []
-        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
-            r.append(Route(method: m, path: path, auth: auth, handler: h))
-        }
-        add(.GET, "/image", auth: false) { try Self.imageVersions($0) }
-        add(.GET, "/image/v2", auth: false) { try Self.imageVersions($0) }
+    func addImageRoutes(_ router: Router<BasicRequestContext>) {
+        Endpoints(self, router, "/image").get(auth: false) { try Self.imageVersions($0) }
+        Endpoints(self, router, "/image/v2").get(auth: false) { try Self.imageVersions($0) }
         for p in ["/image/v2"] + Self.computePrefixes.map({ "\($0)/v2" }) {
-            add(.GET, "\(p)/images") { [unowned self] in try listGlanceImages($0) }
-            add(.GET, "\(p)/images/{image_id}") { [unowned self] in try showGlanceImage($0) }
+            let g = Endpoints(self, router, p)
+            g.get("images") { try self.listGlanceImages($0) }
+            g.get("images/{image_id}") { try self.showGlanceImage($0) }
         }
-        return r
     }
 
     static func imageVersions(_ call: Call) throws -> Reply {

@@ -3,39 +3,36 @@ import ArchipServe
 import ArchipStore
 import Cyclades
 import Foundation
+import Hummingbird
 
 /// The volume service at /volume/v3 and /volume/v2.0 (same handlers).
 extension CycladesAPI {
     static let volumePrefixes = ["/volume/v3", "/volume/v2.0"]
 
-    func volumeRoutes() -> [Route] {
-        var r: [Route] = []
-        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
-            r.append(Route(method: m, path: path, auth: auth, handler: h))
-        }
-        add(.GET, "/volume", auth: false) { try Self.volumeVersions($0) }
+    func addVolumeRoutes(_ router: Router<BasicRequestContext>) {
+        Endpoints(self, router, "/volume").get(auth: false) { try Self.volumeVersions($0) }
         for p in Self.volumePrefixes {
-            add(.GET, p, auth: false) { try Self.volumeVersions($0) }
-            add(.GET, "\(p)/volumes") { [unowned self] in try listVolumes($0, detail: false) }
-            add(.GET, "\(p)/volumes/detail") { [unowned self] in try listVolumes($0, detail: true) }
-            add(.POST, "\(p)/volumes") { [unowned self] in try createVolume($0) }
-            add(.GET, "\(p)/volumes/{volume_id}") { [unowned self] in try showVolume($0) }
-            add(.PUT, "\(p)/volumes/{volume_id}") { [unowned self] in try updateVolume($0) }
-            add(.DELETE, "\(p)/volumes/{volume_id}") { [unowned self] in try deleteVolume($0) }
-            add(.GET, "\(p)/volumes/{volume_id}/metadata") { [unowned self] in try volumeMetadata($0) }
-            add(.POST, "\(p)/volumes/{volume_id}/metadata") { [unowned self] in try setVolumeMetadata($0, replace: false) }
-            add(.PUT, "\(p)/volumes/{volume_id}/metadata") { [unowned self] in try setVolumeMetadata($0, replace: true) }
-            add(.DELETE, "\(p)/volumes/{volume_id}/metadata/{key}") { [unowned self] in try deleteVolumeMetadata($0) }
-            add(.POST, "\(p)/volumes/{volume_id}/action") { [unowned self] in try volumeAction($0) }
-            add(.GET, "\(p)/types") { [unowned self] in try listTypes($0) }
-            add(.GET, "\(p)/types/{type_id}") { [unowned self] in try showType($0) }
-            add(.GET, "\(p)/snapshots") { [unowned self] in try listSnapshots($0, detail: false) }
-            add(.GET, "\(p)/snapshots/detail") { [unowned self] in try listSnapshots($0, detail: true) }
-            add(.POST, "\(p)/snapshots") { [unowned self] in try createSnapshot($0) }
-            add(.GET, "\(p)/snapshots/{snapshot_id}") { [unowned self] in try showSnapshot($0) }
-            add(.DELETE, "\(p)/snapshots/{snapshot_id}") { [unowned self] in try deleteSnapshot($0) }
+            let g = Endpoints(self, router, p)
+            g.get(auth: false) { try Self.volumeVersions($0) }
+            g.get("volumes") { try self.listVolumes($0, detail: false) }
+            g.get("volumes/detail") { try self.listVolumes($0, detail: true) }
+            g.post("volumes") { try self.createVolume($0) }
+            g.get("volumes/{volume_id}") { try self.showVolume($0) }
+            g.put("volumes/{volume_id}") { try self.updateVolume($0) }
+            g.delete("volumes/{volume_id}") { try self.deleteVolume($0) }
+            g.get("volumes/{volume_id}/metadata") { try self.volumeMetadata($0) }
+            g.post("volumes/{volume_id}/metadata") { try self.setVolumeMetadata($0, replace: false) }
+            g.put("volumes/{volume_id}/metadata") { try self.setVolumeMetadata($0, replace: true) }
+            g.delete("volumes/{volume_id}/metadata/{key}") { try self.deleteVolumeMetadata($0) }
+            g.post("volumes/{volume_id}/action") { try self.volumeAction($0) }
+            g.get("types") { try self.listTypes($0) }
+            g.get("types/{type_id}") { try self.showType($0) }
+            g.get("snapshots") { try self.listSnapshots($0, detail: false) }
+            g.get("snapshots/detail") { try self.listSnapshots($0, detail: true) }
+            g.post("snapshots") { try self.createSnapshot($0) }
+            g.get("snapshots/{snapshot_id}") { try self.showSnapshot($0) }
+            g.delete("snapshots/{snapshot_id}") { try self.deleteSnapshot($0) }
         }
-        return r
     }
 
     // MARK: versions
