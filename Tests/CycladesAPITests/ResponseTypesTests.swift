@@ -1,0 +1,85 @@
+@testable import Cyclades
+@testable import CycladesAPI
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Testing
+
+/// The responses are Codable types, written by ResponseEncoder: the same JSON
+/// as Foundation's encoder makes of them (keys in the type's order), and every
+/// property docs/openapi.json documents for a schema is one the type writes.
+@Suite struct ResponseTypes {
+    static func sample() -> (CycladesAPI.Call, Cyclades.Volume, Server, Flavor, Cyclades.Image, Snapshot, VolumeType) {
+        let call = CycladesAPI.Call(method: .GET, path: "/", params: [:], query: [:], body: nil, user: nil, base: "http://h:1", prefix: "/volume/v3")
+        let now = Date(timeIntervalSince1970: 1_700_000_000.25)
+        let v = Cyclades.Volume(id: 7, name: "data \"q\" / é", description: nil, userid: "u1", project: "p1", size: 3, volumeTypeID: 1, machineID: 2,
+                                index: 1, source: "snapshot:abc", origin: "snapshot:x", status: .inUse, deleteOnTermination: true, deleted: false,
+                                backendJobID: 9, created: now, updated: now)
+        let s = Server(id: 2, name: "vm", userid: "u1", project: "p1", flavorID: 1, backendID: 1, imageID: nil, status: .error, backendJobID: nil,
+                       pendingAction: "remove", deleted: false, created: now, updated: now)
+        let f = Flavor(id: 1, name: "small", cpu: 1, ram: 512, disk: 1, volumeTypeID: 1)
+        let i = Cyclades.Image(id: "img-1", name: "debian", owner: "system", isPublic: true, location: "snapshot:debian", size: (1 << 30) + 1, checksum: nil)
+        let sn = Snapshot(id: "sn-1", volumeID: 7, userid: "u1", name: "s", size: 3, status: "AVAILABLE", storeName: "x", created: now)
+        let t = VolumeType(id: 1, name: "archipelago", diskTemplate: "ext_archipelago", deleted: false)
+        return (call, v, s, f, i, sn, t)
+    }
+
+    /// Every response type of the API, with a sample value, by the OpenAPI schema it answers with.
+    static func values() -> [(schema: String?, value: any Encodable & Sendable)] {
+        let (call, v, s, f, i, sn, t) = sample()
+        _ = (call, v, s, f, sn, t)
+        return [
+            ("GlanceImage", CycladesAPI.GlanceImage(i)),
+            (nil, CycladesAPI.GlanceImageList(images: [CycladesAPI.GlanceImage(i)])),
+            (nil, CycladesAPI.ImageVersions(versions: [.init(id: "v2.6", status: "CURRENT", links: [Link(rel: "self", href: "http://h:1/image/v2/")])])),
+        ]
+    }
+
+    static func sortedJSON(_ data: Data) throws -> String {
+        let o = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        return String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .fragmentsAllowed]), as: UTF8.self)
+    }
+
+    @Test func theEncoderWritesWhatFoundationWrites() throws {
+        for (schema, value) in Self.values() {
+            let mine = try ResponseEncoder.encode(value)
+            let theirs = try JSONEncoder().encode(value)
+            #expect(try Self.sortedJSON(mine) == Self.sortedJSON(theirs), "\(schema ?? "\(type(of: value))")")
+        }
+    }
+
+    @Test func keysComeInTheTypesOrderAndNilIsNull() throws {
+        let (_, _, _, _, i, _, _) = Self.sample()
+        let out = String(decoding: try ResponseEncoder.encode(CycladesAPI.GlanceImage(i)), as: UTF8.self)
+        #expect(out.hasPrefix(#"{"id":"img-1","name":"debian","status":"active","visibility":"public","owner":"system","size":1073741825,"min_disk":2,"#), "\(out)")
+        #expect(out.contains(#""checksum":null"#) && out.hasSuffix(#""self":"/v2/images/img-1","file":"/v2/images/img-1/file","schema":"/v2/schemas/image","SNF:location":"snapshot:debian"}"#), "\(out)")
+    }
+
+    @Test func nestingClosesEveryContainer() throws {
+        struct Inner: Encodable { var a: [[Int]] = [[1, 2], [], [3]]; var b: [String: [String]] = ["k": []]; var c: Inner2? = Inner2() }
+        struct Inner2: Encodable { var x = [Inner3(), Inner3()]; var y: Int? = nil }
+        struct Inner3: Encodable { var z = ""; var w = [Bool]() }
+        let out = String(decoding: try ResponseEncoder.encode([Inner(), Inner()]), as: UTF8.self)
+        let one = #"{"a":[[1,2],[],[3]],"b":{"k":[]},"c":{"x":[{"z":"","w":[]},{"z":"","w":[]}]}}"#
+        #expect(out == "[\(one),\(one)]")
+    }
+
+    @Test func everyDocumentedPropertyIsWritten() throws {
+        let doc = try JSONSerialization.jsonObject(with: Data(contentsOf: OpenAPIDocument.docURL)) as? [String: Any]
+        let schemas = (doc?["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]] ?? [:]
+        var checked = Set<String>()
+        for (schema, value) in Self.values() {
+            guard let schema else { continue }
+            let props = Set((schemas[schema]?["properties"] as? [String: Any] ?? [:]).keys)
+            let required = Set(schemas[schema]?["required"] as? [String] ?? [])
+            #expect(!props.isEmpty, "docs/openapi.json has no schema \(schema)")
+            let written = Set((try JSONSerialization.jsonObject(with: ResponseEncoder.encode(value)) as? [String: Any] ?? [:]).keys)
+            // A summary writes the required keys; a full type every documented one.
+            let full = !String(describing: type(of: value)).hasSuffix("Summary")
+            let missing = (full ? props : required).subtracting(written)
+            #expect(missing.isEmpty, "\(type(of: value)) does not write \(missing.sorted()) of \(schema)")
+            checked.insert(schema)
+        }
+        #expect(!checked.isEmpty)
+    }
+}
