@@ -27,8 +27,18 @@ import Testing
     /// Every response type of the API, with a sample value, by the OpenAPI schema it answers with.
     static func values() -> [(schema: String?, value: any Encodable & Sendable)] {
         let (call, v, s, f, i, sn, t) = sample()
-        _ = (call, v, s, f, sn, t)
+        _ = (sn)
         return [
+            ("Server", CycladesAPI.ServerDetail(s, [v], call)),
+            ("Server", CycladesAPI.ServerSummary(s, call)),
+            ("Flavor", CycladesAPI.FlavorDetail(f, [1: t], call)),
+            ("Flavor", CycladesAPI.FlavorSummary(f, call)),
+            ("Image", CycladesAPI.ImageDetail(i, call)),
+            ("Image", CycladesAPI.ImageSummary(i, call)),
+            ("VolumeAttachment", CycladesAPI.Attachment(v)),
+            ("Version", CycladesAPI.ComputeVersion("v2.1", base: call.base)),
+            (nil, CycladesAPI.ServerCreated(id: "2", links: [Link(rel: "self", href: "http://h:1/compute/v2.1/servers/2")])),
+            (nil, CycladesAPI.ExtraSpecs(diskTemplate: "ext_archipelago", volumeType: "1")),
             ("GlanceImage", CycladesAPI.GlanceImage(i)),
             (nil, CycladesAPI.GlanceImageList(images: [CycladesAPI.GlanceImage(i)])),
             (nil, CycladesAPI.ImageVersions(versions: [.init(id: "v2.6", status: "CURRENT", links: [Link(rel: "self", href: "http://h:1/image/v2/")])])),
@@ -81,5 +91,58 @@ import Testing
             checked.insert(schema)
         }
         #expect(!checked.isEmpty)
+    }
+}
+
+/// Request bodies are Decodable types: every wrong shape is a 400 whose
+/// message names the attribute, as clients were told before.
+@Suite struct RequestTypes {
+    static func call(_ body: String?) -> CycladesAPI.Call {
+        CycladesAPI.Call(method: .POST, path: "/", params: [:], query: [:], body: body.map { Data($0.utf8) }, user: nil, base: "http://h:1", prefix: "/compute/v2.1")
+    }
+
+    static func refusal<T: Decodable>(_ type: T.Type, _ body: String?) -> String? {
+        do {
+            _ = try call(body).decode(type)
+            return nil
+        } catch let e as CycladesError {
+            return e.kind == .badRequest ? e.message : "\(e.kind): \(e.message)"
+        } catch {
+            return "not a CycladesError: \(error)"
+        }
+    }
+
+    @Test func serverCreateRefusalsNameTheAttribute() {
+        let bdm = { (item: String) in #"{"server":{"name":"x","flavorRef":"1","block_device_mapping_v2":[\#(item)]}}"# }
+        let cases: [(String?, String)] = [
+            (nil, "Malformed request: a JSON body is required."),
+            ("[1,2]", "Malformed request: the body must be a JSON object."),
+            ("7", "Malformed request: the body must be a JSON object."),
+            (#"{"server": "#, "Malformed request: the body is not valid JSON."),
+            (#"{"server": 1}"#, "Malformed request: 'server' must be an object."),
+            (#"{"servers": {}}"#, "Malformed request. Missing attribute 'server'."),
+            (#"{"server": {"name": 5}}"#, "'name' must be a string."),
+            (#"{"server": {"name": "x"}}"#, "Malformed request. Missing attribute 'flavorRef'."),
+            (#"{"server": {"name": "x", "flavorRef": true}}"#, "'flavorRef' must be a string or a whole number."),
+            (#"{"server": {"name": "x", "flavorRef": 1}}"#, "give imageRef or a block_device_mapping_v2 whose first item has a source"),
+            (#"{"server":{"name":"x","flavorRef":"1","block_device_mapping_v2":[1]}}"#, "Block Device Mapping is Invalid: a list of objects is expected."),
+            (bdm(#"{"uuid":"i"}"#), "Block Device Mapping is Invalid: item 0 has no source_type."),
+            (bdm(#"{"source_type":"image","uuid":"i","volume_size":"abc"}"#), "'volume_size' must be a whole number, not 'abc'."),
+            (bdm(#"{"source_type":"image","uuid":"i","volume_size":true}"#), "'volume_size' must be a whole number."),
+            (bdm(#"{"source_type":"image","uuid":"i","delete_on_termination":"maybe"}"#), "'delete_on_termination' must be true or false."),
+            (bdm(#"{"source_type":"image"}"#), "Block Device Mapping is Invalid: item 0 (image) has no uuid."),
+            (bdm(#"{"source_type":"image","uuid":"i","volume_size":0}"#), "Block Device Mapping is Invalid: volume_size 0 of item 0."),
+            (bdm(#"{"source_type":"tape","uuid":"i"}"#), "Block Device Mapping is Invalid: source_type 'tape' (image, snapshot, blank, volume)."),
+        ]
+        for (body, message) in cases {
+            #expect(Self.refusal(CycladesAPI.CreateServerRequest.self, body) == message, "\(body ?? "no body")")
+        }
+    }
+
+    @Test func serverCreateReadsWhatClientsSend() throws {
+        let r = try Self.call(#"{"server":{"name":"vm","imageRef":"","flavorRef":2,"block_device_mapping_v2":[{"source_type":"image","uuid":"img","volume_size":"3","delete_on_termination":"true"},{"source_type":"blank","volume_size":1}]}}"#)
+            .decode(CycladesAPI.CreateServerRequest.self)
+        #expect(r.name == "vm" && r.flavorRef == "2" && r.imageRef == nil)
+        #expect(r.volumes.map(\.source) == ["image:img", nil] && r.volumes.map(\.sizeGB) == [3, 1])
     }
 }
