@@ -56,10 +56,6 @@ public final class CycladesAPI: @unchecked Sendable {
         /// Answer with `Connection: close` (the request stream cannot go on).
         public var close = false
 
-        static func json(_ status: Int, _ object: Any) throws -> Reply {
-            Reply(status: status, body: try JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]))
-        }
-        static func json(_ status: Int, _ value: JSON) -> Reply { Reply(status: status, body: value.bytes) }
         static func empty(_ status: Int) -> Reply { Reply(status: status, body: nil) }
     }
 
@@ -77,9 +73,15 @@ public final class CycladesAPI: @unchecked Sendable {
         }
     }
 
+    /// An OpenStack fault: `{"<name>": {"code", "message", "details"}}`.
+    struct Fault: Encodable, Sendable {
+        var code: Int
+        var message: String
+        var details = ""
+    }
+
     static func fault(_ name: String, _ code: Int, _ message: String) -> Reply {
-        let body = try? JSONSerialization.data(withJSONObject: [name: ["code": code, "message": message, "details": ""]], options: [.withoutEscapingSlashes])
-        return Reply(status: code, body: body)
+        Reply(status: code, body: try? ResponseEncoder.encode(Keyed(name, Fault(code: code, message: message))))
     }
 
     /// A fault after which the connection is closed (its request stream is broken).

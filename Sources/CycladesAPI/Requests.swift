@@ -122,3 +122,20 @@ extension CycladesAPI.Call {
         }
     }
 }
+
+extension Date {
+    static func parseOpenstack(_ s: String) -> Date? {
+        let iso = ISO8601DateFormatter()
+        if let d = iso.date(from: s) { return d }
+        iso.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = iso.date(from: s) { return d }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "UTC")
+        for form in ["yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd"] {
+            f.dateFormat = form
+            if let d = f.date(from: s) { return d }
+        }
+        return nil
+    }
+}
