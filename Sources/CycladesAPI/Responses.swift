@@ -31,16 +31,9 @@ struct Keyed<Value: Encodable & Sendable>: Encodable, Sendable {
         self.value = value
     }
 
-    struct Key: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: Key.self)
-        try c.encode(value, forKey: Key(stringValue: key))
+        var c = encoder.container(keyedBy: AnyKey.self)
+        try c.encode(value, forKey: AnyKey(key))
     }
 }
 
