@@ -88,16 +88,16 @@ let package = Package(
             name: "Cyclades",
             dependencies: ["ArchipStore", "ArchipServe", "CCurl", "CCrypto", .product(name: "GRDB", package: "GRDB.swift")]
         ),
-        // The operators' commands of the registration layer.
+        // The operators' commands of the registration layer. Neither front end gets GRDB:
+        // every read and change goes through Registry (FrontEndDoorTests checks).
         .executableTarget(
             name: "snf-manage",
-            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Cinder-compatible volume API and compute extensions on the registration layer.
         .target(
             name: "CycladesAPI",
-            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "GRDB", package: "GRDB.swift"),
-                           .product(name: "Hummingbird", package: "hummingbird")]
+            dependencies: ["Cyclades", "ArchipStore", "ArchipRados", "ArchipServe", .product(name: "Hummingbird", package: "hummingbird")]
         ),
         .executableTarget(
             name: "cyclades-api",

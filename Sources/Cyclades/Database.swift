@@ -21,11 +21,13 @@ public final class CycladesDatabase: Sendable {
         }
     }
 
-    public func read<T>(_ body: (GRDB.Database) throws -> T) throws -> T {
+    // The one door: only Registry (this module) reads and writes tables;
+    // the front ends call its typed methods (Queries.swift and the operations).
+    func read<T>(_ body: (GRDB.Database) throws -> T) throws -> T {
         try mapped { try queue.read(body) }
     }
 
-    public func write<T>(_ body: (GRDB.Database) throws -> T) throws -> T {
+    func write<T>(_ body: (GRDB.Database) throws -> T) throws -> T {
         try mapped { try queue.write(body) }
     }
 

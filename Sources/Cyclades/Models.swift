@@ -125,7 +125,7 @@ public struct Server: Codable, Sendable, Equatable, FetchableRecord, MutablePers
     public var instanceName: String { "snf-\(id ?? 0)" }
 }
 
-public enum VolumeStatus: String, Codable, Sendable, DatabaseValueConvertible {
+public enum VolumeStatus: String, Codable, Sendable, CaseIterable, DatabaseValueConvertible {
     case creating = "CREATING", available = "AVAILABLE", inUse = "IN_USE", deleting = "DELETING"
     case deleted = "DELETED", error = "ERROR", errorDeleting = "ERROR_DELETING"
     /// A grow (os-extend) is in flight; `pendingSize` is the size asked for.

@@ -1,6 +1,5 @@
 import Cyclades
 import Foundation
-import GRDB
 import Hummingbird
 import NIOCore
 import NIOHTTP1
@@ -9,8 +8,9 @@ typealias Volume = Cyclades.Volume
 
 /// The Cinder-compatible volume API and the compute extensions, on the
 /// registration layer. Handlers are synchronous (SQLite, libcurl to RAPI) and
-/// run off the event loops; routes are one table (`routes`), which the router
-/// and the OpenAPI check both read.
+/// run off the event loops. The routes are Hummingbird route groups, one per
+/// API prefix (VolumeRoutes, ComputeRoutes, ImageRoutes): the router is the
+/// only route table, and the OpenAPI check reads it (`router().routes`).
 public final class CycladesAPI: @unchecked Sendable {
     public let registry: Registry
     /// The store and this node's archip serve folder, for POST/DELETE /snapshots (nil: 501).
@@ -23,19 +23,9 @@ public final class CycladesAPI: @unchecked Sendable {
         self.registry = registry
     }
 
-    // MARK: the route table
+    // MARK: routes
 
     public enum Method: String, Sendable, CaseIterable { case GET, POST, PUT, DELETE }
-
-    public struct Route: Sendable {
-        public var method: Method
-        /// OpenAPI-style template: /volume/v3/volumes/{volume_id}
-        public var path: String
-        public var auth: Bool
-        let handler: @Sendable (Call) throws -> Reply
-    }
-
-    public private(set) lazy var routes: [Route] = volumeRoutes() + computeRoutes() + imageRoutes()
 
     /// What a handler sees.
     public struct Call: Sendable {
@@ -66,10 +56,6 @@ public final class CycladesAPI: @unchecked Sendable {
         /// Answer with `Connection: close` (the request stream cannot go on).
         public var close = false
 
-        static func json(_ status: Int, _ object: Any) throws -> Reply {
-            Reply(status: status, body: try JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]))
-        }
-        static func json(_ status: Int, _ value: JSON) -> Reply { Reply(status: status, body: value.bytes) }
         static func empty(_ status: Int) -> Reply { Reply(status: status, body: nil) }
     }
 
@@ -87,9 +73,15 @@ public final class CycladesAPI: @unchecked Sendable {
         }
     }
 
+    /// An OpenStack fault: `{"<name>": {"code", "message", "details"}}`.
+    struct Fault: Encodable, Sendable {
+        var code: Int
+        var message: String
+        var details = ""
+    }
+
     static func fault(_ name: String, _ code: Int, _ message: String) -> Reply {
-        let body = try? JSONSerialization.data(withJSONObject: [name: ["code": code, "message": message, "details": ""]], options: [.withoutEscapingSlashes])
-        return Reply(status: code, body: body)
+        Reply(status: code, body: try? ResponseEncoder.encode(Keyed(name, Fault(code: code, message: message))))
     }
 
     /// A fault after which the connection is closed (its request stream is broken).
@@ -116,8 +108,9 @@ public final class CycladesAPI: @unchecked Sendable {
 
     // MARK: serving
 
-    /// Runs a route: authentication, body rules, the handler off the event loop, faults.
-    func serve(_ route: Route, _ request: Request, _ params: [String: String]) async -> Reply {
+    /// Runs a handler: authentication, body rules, the handler off the event loop, faults.
+    func serve(_ handler: @escaping @Sendable (Call) throws -> Reply, auth needsAuth: Bool, prefix: String,
+               _ request: Request, _ params: [String: String]) async -> Reply {
         do {
             var body: Data? = nil
             if request.method == .post || request.method == .put {
@@ -141,10 +134,8 @@ public final class CycladesAPI: @unchecked Sendable {
             let token = request.headers.first { $0.name.canonicalName == "x-auth-token" }?.value
             let host = request.head.authority ?? "localhost"
             let query = Self.parseQuery(request.uri.query)
-            let prefix = Self.prefix(of: route.path)
             let method = Method(rawValue: request.method.rawValue) ?? .GET
             let registry = self.registry
-            let needsAuth = route.auth
             let bodyData = body, path = request.uri.path
             return try await blocking {
                 var user: User? = nil
@@ -157,7 +148,7 @@ public final class CycladesAPI: @unchecked Sendable {
                 let call = Call(method: method, path: path, params: params, query: query, body: bodyData, user: user,
                                 base: "http://\(host)", prefix: prefix)
                 do {
-                    return try route.handler(call)
+                    return try handler(call)
                 } catch let e as CycladesError {
                     return Self.fault(e)
                 }
@@ -188,23 +179,45 @@ public final class CycladesAPI: @unchecked Sendable {
         return out
     }
 
-    /// The Hummingbird router over the route table, with the request log and
-    /// OpenStack-shaped faults for what no route answers.
+    /// The Hummingbird router: the route groups of every service, the request
+    /// log, and OpenStack-shaped faults for what no route answers.
     public func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.middlewares.add(FaultAndLogMiddleware(api: self))
-        for route in routes {
-            let hbPath = route.path.split(separator: "/").map { seg -> String in
-                seg.hasPrefix("{") && seg.hasSuffix("}") ? ":" + seg.dropFirst().dropLast() : String(seg)
-            }.joined(separator: "/")
-            let names = route.path.split(separator: "/").filter { $0.hasPrefix("{") }.map { String($0.dropFirst().dropLast()) }
-            router.on(RouterPath("/" + hbPath), method: HTTPRequest.Method(rawValue: route.method.rawValue)!) { [self] request, context -> Response in
+        addVolumeRoutes(router)
+        addComputeRoutes(router)
+        addImageRoutes(router)
+        return router
+    }
+
+    /// One route group (an API prefix): each handler added runs through
+    /// `serve` (token unless `auth: false`, body rules, off the event loop, faults).
+    struct Endpoints {
+        let api: CycladesAPI
+        let group: RouterGroup<BasicRequestContext>
+        let path: String
+
+        init(_ api: CycladesAPI, _ router: Router<BasicRequestContext>, _ path: String) {
+            self.api = api
+            self.group = router.group(RouterPath(path))
+            self.path = path
+        }
+
+        func on(_ method: HTTPRequest.Method, _ sub: String, auth: Bool, _ handler: @escaping @Sendable (Call) throws -> Reply) {
+            let api = self.api
+            // Links are made under the API prefix the request came through (/volume/v3, /compute/v2.1, ...).
+            let prefix = CycladesAPI.prefix(of: sub.isEmpty ? path : path + "/" + sub)
+            group.on(RouterPath(sub), method: method) { request, context -> Response in
                 var params: [String: String] = [:]
-                for n in names { params[n] = context.parameters.get(n) }
-                return Self.response(await serve(route, request, params))
+                for (k, v) in context.parameters { params[String(k)] = String(v) }
+                return CycladesAPI.response(await api.serve(handler, auth: auth, prefix: prefix, request, params))
             }
         }
-        return router
+
+        func get(_ sub: String = "", auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) { on(.get, sub, auth: auth, h) }
+        func post(_ sub: String, _ h: @escaping @Sendable (Call) throws -> Reply) { on(.post, sub, auth: true, h) }
+        func put(_ sub: String, _ h: @escaping @Sendable (Call) throws -> Reply) { on(.put, sub, auth: true, h) }
+        func delete(_ sub: String, _ h: @escaping @Sendable (Call) throws -> Reply) { on(.delete, sub, auth: true, h) }
     }
 
     static func response(_ r: Reply) -> Response {

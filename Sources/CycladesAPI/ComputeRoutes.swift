@@ -1,53 +1,63 @@
 import Cyclades
 import Foundation
-import GRDB
+import Hummingbird
 
 /// The compute extensions at /compute/v2.1 and /compute/v2.0: servers with
 /// block_device_mapping_v2, flavors, images, os-volume_attachments.
 extension CycladesAPI {
     static let computePrefixes = ["/compute/v2.1", "/compute/v2.0"]
 
-    func computeRoutes() -> [Route] {
-        var r: [Route] = []
-        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
-            r.append(Route(method: m, path: path, auth: auth, handler: h))
-        }
-        add(.GET, "/compute", auth: false) { try Self.computeVersions($0, one: nil) }
+    func addComputeRoutes(_ router: Router<BasicRequestContext>) {
+        Endpoints(self, router, "/compute").get(auth: false) { try Self.computeVersions($0, one: nil) }
         for p in Self.computePrefixes {
             let v = p.hasSuffix("2.1") ? "v2.1" : "v2.0"
-            add(.GET, p, auth: false) { try Self.computeVersions($0, one: v) }
-            add(.GET, "\(p)/servers") { [unowned self] in try listServers($0, detail: false) }
-            add(.GET, "\(p)/servers/detail") { [unowned self] in try listServers($0, detail: true) }
-            add(.POST, "\(p)/servers") { [unowned self] in try createServer($0) }
-            add(.GET, "\(p)/servers/{server_id}") { [unowned self] in try showServer($0) }
-            add(.DELETE, "\(p)/servers/{server_id}") { [unowned self] in try deleteServer($0) }
-            add(.GET, "\(p)/servers/{server_id}/os-volume_attachments") { [unowned self] in try listAttachments($0) }
-            add(.POST, "\(p)/servers/{server_id}/os-volume_attachments") { [unowned self] in try attach($0) }
-            add(.GET, "\(p)/servers/{server_id}/os-volume_attachments/{volume_id}") { [unowned self] in try showAttachment($0) }
-            add(.DELETE, "\(p)/servers/{server_id}/os-volume_attachments/{volume_id}") { [unowned self] in try detach($0) }
-            add(.GET, "\(p)/flavors") { [unowned self] in try listFlavors($0, detail: false) }
-            add(.GET, "\(p)/flavors/detail") { [unowned self] in try listFlavors($0, detail: true) }
-            add(.GET, "\(p)/flavors/{flavor_id}") { [unowned self] in try showFlavor($0) }
-            add(.GET, "\(p)/flavors/{flavor_id}/os-extra_specs") { [unowned self] in try flavorExtraSpecs($0) }
-            add(.GET, "\(p)/images") { [unowned self] in try listImages($0, detail: false) }
-            add(.GET, "\(p)/images/detail") { [unowned self] in try listImages($0, detail: true) }
-            add(.GET, "\(p)/images/{image_id}") { [unowned self] in try showImage($0) }
+            let g = Endpoints(self, router, p)
+            g.get(auth: false) { try Self.computeVersions($0, one: v) }
+            g.get("servers") { try self.listServers($0, detail: false) }
+            g.get("servers/detail") { try self.listServers($0, detail: true) }
+            g.post("servers") { try self.createServer($0) }
+            g.get("servers/{server_id}") { try self.showServer($0) }
+            g.delete("servers/{server_id}") { try self.deleteServer($0) }
+            g.get("servers/{server_id}/os-volume_attachments") { try self.listAttachments($0) }
+            g.post("servers/{server_id}/os-volume_attachments") { try self.attach($0) }
+            g.get("servers/{server_id}/os-volume_attachments/{volume_id}") { try self.showAttachment($0) }
+            g.delete("servers/{server_id}/os-volume_attachments/{volume_id}") { try self.detach($0) }
+            g.get("flavors") { try self.listFlavors($0, detail: false) }
+            g.get("flavors/detail") { try self.listFlavors($0, detail: true) }
+            g.get("flavors/{flavor_id}") { try self.showFlavor($0) }
+            g.get("flavors/{flavor_id}/os-extra_specs") { try self.flavorExtraSpecs($0) }
+            g.get("images") { try self.listImages($0, detail: false) }
+            g.get("images/detail") { try self.listImages($0, detail: true) }
+            g.get("images/{image_id}") { try self.showImage($0) }
         }
-        return r
     }
 
     // MARK: versions
 
+    struct ComputeVersion: Encodable, Sendable {
+        var id: String
+        var status: String
+        var version: String
+        var minVersion: String
+        var updated = "2013-07-23T11:33:21Z"
+        var links: [Link]
+
+        enum CodingKeys: String, CodingKey { case id, status, version, minVersion = "min_version", updated, links }
+
+        init(_ id: String, base: String) {
+            self.id = id
+            status = id == "v2.1" ? "CURRENT" : "SUPPORTED"
+            version = id == "v2.1" ? "2.1" : ""
+            minVersion = version
+            links = [Link(rel: "self", href: "\(base)/compute/\(id)/")]
+        }
+    }
+
     /// Served without a token (openstacksdk asks unauthenticated). 2.1 with no
     /// microversions: min = max = 2.1.
     static func computeVersions(_ call: Call, one: String?) throws -> Reply {
-        func doc(_ id: String) -> [String: Any] {
-            ["id": id, "status": id == "v2.1" ? "CURRENT" : "SUPPORTED", "version": id == "v2.1" ? "2.1" : "",
-             "min_version": id == "v2.1" ? "2.1" : "", "updated": "2013-07-23T11:33:21Z",
-             "links": [["rel": "self", "href": "\(call.base)/compute/\(id)/"]]]
-        }
-        if let one { return try .json(200, ["version": doc(one)]) }
-        return try .json(200, ["versions": [doc("v2.1"), doc("v2.0")]])
+        if let one { return try .encoded(200, Keyed("version", ComputeVersion(one, base: call.base))) }
+        return try .encoded(200, Keyed("versions", [ComputeVersion("v2.1", base: call.base), ComputeVersion("v2.0", base: call.base)]))
     }
 
     // MARK: servers
@@ -59,63 +69,105 @@ extension CycladesAPI {
         }
     }
 
-    func ownedServer(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Server {
-        guard let id = Int64(ref), let s = try Server.fetchOne(db, key: id), s.userid == user.id, !s.deleted else {
-            throw CycladesError(.itemNotFound, "server \(ref) does not exist")
-        }
-        return s
-    }
+    struct ServerSummary: Encodable, Sendable {
+        var id: String
+        var name: String
+        var links: [Link]
 
-    /// The servers' volumes (not deleted, by index), in one query for a whole list.
-    func serverVolumes(_ db: GRDB.Database, _ servers: [Server]) throws -> [Int64: [Volume]] {
-        var out: [Int64: [Volume]] = [:]
-        let ids = servers.compactMap(\.id)
-        if ids.count == 1 {
-            out[ids[0]] = try Volume.filter(Column("machineID") == ids[0] && Column("deleted") == false).order(Column("index")).fetchAll(db)
-        } else if !ids.isEmpty {
-            let users = Array(Set(servers.map(\.userid)))
-            let vols = try Volume.fetchAll(db, sql: """
-                SELECT * FROM volumes WHERE deleted = 0 AND machineID IN
-                  (SELECT id FROM servers WHERE userid IN (\(users.map { _ in "?" }.joined(separator: ","))))
-                ORDER BY machineID, "index"
-                """, arguments: StatementArguments(users))
-            let wanted = Set(ids)
-            for v in vols where wanted.contains(v.machineID!) { out[v.machineID!, default: []].append(v) }
+        init(_ s: Server, _ call: Call) {
+            id = String(s.id!)
+            name = s.name
+            let href = "\(call.base)\(call.prefix)/servers/\(id)"
+            links = [Link(rel: "self", href: href), Link(rel: "bookmark", href: href)]
         }
-        return out
     }
 
     /// A server as nova reads it, with the Synnefo keys (`volumes`) and
-    /// `os-extended-volumes:volumes_attached`; `vols` from `serverVolumes`.
-    func serverView(_ s: Server, _ vols: [Volume], _ call: Call, detail: Bool) -> JSON {
-        let id = String(s.id!)
-        let href = JSON.string("\(call.base)\(call.prefix)/servers/\(id)")
-        let links = JSON.array([.object([("rel", .string("self")), ("href", href)]), .object([("rel", .string("bookmark")), ("href", href)])])
-        guard detail else { return .object([("id", .string(id)), ("name", .string(s.name)), ("links", links)]) }
-        var out: [(String, JSON)] = [
-            ("id", .string(id)), ("name", .string(s.name)), ("links", links),
-            ("status", .string(Self.serverStatus(s.status))), ("tenant_id", .string(s.project)), ("user_id", .string(s.userid)),
-            ("metadata", .object([])),
-            ("image", s.imageID.map { JSON.object([("id", .string($0)), ("links", .array([]))]) } ?? .string("")),
-            ("flavor", .object([("id", .string(String(s.flavorID))),
-                                ("links", .array([.object([("rel", .string("bookmark")), ("href", .string("\(call.base)\(call.prefix)/flavors/\(s.flavorID)"))])]))])),
-            ("created", .string(s.created.openstack + "Z")), ("updated", .string(s.updated.openstack + "Z")),
-            ("addresses", .object([])), ("hostId", .string("")), ("accessIPv4", .string("")), ("accessIPv6", .string("")),
-            ("progress", .int(s.status == .active ? 100 : 0)), ("key_name", .null), ("config_drive", .string("")),
-            ("security_groups", .array([])),
-            ("OS-EXT-STS:vm_state", .string(s.status.rawValue.lowercased())),
-            ("OS-EXT-STS:task_state", .string(s.pendingAction.map { $0 == "remove" ? "deleting" : "spawning" })),
-            ("OS-EXT-STS:power_state", .int(s.status == .active ? 1 : 0)),
-            ("OS-EXT-AZ:availability_zone", .string("nova")), ("OS-DCF:diskConfig", .string("MANUAL")),
-            ("os-extended-volumes:volumes_attached",
-             .array(vols.map { .object([("id", .string(String($0.id!))), ("delete_on_termination", .bool($0.deleteOnTermination))]) })),
-            ("volumes", .array(vols.map { .int(Int($0.id!)) })),
-        ]
-        if s.status == .error {
-            out.append(("fault", .object([("code", .int(500)), ("message", .string("the Ganeti job of server \(id) failed")),
-                                          ("created", .string(s.updated.openstack + "Z"))])))
+    /// `os-extended-volumes:volumes_attached`; its volumes from `Registry.volumes(ofServers:)`.
+    struct ServerDetail: Encodable, Sendable {
+        struct Ref: Encodable, Sendable {
+            var id: String
+            var links: [Link]
         }
-        return .object(out)
+        /// The image: `{"id", "links"}`, or "" when the server boots from a volume.
+        enum ImageRef: Encodable, Sendable {
+            case image(Ref), none
+            func encode(to encoder: any Encoder) throws {
+                var c = encoder.singleValueContainer()
+                switch self {
+                case .image(let r): try c.encode(r)
+                case .none: try c.encode("")
+                }
+            }
+        }
+        struct Attached: Encodable, Sendable {
+            var id: String
+            var deleteOnTermination: Bool
+            enum CodingKeys: String, CodingKey { case id, deleteOnTermination = "delete_on_termination" }
+        }
+        struct Fault: Encodable, Sendable {
+            var code: Int
+            var message: String
+            var created: String
+        }
+        var id: String
+        var name: String
+        var links: [Link]
+        var status: String
+        var tenantID: String
+        var userID: String
+        var metadata: [String: String] = [:]
+        var image: ImageRef
+        var flavor: Ref
+        var created: String
+        var updated: String
+        var addresses: [String: String] = [:]
+        var hostId = ""
+        var accessIPv4 = ""
+        var accessIPv6 = ""
+        var progress: Int
+        @Nullable var keyName: String? = nil
+        var configDrive = ""
+        var securityGroups: [String] = []
+        var vmState: String
+        @Nullable var taskState: String?
+        var powerState: Int
+        var availabilityZone = "nova"
+        var diskConfig = "MANUAL"
+        var volumesAttached: [Attached]
+        var volumes: [Int64]
+        var fault: Fault?
+
+        enum CodingKeys: String, CodingKey {
+            case id, name, links, status, tenantID = "tenant_id", userID = "user_id", metadata, image, flavor, created, updated
+            case addresses, hostId, accessIPv4, accessIPv6, progress, keyName = "key_name", configDrive = "config_drive"
+            case securityGroups = "security_groups", vmState = "OS-EXT-STS:vm_state", taskState = "OS-EXT-STS:task_state"
+            case powerState = "OS-EXT-STS:power_state", availabilityZone = "OS-EXT-AZ:availability_zone", diskConfig = "OS-DCF:diskConfig"
+            case volumesAttached = "os-extended-volumes:volumes_attached", volumes, fault
+        }
+
+        init(_ s: Server, _ vols: [Volume], _ call: Call) {
+            let summary = ServerSummary(s, call)
+            id = summary.id
+            name = s.name
+            links = summary.links
+            status = CycladesAPI.serverStatus(s.status)
+            tenantID = s.project
+            userID = s.userid
+            image = s.imageID.map { .image(Ref(id: $0, links: [])) } ?? .none
+            flavor = Ref(id: String(s.flavorID), links: [Link(rel: "bookmark", href: "\(call.base)\(call.prefix)/flavors/\(s.flavorID)")])
+            created = s.created.openstack + "Z"
+            updated = s.updated.openstack + "Z"
+            progress = s.status == .active ? 100 : 0
+            vmState = s.status.rawValue.lowercased()
+            taskState = s.pendingAction.map { $0 == "remove" ? "deleting" : "spawning" }
+            powerState = s.status == .active ? 1 : 0
+            volumesAttached = vols.map { Attached(id: String($0.id!), deleteOnTermination: $0.deleteOnTermination) }
+            volumes = vols.map { $0.id! }
+            if s.status == .error {
+                fault = Fault(code: 500, message: "the Ganeti job of server \(id) failed", created: updated)
+            }
+        }
     }
 
     func listServers(_ call: Call, detail: Bool) throws -> Reply {
@@ -124,107 +176,134 @@ extension CycladesAPI {
             guard let n = Int(s), n >= 0 else { throw CycladesError(.badRequest, "limit must be a whole number >= 0") }
             return n
         }
-        return try registry.db.read { db in
-            var q = Server.filter(Column("userid") == user.id && Column("deleted") == false)
-            if let name = call.query["name"] { q = q.filter(Column("name") == name) }
-            if let m = call.query["marker"] { q = q.filter(Column("id") > (Int64(m) ?? 0)) }
-            var list = try q.order(Column("id")).fetchAll(db)
-            if let limit { list = Array(list.prefix(limit)) }
-            let vols = detail ? try serverVolumes(db, list) : [:]
-            return .json(200, .object([("servers", .array(list.map { serverView($0, vols[$0.id!] ?? [], call, detail: detail) }))]))
-        }
+        let after = call.query["marker"].map { Int64($0) ?? 0 }
+        var list = try registry.servers(ServerFilter(owner: user.id, name: call.query["name"], after: after))
+        if let limit { list = Array(list.prefix(limit)) }
+        guard detail else { return try .encoded(200, Keyed("servers", list.map { ServerSummary($0, call) })) }
+        let vols = try registry.volumes(ofServers: list)
+        return try .encoded(200, Keyed("servers", list.map { ServerDetail($0, vols[$0.id!] ?? [], call) }))
     }
 
     func showServer(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let s = try ownedServer(db, call.param("server_id"), user)
-            return .json(200, .object([("server", serverView(s, try serverVolumes(db, [s])[s.id!] ?? [], call, detail: true))]))
-        }
+        let s = try registry.server(call.param("server_id"), owner: user.id)
+        return try .encoded(200, Keyed("server", ServerDetail(s, try registry.volumes(server: s.id!), call)))
     }
 
     /// POST /servers: element 0 of block_device_mapping_v2 is the root (never
     /// blank); without it the root is imageRef at the flavor's disk size.
+    struct CreateServerRequest: Decodable {
+        var name: String
+        var flavorRef: String
+        var imageRef: String?
+        var volumes: [VolumeRequest] = []
+
+        init(from decoder: any Decoder) throws {
+            let s = try Fields(decoder).object("server")
+            guard let name = try s.string("name"), !name.isEmpty else { throw Fields.bad("Malformed request. Missing attribute 'name'.") }
+            guard let flavorRef = try s.id("flavorRef") else { throw Fields.bad("Malformed request. Missing attribute 'flavorRef'.") }
+            self.name = name
+            self.flavorRef = flavorRef
+            imageRef = try s.id("imageRef").flatMap { $0.isEmpty ? nil : $0 }
+            if let list = try s.objects("block_device_mapping_v2", wrong: "Block Device Mapping is Invalid: a list of objects is expected.") {
+                for (i, d) in list.enumerated() {
+                    guard let type = try d.string("source_type") else { throw Fields.bad("Block Device Mapping is Invalid: item \(i) has no source_type.") }
+                    let uuid = try d.id("uuid")
+                    let size = try d.int("volume_size")
+                    let dest = try d.string("destination_type")
+                    if try d.bool("delete_on_termination") == false {
+                        throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)) is not supported: Ganeti 3.0 detaches an ext disk but can neither attach nor remove it afterwards, so a kept volume could never be used or deleted; a server's volumes go with it")
+                    }
+                    switch type {
+                    case "image", "snapshot":
+                        guard let uuid else { throw Fields.bad("Block Device Mapping is Invalid: item \(i) (\(type)) has no uuid.") }
+                        // novaclient puts --image first as a local disk, followed by the volumes it was given.
+                        if dest == "local" && type == "image" && i == 0 && list.count > 1 { continue }
+                        volumes.append(VolumeRequest(sizeGB: size, source: "\(type):\(uuid)"))
+                    case "blank":
+                        if volumes.isEmpty { throw Fields.bad("Block Device Mapping is Invalid: the root (item 0) cannot be blank.") }
+                        volumes.append(VolumeRequest(sizeGB: size, source: nil))
+                    case "volume":
+                        throw CycladesError(.notImplemented, "attaching an existing volume (source_type volume, item \(i)) is not supported: every volume is created with its server")
+                    default:
+                        throw Fields.bad("Block Device Mapping is Invalid: source_type '\(type.prefix(40))' (image, snapshot, blank, volume).")
+                    }
+                    if let size, size < 1 { throw Fields.bad("Block Device Mapping is Invalid: volume_size \(size) of item \(i).") }
+                }
+                if let imageRef, let root = volumes.first?.source, root.hasPrefix("image:"), root != "image:\(imageRef)" {
+                    throw Fields.bad("imageRef \(imageRef) differs from the root volume's image (\(root.dropFirst(6)))")
+                }
+            }
+            if volumes.isEmpty && imageRef == nil { throw Fields.bad("give imageRef or a block_device_mapping_v2 whose first item has a source") }
+        }
+    }
+
+    struct ServerCreated: Encodable, Sendable {
+        struct Group: Encodable, Sendable { var name: String }
+        var id: String
+        var links: [Link]
+        var adminPass = ""
+        var diskConfig = "MANUAL"
+        var securityGroups = [Group(name: "default")]
+        enum CodingKeys: String, CodingKey { case id, links, adminPass, diskConfig = "OS-DCF:diskConfig", securityGroups = "security_groups" }
+    }
+
     func createServer(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let body = try Input.body(call)
-        let s = try Input.object(body, "server")
-        guard let name = try Input.string(s, "name"), !name.isEmpty else { throw Input.bad("Malformed request. Missing attribute 'name'.") }
-        guard let flavorRef = try Input.id(s, "flavorRef") else { throw Input.bad("Malformed request. Missing attribute 'flavorRef'.") }
-        let imageRef = try Input.id(s, "imageRef").flatMap { $0.isEmpty ? nil : $0 }
-        var volumes: [VolumeRequest] = []
-        if let raw = s["block_device_mapping_v2"], !(raw is NSNull) {
-            guard let list = raw as? [Any], list.allSatisfy({ $0 is [String: Any] }) else { throw Input.bad("Block Device Mapping is Invalid: a list of objects is expected.") }
-            for (i, item) in list.enumerated() {
-                let d = item as! [String: Any]
-                guard let type = try Input.string(d, "source_type") else { throw Input.bad("Block Device Mapping is Invalid: item \(i) has no source_type.") }
-                let uuid = try Input.id(d, "uuid")
-                let size = try Input.int(d, "volume_size")
-                let dest = try Input.string(d, "destination_type")
-                if try Input.bool(d, "delete_on_termination") == false {
-                    throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)) is not supported: Ganeti 3.0 detaches an ext disk but can neither attach nor remove it afterwards, so a kept volume could never be used or deleted; a server's volumes go with it")
-                }
-                switch type {
-                case "image", "snapshot":
-                    guard let uuid else { throw Input.bad("Block Device Mapping is Invalid: item \(i) (\(type)) has no uuid.") }
-                    // novaclient puts --image first as a local disk, followed by the volumes it was given.
-                    if dest == "local" && type == "image" && i == 0 && list.count > 1 { continue }
-                    volumes.append(VolumeRequest(sizeGB: size, source: "\(type):\(uuid)"))
-                case "blank":
-                    if volumes.isEmpty { throw Input.bad("Block Device Mapping is Invalid: the root (item 0) cannot be blank.") }
-                    volumes.append(VolumeRequest(sizeGB: size, source: nil))
-                case "volume":
-                    throw CycladesError(.notImplemented, "attaching an existing volume (source_type volume, item \(i)) is not supported: every volume is created with its server")
-                default:
-                    throw Input.bad("Block Device Mapping is Invalid: source_type '\(type.prefix(40))' (image, snapshot, blank, volume).")
-                }
-                if let size, size < 1 { throw Input.bad("Block Device Mapping is Invalid: volume_size \(size) of item \(i).") }
-            }
-            if let imageRef, let root = volumes.first?.source, root.hasPrefix("image:"), root != "image:\(imageRef)" {
-                throw Input.bad("imageRef \(imageRef) differs from the root volume's image (\(root.dropFirst(6)))")
-            }
-        }
-        if volumes.isEmpty && imageRef == nil { throw Input.bad("give imageRef or a block_device_mapping_v2 whose first item has a source") }
+        let req = try call.decode(CreateServerRequest.self)
         // The flavor by id (as nova sends it), or by name.
-        let flavor = try registry.db.read { db in try Flavor.filter(Column("id") == (Int64(flavorRef) ?? -1) || Column("name") == flavorRef).fetchOne(db) }
-        guard let flavor else { throw Input.bad("flavor \(flavorRef.prefix(60)) does not exist") }
-        let server = try registry.createServer(name: name, user: user.id, flavor: String(flavor.id!), image: volumes.isEmpty ? imageRef : nil, volumes: volumes)
-        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(server.id!)"]]
-        return try .json(202, ["server": ["id": String(server.id!), "links": links, "adminPass": "", "OS-DCF:diskConfig": "MANUAL",
-                                          "security_groups": [["name": "default"]]]])
+        guard let flavor = try registry.flavor(req.flavorRef) else { throw Fields.bad("flavor \(req.flavorRef.prefix(60)) does not exist") }
+        let server = try registry.createServer(name: req.name, user: user.id, flavor: String(flavor.id!),
+                                               image: req.volumes.isEmpty ? req.imageRef : nil, volumes: req.volumes)
+        let id = String(server.id!)
+        return try .encoded(202, Keyed("server", ServerCreated(id: id, links: [Link(rel: "self", href: "\(call.base)\(call.prefix)/servers/\(id)")])))
     }
 
     func deleteServer(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let s = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        let s = try registry.server(call.param("server_id"), owner: user.id)
         _ = try registry.removeServer(s.id!, user: user.id)
         return .empty(204)
     }
 
     // MARK: attachments
 
-    static func attachmentView(_ v: Volume) -> [String: Any] {
-        ["id": String(v.id!), "volumeId": String(v.id!), "serverId": String(v.machineID!), "device": device(v.index),
-         "delete_on_termination": v.deleteOnTermination]
+    struct Attachment: Encodable, Sendable {
+        var id: String
+        var volumeId: String
+        var serverId: String
+        var device: String
+        var deleteOnTermination: Bool
+        enum CodingKeys: String, CodingKey { case id, volumeId, serverId, device, deleteOnTermination = "delete_on_termination" }
+
+        init(_ v: Volume) {
+            id = String(v.id!)
+            volumeId = id
+            serverId = String(v.machineID!)
+            device = CycladesAPI.device(v.index)
+            deleteOnTermination = v.deleteOnTermination
+        }
     }
 
     func listAttachments(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let s = try ownedServer(db, call.param("server_id"), user)
-            let vols = try Volume.filter(Column("machineID") == s.id! && Column("deleted") == false).order(Column("index")).fetchAll(db)
-            return try .json(200, ["volumeAttachments": vols.map(Self.attachmentView)])
-        }
+        let s = try registry.server(call.param("server_id"), owner: user.id)
+        return try .encoded(200, Keyed("volumeAttachments", try registry.volumes(server: s.id!).map(Attachment.init)))
     }
 
     func showAttachment(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let s = try ownedServer(db, call.param("server_id"), user)
-            guard let vid = Int64(call.param("volume_id")), let v = try Volume.fetchOne(db, key: vid), v.machineID == s.id, !v.deleted else {
-                throw CycladesError(.itemNotFound, "volume \(call.param("volume_id")) is not attached to server \(s.id!)")
-            }
-            return try .json(200, ["volumeAttachment": Self.attachmentView(v)])
+        let s = try registry.server(call.param("server_id"), owner: user.id)
+        guard let vid = Int64(call.param("volume_id")), let v = try registry.volume(id: vid), v.machineID == s.id, !v.deleted else {
+            throw CycladesError(.itemNotFound, "volume \(call.param("volume_id")) is not attached to server \(s.id!)")
+        }
+        return try .encoded(200, Keyed("volumeAttachment", Attachment(v)))
+    }
+
+    /// The body of POST os-volume_attachments: `{"volumeAttachment": {...}}`.
+    struct AttachRequest: Decodable {
+        init(from decoder: any Decoder) throws {
+            _ = try Fields(decoder).object("volumeAttachment")
         }
     }
 
@@ -236,100 +315,156 @@ extension CycladesAPI {
     /// in attach op") and no operation removes a detached disk.
     func attach(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
-        let body = try Input.body(call)
-        _ = try Input.object(body, "volumeAttachment")
+        _ = try registry.server(call.param("server_id"), owner: user.id)
+        _ = try call.decode(AttachRequest.self)
         throw CycladesError(.notImplemented, "attaching an existing volume is not supported: Ganeti 3.0 refuses to attach ext disks (its checks want the provider and allow only the name); create one on the server (POST /volume/v3/volumes with server_id; source_volid clones a volume)")
     }
 
     func detach(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
+        _ = try registry.server(call.param("server_id"), owner: user.id)
         throw CycladesError(.notImplemented, "detaching a volume is not supported: Ganeti 3.0 could detach it but never attach or remove it again; delete it (DELETE /volume/v3/volumes/{id})")
     }
 
     // MARK: flavors
 
-    func flavorView(_ f: Flavor, _ types: [Int64: VolumeType], _ call: Call, detail: Bool) -> [String: Any] {
-        let id = String(f.id!)
-        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/flavors/\(id)"],
-                                      ["rel": "bookmark", "href": "\(call.base)\(call.prefix)/flavors/\(id)"]]
-        var out: [String: Any] = ["id": id, "name": f.name, "links": links]
-        guard detail else { return out }
-        out["ram"] = f.ram
-        out["disk"] = f.disk
-        out["vcpus"] = f.cpu
-        out["swap"] = ""
-        out["rxtx_factor"] = 1.0
-        out["OS-FLV-EXT-DATA:ephemeral"] = 0
-        out["OS-FLV-DISABLED:disabled"] = false
-        out["os-flavor-access:is_public"] = true
-        out["SNF:disk_template"] = types[f.volumeTypeID]?.diskTemplate ?? NSNull()
-        out["SNF:volume_type"] = f.volumeTypeID
-        return out
+    struct FlavorSummary: Encodable, Sendable {
+        var id: String
+        var name: String
+        var links: [Link]
+
+        init(_ f: Flavor, _ call: Call) {
+            id = String(f.id!)
+            name = f.name
+            let href = "\(call.base)\(call.prefix)/flavors/\(id)"
+            links = [Link(rel: "self", href: href), Link(rel: "bookmark", href: href)]
+        }
+    }
+
+    struct FlavorDetail: Encodable, Sendable {
+        var id: String
+        var name: String
+        var links: [Link]
+        var ram: Int
+        var disk: Int
+        var vcpus: Int
+        var swap = ""
+        var rxtxFactor = 1.0
+        var ephemeral = 0
+        var disabled = false
+        var isPublic = true
+        @Nullable var diskTemplate: String?
+        var volumeType: Int64
+
+        enum CodingKeys: String, CodingKey {
+            case id, name, links, ram, disk, vcpus, swap, rxtxFactor = "rxtx_factor", ephemeral = "OS-FLV-EXT-DATA:ephemeral"
+            case disabled = "OS-FLV-DISABLED:disabled", isPublic = "os-flavor-access:is_public", diskTemplate = "SNF:disk_template"
+            case volumeType = "SNF:volume_type"
+        }
+
+        init(_ f: Flavor, _ types: [Int64: VolumeType], _ call: Call) {
+            let summary = FlavorSummary(f, call)
+            id = summary.id
+            name = f.name
+            links = summary.links
+            ram = f.ram
+            disk = f.disk
+            vcpus = f.cpu
+            diskTemplate = types[f.volumeTypeID]?.diskTemplate
+            volumeType = f.volumeTypeID
+        }
     }
 
     func listFlavors(_ call: Call, detail: Bool) throws -> Reply {
         _ = try call.requireUser
-        return try registry.db.read { db in
-            let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
-            return try .json(200, ["flavors": try Flavor.order(Column("id")).fetchAll(db).map { flavorView($0, types, call, detail: detail) }])
-        }
+        let flavors = try registry.flavors()
+        guard detail else { return try .encoded(200, Keyed("flavors", flavors.map { FlavorSummary($0, call) })) }
+        let types = try registry.volumeTypesByID()
+        return try .encoded(200, Keyed("flavors", flavors.map { FlavorDetail($0, types, call) }))
     }
 
-    func findFlavor(_ db: GRDB.Database, _ ref: String) throws -> Flavor {
-        guard let id = Int64(ref), let f = try Flavor.fetchOne(db, key: id) else { throw CycladesError(.itemNotFound, "flavor \(ref) does not exist") }
+    func findFlavor(_ ref: String) throws -> Flavor {
+        guard let id = Int64(ref), let f = try registry.flavor(id: id) else { throw CycladesError(.itemNotFound, "flavor \(ref) does not exist") }
         return f
     }
 
     func showFlavor(_ call: Call) throws -> Reply {
         _ = try call.requireUser
-        return try registry.db.read { db in
-            let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
-            return try .json(200, ["flavor": flavorView(try findFlavor(db, call.param("flavor_id")), types, call, detail: true)])
-        }
+        let f = try findFlavor(call.param("flavor_id"))
+        return try .encoded(200, Keyed("flavor", FlavorDetail(f, try registry.volumeTypesByID(), call)))
+    }
+
+    struct ExtraSpecs: Encodable, Sendable {
+        var diskTemplate: String
+        var volumeType: String
+        enum CodingKeys: String, CodingKey { case diskTemplate = "SNF:disk_template", volumeType = "SNF:volume_type" }
     }
 
     func flavorExtraSpecs(_ call: Call) throws -> Reply {
         _ = try call.requireUser
-        return try registry.db.read { db in
-            let f = try findFlavor(db, call.param("flavor_id"))
-            let t = try VolumeType.fetchOne(db, key: f.volumeTypeID)
-            return try .json(200, ["extra_specs": ["SNF:disk_template": t?.diskTemplate ?? "", "SNF:volume_type": String(f.volumeTypeID)]])
-        }
+        let f = try findFlavor(call.param("flavor_id"))
+        let t = try registry.volumeType(id: f.volumeTypeID)
+        return try .encoded(200, Keyed("extra_specs", ExtraSpecs(diskTemplate: t?.diskTemplate ?? "", volumeType: String(f.volumeTypeID))))
     }
 
     // MARK: images
 
-    func imageView(_ i: Image, _ call: Call, detail: Bool) -> [String: Any] {
-        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/images/\(i.id)"]]
-        var out: [String: Any] = ["id": i.id, "name": i.name, "links": links]
-        guard detail else { return out }
-        out["status"] = "ACTIVE"
-        out["minDisk"] = Int((i.size + (1 << 30) - 1) >> 30)
-        out["minRam"] = 0
-        out["progress"] = 100
-        out["OS-EXT-IMG-SIZE:size"] = i.size
-        out["metadata"] = ["owner": i.owner, "public": i.isPublic ? "true" : "false"]
-        out["created"] = "1970-01-01T00:00:00Z"
-        out["updated"] = "1970-01-01T00:00:00Z"
-        return out
+    struct ImageSummary: Encodable, Sendable {
+        var id: String
+        var name: String
+        var links: [Link]
+
+        init(_ i: Image, _ call: Call) {
+            id = i.id
+            name = i.name
+            links = [Link(rel: "self", href: "\(call.base)\(call.prefix)/images/\(i.id)")]
+        }
+    }
+
+    struct ImageDetail: Encodable, Sendable {
+        struct Metadata: Encodable, Sendable {
+            var owner: String
+            var `public`: String
+        }
+        var id: String
+        var name: String
+        var links: [Link]
+        var status = "ACTIVE"
+        var minDisk: Int
+        var minRam = 0
+        var progress = 100
+        var size: Int64
+        var metadata: Metadata
+        var created = "1970-01-01T00:00:00Z"
+        var updated = "1970-01-01T00:00:00Z"
+
+        enum CodingKeys: String, CodingKey {
+            case id, name, links, status, minDisk, minRam, progress, size = "OS-EXT-IMG-SIZE:size", metadata, created, updated
+        }
+
+        init(_ i: Image, _ call: Call) {
+            let summary = ImageSummary(i, call)
+            id = i.id
+            name = i.name
+            links = summary.links
+            minDisk = Int((i.size + (1 << 30) - 1) >> 30)
+            size = i.size
+            metadata = Metadata(owner: i.owner, public: i.isPublic ? "true" : "false")
+        }
     }
 
     func listImages(_ call: Call, detail: Bool) throws -> Reply {
         let user = try call.requireUser
-        let list = try registry.db.read { db in
-            try Image.filter(Column("isPublic") == true || Column("owner") == user.id).order(Column("name"), Column("id")).fetchAll(db)
-        }
+        let list = try registry.images(visibleTo: user.id)
         let named = call.query["name"].map { n in list.filter { $0.name == n } } ?? list
-        return try .json(200, ["images": named.map { imageView($0, call, detail: detail) }])
+        if detail { return try .encoded(200, Keyed("images", named.map { ImageDetail($0, call) })) }
+        return try .encoded(200, Keyed("images", named.map { ImageSummary($0, call) }))
     }
 
     func showImage(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let ref = call.param("image_id")
-        let i = try registry.db.read { db in try Image.fetchOne(db, key: ref) }
-        guard let i, i.isPublic || i.owner == user.id else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
-        return try .json(200, ["image": imageView(i, call, detail: true)])
+        guard let i = try registry.image(ref, visibleTo: user.id) else { throw CycladesError(.itemNotFound, "image \(ref) does not exist") }
+        return try .encoded(200, Keyed("image", ImageDetail(i, call)))
     }
 }

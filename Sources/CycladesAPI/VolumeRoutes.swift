@@ -3,52 +3,67 @@ import ArchipServe
 import ArchipStore
 import Cyclades
 import Foundation
-import GRDB
+import Hummingbird
 
 /// The volume service at /volume/v3 and /volume/v2.0 (same handlers).
 extension CycladesAPI {
     static let volumePrefixes = ["/volume/v3", "/volume/v2.0"]
 
-    func volumeRoutes() -> [Route] {
-        var r: [Route] = []
-        func add(_ m: Method, _ path: String, auth: Bool = true, _ h: @escaping @Sendable (Call) throws -> Reply) {
-            r.append(Route(method: m, path: path, auth: auth, handler: h))
-        }
-        add(.GET, "/volume", auth: false) { try Self.volumeVersions($0) }
+    func addVolumeRoutes(_ router: Router<BasicRequestContext>) {
+        Endpoints(self, router, "/volume").get(auth: false) { try Self.volumeVersions($0) }
         for p in Self.volumePrefixes {
-            add(.GET, p, auth: false) { try Self.volumeVersions($0) }
-            add(.GET, "\(p)/volumes") { [unowned self] in try listVolumes($0, detail: false) }
-            add(.GET, "\(p)/volumes/detail") { [unowned self] in try listVolumes($0, detail: true) }
-            add(.POST, "\(p)/volumes") { [unowned self] in try createVolume($0) }
-            add(.GET, "\(p)/volumes/{volume_id}") { [unowned self] in try showVolume($0) }
-            add(.PUT, "\(p)/volumes/{volume_id}") { [unowned self] in try updateVolume($0) }
-            add(.DELETE, "\(p)/volumes/{volume_id}") { [unowned self] in try deleteVolume($0) }
-            add(.GET, "\(p)/volumes/{volume_id}/metadata") { [unowned self] in try volumeMetadata($0) }
-            add(.POST, "\(p)/volumes/{volume_id}/metadata") { [unowned self] in try setVolumeMetadata($0, replace: false) }
-            add(.PUT, "\(p)/volumes/{volume_id}/metadata") { [unowned self] in try setVolumeMetadata($0, replace: true) }
-            add(.DELETE, "\(p)/volumes/{volume_id}/metadata/{key}") { [unowned self] in try deleteVolumeMetadata($0) }
-            add(.POST, "\(p)/volumes/{volume_id}/action") { [unowned self] in try volumeAction($0) }
-            add(.GET, "\(p)/types") { [unowned self] in try listTypes($0) }
-            add(.GET, "\(p)/types/{type_id}") { [unowned self] in try showType($0) }
-            add(.GET, "\(p)/snapshots") { [unowned self] in try listSnapshots($0, detail: false) }
-            add(.GET, "\(p)/snapshots/detail") { [unowned self] in try listSnapshots($0, detail: true) }
-            add(.POST, "\(p)/snapshots") { [unowned self] in try createSnapshot($0) }
-            add(.GET, "\(p)/snapshots/{snapshot_id}") { [unowned self] in try showSnapshot($0) }
-            add(.DELETE, "\(p)/snapshots/{snapshot_id}") { [unowned self] in try deleteSnapshot($0) }
+            let g = Endpoints(self, router, p)
+            g.get(auth: false) { try Self.volumeVersions($0) }
+            g.get("volumes") { try self.listVolumes($0, detail: false) }
+            g.get("volumes/detail") { try self.listVolumes($0, detail: true) }
+            g.post("volumes") { try self.createVolume($0) }
+            g.get("volumes/{volume_id}") { try self.showVolume($0) }
+            g.put("volumes/{volume_id}") { try self.updateVolume($0) }
+            g.delete("volumes/{volume_id}") { try self.deleteVolume($0) }
+            g.get("volumes/{volume_id}/metadata") { try self.volumeMetadata($0) }
+            g.post("volumes/{volume_id}/metadata") { try self.setVolumeMetadata($0, replace: false) }
+            g.put("volumes/{volume_id}/metadata") { try self.setVolumeMetadata($0, replace: true) }
+            g.delete("volumes/{volume_id}/metadata/{key}") { try self.deleteVolumeMetadata($0) }
+            g.post("volumes/{volume_id}/action") { try self.volumeAction($0) }
+            g.get("types") { try self.listTypes($0) }
+            g.get("types/{type_id}") { try self.showType($0) }
+            g.get("snapshots") { try self.listSnapshots($0, detail: false) }
+            g.get("snapshots/detail") { try self.listSnapshots($0, detail: true) }
+            g.post("snapshots") { try self.createSnapshot($0) }
+            g.get("snapshots/{snapshot_id}") { try self.showSnapshot($0) }
+            g.delete("snapshots/{snapshot_id}") { try self.deleteSnapshot($0) }
         }
-        return r
     }
 
     // MARK: versions
 
-    static func volumeVersions(_ call: Call) throws -> Reply {
-        func doc(_ id: String, _ status: String, _ path: String) -> [String: Any] {
-            ["id": id, "status": status, "version": id == "v3.0" ? "3.0" : "", "min_version": id == "v3.0" ? "3.0" : "",
-             "updated": "2024-01-01T00:00:00Z",
-             "links": [["rel": "self", "href": "\(call.base)\(path)/"]],
-             "media-types": [["base": "application/json", "type": "application/vnd.openstack.volume+json;version=3"]]]
+    struct VolumeVersion: Encodable, Sendable {
+        struct MediaType: Encodable, Sendable {
+            var base = "application/json"
+            var type = "application/vnd.openstack.volume+json;version=3"
         }
-        return try .json(200, ["versions": [doc("v3.0", "CURRENT", "/volume/v3"), doc("v2.0", "SUPPORTED", "/volume/v2.0")]])
+        var id: String
+        var status: String
+        var version: String
+        var minVersion: String
+        var updated = "2024-01-01T00:00:00Z"
+        var links: [Link]
+        var mediaTypes = [MediaType()]
+
+        enum CodingKeys: String, CodingKey { case id, status, version, minVersion = "min_version", updated, links, mediaTypes = "media-types" }
+
+        init(_ id: String, _ status: String, _ path: String, base: String) {
+            self.id = id
+            self.status = status
+            version = id == "v3.0" ? "3.0" : ""
+            minVersion = version
+            links = [Link(rel: "self", href: "\(base)\(path)/")]
+        }
+    }
+
+    static func volumeVersions(_ call: Call) throws -> Reply {
+        try .encoded(200, Keyed("versions", [VolumeVersion("v3.0", "CURRENT", "/volume/v3", base: call.base),
+                                             VolumeVersion("v2.0", "SUPPORTED", "/volume/v2.0", base: call.base)]))
     }
 
     // MARK: views
@@ -66,78 +81,131 @@ extension CycladesAPI {
         return "/dev/vd" + String(UnicodeScalar(UInt8(97 + i)))
     }
 
-    struct VolumeContext {
-        var types: [Int64: VolumeType]
-        var metadata: [Int64: [String: String]]
+    static func volumeLinks(_ id: String, _ call: Call) -> [Link] {
+        let href = "\(call.base)\(call.prefix)/volumes/\(id)"
+        return [Link(rel: "self", href: href), Link(rel: "bookmark", href: href)]
     }
 
-    func volumeContext(_ db: GRDB.Database, _ vols: [Volume]) throws -> VolumeContext {
-        let types = Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) })
-        var meta: [Int64: [String: String]] = [:]
-        let ids = vols.compactMap(\.id)
-        if ids.count == 1 {
-            for m in try VolumeMetadata.filter(Column("volumeID") == ids[0]).fetchAll(db) { meta[m.volumeID, default: [:]][m.key] = m.value }
-        } else if !ids.isEmpty {
-            let users = Set(vols.map(\.userid))
-            let rows = try Row.fetchAll(db, sql: "SELECT m.volumeID, m.key, m.value FROM volume_metadata m JOIN volumes v ON v.id = m.volumeID WHERE v.userid IN (\(users.map { _ in "?" }.joined(separator: ",")))",
-                                        arguments: StatementArguments(Array(users)))
-            let wanted = Set(ids)
-            for row in rows {
-                let vid: Int64 = row[0]
-                if wanted.contains(vid) { meta[vid, default: [:]][row[1]] = row[2] }
+    /// docs/openapi.json's VolumeSummary.
+    struct VolumeSummary: Encodable, Sendable {
+        var id: String
+        @Nullable var name: String?
+        @Nullable var displayName: String?
+        var links: [Link]
+
+        enum CodingKeys: String, CodingKey { case id, name, displayName = "display_name", links }
+
+        init(_ v: Volume, _ call: Call) {
+            id = String(v.id!)
+            name = v.name
+            displayName = v.name
+            links = CycladesAPI.volumeLinks(id, call)
+        }
+    }
+
+    /// A volume as Cinder and Synnefo clients read it (docs/openapi.json's Volume).
+    struct VolumeDetail: Encodable, Sendable {
+        struct Attachment: Encodable, Sendable {
+            var attachmentID: String
+            var id: String
+            var volumeID: String
+            var serverID: String
+            var device: String
+            @Nullable var deviceIndex: Int?
+            @Nullable var hostName: String? = nil
+            var attachedAt: String
+            enum CodingKeys: String, CodingKey {
+                case attachmentID = "attachment_id", id, volumeID = "volume_id", serverID = "server_id", device
+                case deviceIndex = "device_index", hostName = "host_name", attachedAt = "attached_at"
             }
         }
-        return VolumeContext(types: types, metadata: meta)
+        var id: String
+        @Nullable var name: String?
+        @Nullable var displayName: String?
+        var links: [Link]
+        @Nullable var description: String?
+        @Nullable var displayDescription: String?
+        var size: Int
+        var status: String
+        @Nullable var volumeType: String?
+        var volumeTypeID: String
+        @Nullable var diskTemplate: String?
+        var attachments: [Attachment]
+        var metadata: Metadata
+        var bootable: String
+        @Nullable var sourceVolID: String?
+        @Nullable var snapshotID: String?
+        @Nullable var imageID: String?
+        var createdAt: String
+        var updatedAt: String
+        var userID: String
+        var tenantID: String
+        var tenantAttr: String
+        var deleteOnTermination: Bool
+        var deleted: Bool
+        var availabilityZone = "nova"
+        var encrypted = false
+        var multiattach = false
+        @Nullable var replicationStatus: String? = nil
+        @Nullable var consistencyGroupID: String? = nil
+        @Nullable var serverID: String?
+        @Nullable var deviceIndex: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case id, name, displayName = "display_name", links, description, displayDescription = "display_description"
+            case size, status, volumeType = "volume_type", volumeTypeID = "volume_type_id", diskTemplate = "SNF:disk_template"
+            case attachments, metadata, bootable, sourceVolID = "source_volid", snapshotID = "snapshot_id", imageID = "image_id"
+            case createdAt = "created_at", updatedAt = "updated_at", userID = "user_id", tenantID = "tenant_id"
+            case tenantAttr = "os-vol-tenant-attr:tenant_id", deleteOnTermination = "delete_on_termination", deleted
+            case availabilityZone = "availability_zone", encrypted, multiattach, replicationStatus = "replication_status"
+            case consistencyGroupID = "consistencygroup_id", serverID = "server_id", deviceIndex = "device_index"
+        }
+
+        init(_ v: Volume, _ ctx: VolumeContext, _ call: Call) {
+            id = String(v.id!)
+            name = v.name
+            displayName = v.name
+            links = CycladesAPI.volumeLinks(id, call)
+            description = v.description
+            displayDescription = v.description
+            size = v.size
+            status = CycladesAPI.cinderStatus(v.status)
+            let type = ctx.types[v.volumeTypeID]
+            volumeType = type?.name
+            volumeTypeID = String(v.volumeTypeID)
+            diskTemplate = type?.diskTemplate
+            createdAt = v.created.openstack
+            updatedAt = v.updated.openstack
+            attachments = []
+            if let sid = v.machineID, !v.deleted {
+                attachments.append(Attachment(attachmentID: id, id: id, volumeID: id, serverID: String(sid), device: CycladesAPI.device(v.index),
+                                              deviceIndex: v.index, attachedAt: createdAt))
+            }
+            metadata = Metadata(ctx.metadata[v.id!] ?? [:])
+            let src = v.source?.split(separator: ":", maxSplits: 1).map(String.init) ?? []
+            let kind = src.first ?? "", ref = src.count == 2 ? src[1] : nil
+            bootable = v.index == 0 || kind == "image" ? "true" : "false"
+            sourceVolID = kind == "volume" ? ref : nil
+            snapshotID = kind == "snapshot" ? ref : nil
+            imageID = kind == "image" ? ref : nil
+            userID = v.userid
+            tenantID = v.project
+            tenantAttr = v.project
+            deleteOnTermination = v.deleteOnTermination
+            deleted = v.deleted
+            serverID = v.machineID.map { String($0) }
+            deviceIndex = v.index
+        }
     }
 
-    /// A volume as Cinder and Synnefo clients read it (keys and types as in
-    /// docs/openapi.json's Volume and VolumeSummary), as an ordered JSON value.
-    func volumeView(_ v: Volume, _ ctx: VolumeContext, _ call: Call, detail: Bool) -> JSON {
-        let id = String(v.id!)
-        let href = JSON.string("\(call.base)\(call.prefix)/volumes/\(id)")
-        let links = JSON.array([.object([("rel", .string("self")), ("href", href)]), .object([("rel", .string("bookmark")), ("href", href)])])
-        let name = JSON.string(v.name)
-        guard detail else { return .object([("id", .string(id)), ("name", name), ("display_name", name), ("links", links)]) }
-        let type = ctx.types[v.volumeTypeID]
-        var attachments: [JSON] = []
-        let created = JSON.string(v.created.openstack)
-        if let sid = v.machineID, !v.deleted {
-            attachments.append(.object([("attachment_id", .string(id)), ("id", .string(id)), ("volume_id", .string(id)),
-                                        ("server_id", .string(String(sid))), ("device", .string(Self.device(v.index))),
-                                        ("device_index", .int(v.index)), ("host_name", .null), ("attached_at", created)]))
+    /// Metadata as an object with its keys in order (clients diff it).
+    struct Metadata: Encodable, Sendable {
+        var pairs: [(String, String)]
+        init(_ m: [String: String]) { pairs = m.sorted { $0.key < $1.key } }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: AnyKey.self)
+            for (k, v) in pairs { try c.encode(v, forKey: AnyKey(k)) }
         }
-        let src = v.source?.split(separator: ":", maxSplits: 1).map(String.init) ?? []
-        let kind = src.first ?? "", ref = src.count == 2 ? src[1] : nil
-        let description = JSON.string(v.description)
-        let metadata = (ctx.metadata[v.id!] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, JSON.string($0.value)) }
-        return .object([
-            ("id", .string(id)), ("name", name), ("display_name", name), ("links", links),
-            ("description", description), ("display_description", description),
-            ("size", .int(v.size)), ("status", .string(Self.cinderStatus(v.status))),
-            ("volume_type", .string(type?.name)), ("volume_type_id", .string(String(v.volumeTypeID))),
-            ("SNF:disk_template", .string(type?.diskTemplate)),
-            ("attachments", .array(attachments)), ("metadata", .object(metadata)),
-            ("bootable", .string(v.index == 0 || kind == "image" ? "true" : "false")),
-            ("source_volid", kind == "volume" ? .string(ref) : .null),
-            ("snapshot_id", kind == "snapshot" ? .string(ref) : .null),
-            ("image_id", kind == "image" ? .string(ref) : .null),
-            ("created_at", created), ("updated_at", .string(v.updated.openstack)),
-            ("user_id", .string(v.userid)), ("tenant_id", .string(v.project)), ("os-vol-tenant-attr:tenant_id", .string(v.project)),
-            ("delete_on_termination", .bool(v.deleteOnTermination)), ("deleted", .bool(v.deleted)),
-            ("availability_zone", .string("nova")), ("encrypted", .bool(false)), ("multiattach", .bool(false)),
-            ("replication_status", .null), ("consistencygroup_id", .null),
-            ("server_id", .string(v.machineID.map { String($0) })), ("device_index", .int(v.index)),
-        ])
-    }
-
-    // MARK: lookups
-
-    /// The user's volume; another user's and a missing one are the same 404.
-    func ownedVolume(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Volume {
-        guard let id = Int64(ref), let v = try Volume.fetchOne(db, key: id), v.userid == user.id else {
-            throw CycladesError(.itemNotFound, "volume \(ref) does not exist")
-        }
-        return v
     }
 
     // MARK: volumes
@@ -157,188 +225,275 @@ extension CycladesAPI {
             guard let d = Date.parseOpenstack(s) else { throw CycladesError(.badRequest, "changes-since must be an ISO 8601 time") }
             return d
         }
-        return try registry.db.read { db in
-            var q = Volume.filter(Column("userid") == user.id)
-            if let since { q = q.filter(Column("updated") >= since) } else { q = q.filter(Column("deleted") == false) }
-            if let marker { q = q.filter(Column("id") > marker) }
-            if let name = call.query["name"] { q = q.filter(Column("name") == name) }
-            var vols = try q.order(Column("id")).fetchAll(db)
-            if let status = call.query["status"]?.lowercased() { vols = vols.filter { Self.cinderStatus($0.status) == status || $0.status.rawValue.lowercased() == status } }
-            if let limit { vols = Array(vols.prefix(limit)) }
-            let ctx = try detail ? volumeContext(db, vols) : VolumeContext(types: [:], metadata: [:])
-            return .json(200, .object([("volumes", .array(vols.map { volumeView($0, ctx, call, detail: detail) }))]))
-        }
+        var vols = try registry.volumes(VolumeFilter(owner: user.id, name: call.query["name"], after: marker, changedSince: since))
+        if let status = call.query["status"]?.lowercased() { vols = vols.filter { Self.cinderStatus($0.status) == status || $0.status.rawValue.lowercased() == status } }
+        if let limit { vols = Array(vols.prefix(limit)) }
+        guard detail else { return try .encoded(200, Keyed("volumes", vols.map { VolumeSummary($0, call) })) }
+        let ctx = try registry.volumeContext(vols)
+        return try .encoded(200, Keyed("volumes", vols.map { VolumeDetail($0, ctx, call) }))
+    }
+
+    func volumeReply(_ status: Int, _ v: Volume, _ call: Call) throws -> Reply {
+        try .encoded(status, Keyed("volume", VolumeDetail(v, try registry.volumeContext([v]), call)))
     }
 
     func showVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        return try registry.db.read { db in
-            let v = try ownedVolume(db, call.param("volume_id"), user)
-            return .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
-        }
+        return try volumeReply(200, try registry.volume(call.param("volume_id"), owner: user.id), call)
     }
 
     /// POST /volumes: server_id from the volume or the scheduler hint; one
     /// source at most (imageRef, snapshot_id, source_volid: a clone of the
     /// user's volume, O(1) in the store, for types whose provider clones).
+    struct CreateVolumeRequest: Decodable {
+        var size: Int?
+        var name: String?
+        var description: String?
+        var serverID: Int64
+        var image: String?
+        var snapshot: String?
+        var sourceVolume: String?
+        var volumeType: String?
+        var metadata: [String: String]
+
+        /// The source as the registry takes it (`image:`, `snapshot:`, `volume:`).
+        var source: String? { image.map { "image:\($0)" } ?? snapshot.map { "snapshot:\($0)" } ?? sourceVolume.map { "volume:\($0)" } }
+
+        init(from decoder: any Decoder) throws {
+            let body = try Fields(decoder)
+            let v = try body.object("volume")
+            size = try v.int("size")
+            name = try v.string("name") ?? v.string("display_name")
+            description = try v.string("description") ?? v.string("display_description")
+            var serverRef = try v.id("server_id")
+            for holder in [body, v] where serverRef == nil {
+                if holder.has("OS-SCH-HNT:scheduler_hints") {
+                    guard let h = try? holder.object("OS-SCH-HNT:scheduler_hints") else { throw Fields.bad("'OS-SCH-HNT:scheduler_hints' must be an object.") }
+                    serverRef = try h.id("server_id")
+                }
+            }
+            guard let serverRef else {
+                throw Fields.bad("Malformed request. Missing attribute 'server_id' (give volume.server_id, or the scheduler hint server_id: cinder create --hint server_id=N).")
+            }
+            guard let serverID = Int64(serverRef) else { throw Fields.bad("server_id '\(serverRef.prefix(40))' is not a server id.") }
+            self.serverID = serverID
+            image = try v.id("imageRef")
+            snapshot = try v.id("snapshot_id")
+            sourceVolume = try v.id("source_volid")
+            let given = [image, snapshot, sourceVolume].compactMap { $0 }.count
+            guard given <= 1 else { throw Fields.bad("give one source at most (imageRef, snapshot_id or source_volid), not \(given)") }
+            volumeType = try v.id("volume_type")
+            metadata = try v.metadata() ?? [:]
+        }
+    }
+
     func createVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let body = try Input.body(call)
-        let v = try Input.object(body, "volume")
-        var size = try Input.int(v, "size")
-        let name = try Input.string(v, "name") ?? Input.string(v, "display_name")
-        let description = try Input.string(v, "description") ?? Input.string(v, "display_description")
-        var serverRef = try Input.id(v, "server_id")
-        for holder in [body, v] where serverRef == nil {
-            if let hints = holder["OS-SCH-HNT:scheduler_hints"], !(hints is NSNull) {
-                guard let h = hints as? [String: Any] else { throw Input.bad("'OS-SCH-HNT:scheduler_hints' must be an object.") }
-                serverRef = try Input.id(h, "server_id")
-            }
-        }
-        guard let serverRef else {
-            throw Input.bad("Malformed request. Missing attribute 'server_id' (give volume.server_id, or the scheduler hint server_id: cinder create --hint server_id=N).")
-        }
-        guard let serverID = Int64(serverRef) else { throw Input.bad("server_id '\(serverRef.prefix(40))' is not a server id.") }
-        let image = try Input.id(v, "imageRef"), snapshot = try Input.id(v, "snapshot_id"), sourceVol = try Input.id(v, "source_volid")
-        let sources = [image.map { "image:\($0)" }, snapshot.map { "snapshot:\($0)" }, sourceVol.map { "volume:\($0)" }].compactMap { $0 }
-        guard sources.count <= 1 else { throw Input.bad("give one source at most (imageRef, snapshot_id or source_volid), not \(sources.count)") }
-        let volumeType = try Input.id(v, "volume_type")
-        let metadata = try Input.metadata(v) ?? [:]
+        let req = try call.decode(CreateVolumeRequest.self)
+        var size = req.size
         if size == nil {
             // The source's size, rounded up to GB.
-            size = try registry.db.read { db -> Int? in
-                if let snapshot, let s = try Snapshot.fetchOne(db, key: snapshot), s.userid == user.id { return s.size }
-                if let image, let i = try Image.fetchOne(db, key: image), i.isPublic || i.owner == user.id { return Int((i.size + (1 << 30) - 1) >> 30) }
-                if let sourceVol {
-                    // Another user's volume is as missing as one that never was.
-                    guard let id = Int64(sourceVol), let s = try Volume.fetchOne(db, key: id), s.userid == user.id else {
-                        throw CycladesError(.itemNotFound, "volume \(sourceVol.prefix(40)) does not exist")
-                    }
-                    return s.size
-                }
-                return nil
-            }
-            guard size != nil else { throw Input.bad("Malformed request. Missing attribute 'size'.") }
+            size = try registry.sourceSizeGB(snapshot: req.snapshot, image: req.image, volume: req.sourceVolume, user: user.id)
+            guard size != nil else { throw Fields.bad("Malformed request. Missing attribute 'size'.") }
         }
-        let created = try registry.createVolume(server: serverID, user: user.id, sizeGB: size!, source: sources.first, volumeType: volumeType,
-                                                name: name, description: description, metadata: metadata)
-        return try registry.db.read { db in
-            .json(202, .object([("volume", volumeView(created, try volumeContext(db, [created]), call, detail: true))]))
+        let created = try registry.createVolume(server: req.serverID, user: user.id, sizeGB: size!, source: req.source, volumeType: req.volumeType,
+                                                name: req.name, description: req.description, metadata: req.metadata)
+        return try volumeReply(202, created, call)
+    }
+
+    struct UpdateVolumeRequest: Decodable {
+        var name: String?
+        var description: String?
+
+        init(from decoder: any Decoder) throws {
+            let u = try Fields(decoder).object("volume")
+            name = try u.string("name") ?? u.string("display_name")
+            description = try u.string("description") ?? u.string("display_description")
+            if try u.bool("delete_on_termination") == false {
+                throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
+            }
         }
     }
 
     func updateVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let body = try Input.body(call)
-        let u = try Input.object(body, "volume")
-        let name = try Input.string(u, "name") ?? Input.string(u, "display_name")
-        let description = try Input.string(u, "description") ?? Input.string(u, "display_description")
-        let dot = try Input.bool(u, "delete_on_termination")
-        if dot == false {
-            throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
-        }
-        let owned = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
-        let v = try registry.describeVolume(owned.id!, name: name, description: description)
-        return try registry.db.read { db in
-            .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
-        }
+        let req = try call.decode(UpdateVolumeRequest.self)
+        let owned = try registry.volume(call.param("volume_id"), owner: user.id)
+        let v = try registry.describeVolume(owned.id!, name: req.name, description: req.description)
+        return try volumeReply(200, v, call)
     }
 
     func deleteVolume(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         _ = try registry.removeVolume(v.id!, user: user.id)
         return .empty(202)
     }
 
+    func metadataReply(_ volume: Int64) throws -> Reply {
+        try .encoded(200, Keyed("metadata", Metadata(try registry.metadata(volume: volume))))
+    }
+
     func volumeMetadata(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
-        return try .json(200, ["metadata": try registry.metadata(volume: v.id!)])
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
+        return try metadataReply(v.id!)
+    }
+
+    struct MetadataRequest: Decodable {
+        var metadata: [String: String]
+        init(from decoder: any Decoder) throws {
+            guard let m = try Fields(decoder).metadata() else { throw Fields.bad("Malformed request. Missing attribute 'metadata'.") }
+            metadata = m
+        }
     }
 
     func setVolumeMetadata(_ call: Call, replace: Bool) throws -> Reply {
         let user = try call.requireUser
-        let body = try Input.body(call)
-        guard let m = try Input.metadata(body) else { throw Input.bad("Malformed request. Missing attribute 'metadata'.") }
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
-        try registry.setMetadata(volume: v.id!, m, replace: replace)
-        return try .json(200, ["metadata": try registry.metadata(volume: v.id!)])
+        let req = try call.decode(MetadataRequest.self)
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
+        try registry.setMetadata(volume: v.id!, req.metadata, replace: replace)
+        return try metadataReply(v.id!)
     }
 
     func deleteVolumeMetadata(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let key = call.param("key")
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
         try registry.deleteMetadata(volume: v.id!, key: key)
         return .empty(200)
     }
 
-    /// POST /volumes/{id}/action: os-extend grows through Ganeti; others are refused.
+    /// POST /volumes/{id}/action: one key, the action. os-extend grows
+    /// through Ganeti; others are refused. What is wrong inside the action is
+    /// told after the volume is found (a missing volume is a 404 first).
+    enum VolumeActionRequest: Decodable {
+        case extend(newSize: Result<Int, CycladesError>)
+        case unsupported(String)
+
+        init(from decoder: any Decoder) throws {
+            let body = try Fields(decoder)
+            guard body.keys.count == 1, let action = body.keys.first else { throw Fields.bad("an action is one key, e.g. {\"os-extend\": {\"new_size\": 2}}") }
+            switch action {
+            case "os-extend":
+                self = .extend(newSize: Result {
+                    guard let size = try body.object(action).int("new_size") else { throw Fields.bad("Malformed request. Missing attribute 'new_size'.") }
+                    return size
+                }.mapError { $0 as? CycladesError ?? Fields.bad("Malformed request: '\(action)' is not valid.") })
+            default:
+                self = .unsupported(action)
+            }
+        }
+    }
+
     func volumeAction(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let body = try Input.body(call)
-        guard body.count == 1, let action = body.keys.first else { throw Input.bad("an action is one key, e.g. {\"os-extend\": {\"new_size\": 2}}") }
-        let v = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
-        switch action {
-        case "os-extend":
-            let a = try Input.object(body, action)
-            guard let size = try Input.int(a, "new_size") else { throw Input.bad("Malformed request. Missing attribute 'new_size'.") }
-            _ = try registry.extendVolume(v.id!, user: user.id, newSizeGB: size)
+        let req = try call.decode(VolumeActionRequest.self)
+        let v = try registry.volume(call.param("volume_id"), owner: user.id)
+        switch req {
+        case .extend(let size):
+            _ = try registry.extendVolume(v.id!, user: user.id, newSizeGB: try size.get())
             return .empty(202)
-        default:
-            throw Input.bad("action '\(action.prefix(60))' is not supported (os-extend)")
+        case .unsupported(let action):
+            throw Fields.bad("action '\(action.prefix(60))' is not supported (os-extend)")
         }
     }
 
     // MARK: types
 
-    static func typeView(_ t: VolumeType) -> [String: Any] {
-        ["id": String(t.id!), "name": t.name, "description": NSNull(), "is_public": true, "deleted": t.deleted,
-         "extra_specs": ["SNF:disk_template": t.diskTemplate], "SNF:disk_template": t.diskTemplate]
+    struct TypeView: Encodable, Sendable {
+        struct ExtraSpecs: Encodable, Sendable {
+            var diskTemplate: String
+            enum CodingKeys: String, CodingKey { case diskTemplate = "SNF:disk_template" }
+        }
+        var id: String
+        var name: String
+        @Nullable var description: String? = nil
+        var isPublic = true
+        var deleted: Bool
+        var extraSpecs: ExtraSpecs
+        var diskTemplate: String
+
+        enum CodingKeys: String, CodingKey {
+            case id, name, description, isPublic = "is_public", deleted, extraSpecs = "extra_specs", diskTemplate = "SNF:disk_template"
+        }
+
+        init(_ t: VolumeType) {
+            id = String(t.id!)
+            name = t.name
+            deleted = t.deleted
+            extraSpecs = ExtraSpecs(diskTemplate: t.diskTemplate)
+            diskTemplate = t.diskTemplate
+        }
     }
 
     func listTypes(_ call: Call) throws -> Reply {
         _ = try call.requireUser
-        let types = try registry.db.read { db in try VolumeType.filter(Column("deleted") == false).order(Column("id")).fetchAll(db) }
-        return try .json(200, ["volume_types": types.map(Self.typeView)])
+        return try .encoded(200, Keyed("volume_types", try registry.volumeTypes().map(TypeView.init)))
     }
 
     func showType(_ call: Call) throws -> Reply {
         _ = try call.requireUser
         let ref = call.param("type_id")
-        let t = try registry.db.read { db in
-            try VolumeType.filter((Column("id") == (Int64(ref) ?? -1) || Column("name") == ref) && Column("deleted") == false).fetchOne(db)
-        }
-        guard let t else { throw CycladesError(.itemNotFound, "volume type \(ref) does not exist") }
-        return try .json(200, ["volume_type": Self.typeView(t)])
+        guard let t = try registry.volumeType(ref) else { throw CycladesError(.itemNotFound, "volume type \(ref) does not exist") }
+        return try .encoded(200, Keyed("volume_type", TypeView(t)))
     }
 
     // MARK: snapshots
 
-    func snapshotView(_ s: Snapshot, _ call: Call, detail: Bool) -> [String: Any] {
-        let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/snapshots/\(s.id)"]]
-        var out: [String: Any] = ["id": s.id, "name": s.name, "display_name": s.name, "links": links]
-        guard detail else { return out }
-        out["description"] = NSNull()
-        out["display_description"] = NSNull()
-        out["volume_id"] = s.volumeID.map { String($0) as Any } ?? NSNull()
-        out["size"] = s.size
-        out["status"] = s.status.lowercased()
-        out["progress"] = s.status == "AVAILABLE" ? "100%" : "0%"
-        out["created_at"] = s.created.openstack
-        out["updated_at"] = s.created.openstack
-        out["metadata"] = [String: String]()
-        out["user_id"] = s.userid
-        out["os-extended-snapshot-attributes:project_id"] = s.userid
-        return out
+    struct SnapshotSummary: Encodable, Sendable {
+        var id: String
+        var name: String
+        var displayName: String
+        var links: [Link]
+        enum CodingKeys: String, CodingKey { case id, name, displayName = "display_name", links }
+
+        init(_ s: Snapshot, _ call: Call) {
+            id = s.id
+            name = s.name
+            displayName = s.name
+            links = [Link(rel: "self", href: "\(call.base)\(call.prefix)/snapshots/\(s.id)")]
+        }
     }
 
-    func ownedSnapshot(_ db: GRDB.Database, _ ref: String, _ user: User) throws -> Snapshot {
-        guard let s = try Snapshot.fetchOne(db, key: ref), s.userid == user.id else {
-            throw CycladesError(.itemNotFound, "snapshot \(ref) does not exist")
+    struct SnapshotDetail: Encodable, Sendable {
+        var id: String
+        var name: String
+        var displayName: String
+        var links: [Link]
+        @Nullable var description: String? = nil
+        @Nullable var displayDescription: String? = nil
+        @Nullable var volumeID: String?
+        var size: Int
+        var status: String
+        var progress: String
+        var createdAt: String
+        var updatedAt: String
+        var metadata: [String: String] = [:]
+        var userID: String
+        var projectID: String
+
+        enum CodingKeys: String, CodingKey {
+            case id, name, displayName = "display_name", links, description, displayDescription = "display_description"
+            case volumeID = "volume_id", size, status, progress, createdAt = "created_at", updatedAt = "updated_at", metadata
+            case userID = "user_id", projectID = "os-extended-snapshot-attributes:project_id"
         }
-        return s
+
+        init(_ s: Snapshot, _ call: Call) {
+            let summary = SnapshotSummary(s, call)
+            id = s.id
+            name = s.name
+            displayName = s.name
+            links = summary.links
+            volumeID = s.volumeID.map { String($0) }
+            size = s.size
+            status = s.status.lowercased()
+            progress = s.status == "AVAILABLE" ? "100%" : "0%"
+            createdAt = s.created.openstack
+            updatedAt = createdAt
+            userID = s.userid
+            projectID = s.userid
+        }
     }
 
     func listSnapshots(_ call: Call, detail: Bool) throws -> Reply {
@@ -347,7 +502,7 @@ extension CycladesAPI {
             guard let n = Int(s), n >= 0 else { throw CycladesError(.badRequest, "limit must be a whole number >= 0") }
             return n
         }
-        var list = try registry.db.read { db in try Snapshot.filter(Column("userid") == user.id).order(Column("created"), Column("id")).fetchAll(db) }
+        var list = try registry.snapshots(owner: user.id)
         if let marker = call.query["marker"] {
             guard let i = list.firstIndex(where: { $0.id == marker }) else { throw CycladesError(.badRequest, "marker \(marker) is not a snapshot") }
             list = Array(list[(i + 1)...])
@@ -355,13 +510,28 @@ extension CycladesAPI {
         if let name = call.query["name"] { list = list.filter { $0.name == name } }
         if let status = call.query["status"]?.lowercased() { list = list.filter { $0.status.lowercased() == status } }
         if let limit { list = Array(list.prefix(limit)) }
-        return try .json(200, ["snapshots": list.map { snapshotView($0, call, detail: detail) }])
+        if detail { return try .encoded(200, Keyed("snapshots", list.map { SnapshotDetail($0, call) })) }
+        return try .encoded(200, Keyed("snapshots", list.map { SnapshotSummary($0, call) }))
     }
 
     func showSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let s = try registry.db.read { db in try ownedSnapshot(db, call.param("snapshot_id"), user) }
-        return try .json(200, ["snapshot": snapshotView(s, call, detail: true)])
+        let s = try registry.snapshot(call.param("snapshot_id"), owner: user.id)
+        return try .encoded(200, Keyed("snapshot", SnapshotDetail(s, call)))
+    }
+
+    struct CreateSnapshotRequest: Decodable {
+        var volume: String
+        var name: String?
+
+        init(from decoder: any Decoder) throws {
+            let o = try Fields(decoder).object("snapshot")
+            guard let volume = try o.id("volume_id") else { throw Fields.bad("Malformed request. Missing attribute 'volume_id'.") }
+            self.volume = volume
+            name = try o.string("name") ?? o.string("display_name")
+            _ = try o.bool("force")
+            _ = try o.metadata()
+        }
     }
 
     /// An O(1) snapshot in the store: directly, or through this node's
@@ -369,23 +539,18 @@ extension CycladesAPI {
     /// acknowledged write). The API server must run where the store is mounted.
     func createSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let body = try Input.body(call)
-        let o = try Input.object(body, "snapshot")
-        guard let volRef = try Input.id(o, "volume_id") else { throw Input.bad("Malformed request. Missing attribute 'volume_id'.") }
-        let name = try Input.string(o, "name") ?? Input.string(o, "display_name")
-        _ = try Input.bool(o, "force")
-        _ = try Input.metadata(o)
-        let v = try registry.db.read { db in try ownedVolume(db, volRef, user) }
+        let req = try call.decode(CreateSnapshotRequest.self)
+        let v = try registry.volume(req.volume, owner: user.id)
         let runtimeDir = self.runtimeDir
-        let snap = try registry.createSnapshot(of: v, owner: user.id, name: name, store: try store()) { source, target in
+        let snap = try registry.createSnapshot(of: v, owner: user.id, name: req.name, store: try store()) { source, target in
             try NodeSnapshot.take(source, as: target, runtimeDir: runtimeDir)
         }
-        return try .json(202, ["snapshot": snapshotView(snap, call, detail: true)])
+        return try .encoded(202, Keyed("snapshot", SnapshotDetail(snap, call)))
     }
 
     func deleteSnapshot(_ call: Call) throws -> Reply {
         let user = try call.requireUser
-        let s = try registry.db.read { db in try ownedSnapshot(db, call.param("snapshot_id"), user) }
+        let s = try registry.snapshot(call.param("snapshot_id"), owner: user.id)
         try registry.removeSnapshot(s.id, store: try store())
         return .empty(202)
     }

@@ -3,7 +3,6 @@ import ArchipStore
 import ArgumentParser
 import Cyclades
 import Foundation
-import GRDB
 
 struct SnapshotCreate: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "snapshot-create", abstract: "Snapshot a volume in the store (O(1)); usable as snapshot:UUID.",
@@ -17,7 +16,7 @@ struct SnapshotCreate: ParsableCommand {
     func run() throws {
         let c = try common.open()
         guard let st = try common.store(store) else { throw CycladesError(.badRequest, "no store: give --store, $ARCHIP_STORE or [store] path") }
-        guard let v = try c.db.read({ db in try Volume.fetchOne(db, key: volume) }) else {
+        guard let v = try c.volume(id: volume) else {
             throw CycladesError(.badRequest, "volume \(volume) does not exist")
         }
         let rt = try common.settings(runtimeDir: runtimeDir).runtimeDir
@@ -45,7 +44,7 @@ struct SnapshotList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "snapshot-list", abstract: "List snapshots.")
     @OptionGroup var common: Common
     func run() throws {
-        let list = try common.open().db.read { db in try Snapshot.order(Column("created")).fetchAll(db) }
+        let list = try common.open().snapshots()
         Rows(columns: ["id", "name", "user", "volume", "size", "status", "store_name"],
              rows: list.map { [$0.id, $0.name, $0.userid, $0.volumeID.map(String.init) ?? "", "\($0.size)", $0.status, $0.storeName] }).print(common.output)
     }

@@ -2,7 +2,6 @@ import ArchipStore
 import ArgumentParser
 import Cyclades
 import Foundation
-import GRDB
 
 func volumeRows(_ vols: [Volume], _ types: [Int64: VolumeType]) -> Rows {
     Rows(columns: ["id", "name", "user", "size", "status", "source", "disk_template", "server", "index"],
@@ -10,10 +9,6 @@ func volumeRows(_ vols: [Volume], _ types: [Int64: VolumeType]) -> Rows {
              ["\(v.id!)", v.name ?? "", v.userid, "\(v.size)", v.status.rawValue, v.source ?? "",
               types[v.volumeTypeID]?.diskTemplate ?? "", v.machineID.map(String.init) ?? "", v.index.map(String.init) ?? ""]
          })
-}
-
-func types(_ c: Registry) throws -> [Int64: VolumeType] {
-    try c.db.read { db in Dictionary(uniqueKeysWithValues: try VolumeType.fetchAll(db).map { ($0.id!, $0) }) }
 }
 
 struct ServerCreate: ParsableCommand {
@@ -34,7 +29,7 @@ struct ServerCreate: ParsableCommand {
         let reqs = try volumes.map(VolumeRequest.init(parsing:))
         let s = try c.createServer(name: name, user: user, flavor: flavor, image: image, volumes: reqs, backend: backend, start: !noStart)
         if wait { try waitFor(c, job: s.backendJobID, what: "server \(s.id!)") }
-        let now = try c.db.read { db in try Server.fetchOne(db, key: s.id!)! }
+        guard let now = try c.server(id: s.id!) else { throw CycladesError.notFound("server", s.id!) }
         print("server \(now.id!) (\(now.instanceName)): \(now.status.rawValue), job \(now.backendJobID.map(String.init) ?? "-")")
     }
 }
@@ -44,10 +39,7 @@ struct ServerList: ParsableCommand {
     @OptionGroup var common: Common
     @Flag(help: "Include deleted servers.") var deleted = false
     func run() throws {
-        let list = try common.open().db.read { db -> [Server] in
-            let q = Server.order(Column("id"))
-            return try (deleted ? q : q.filter(Column("deleted") == false)).fetchAll(db)
-        }
+        let list = try common.open().servers(ServerFilter(includeDeleted: deleted))
         Rows(columns: ["id", "name", "instance", "user", "status", "job"],
              rows: list.map { ["\($0.id!)", $0.name, $0.instanceName, $0.userid, $0.status.rawValue + ($0.pendingAction.map { " (\($0))" } ?? ""),
                                $0.backendJobID.map(String.init) ?? ""] }).print(common.output)
@@ -60,11 +52,9 @@ struct ServerInspect: ParsableCommand {
     @Argument var id: Int64
     func run() throws {
         let c = try common.open()
-        let (s, vols, backend) = try c.db.read { db -> (Server, [Volume], Backend) in
-            guard let s = try Server.fetchOne(db, key: id) else { throw CycladesError.notFound("server", id) }
-            let vols = try Volume.filter(Column("machineID") == id).order(Column("index")).fetchAll(db)
-            return (s, vols, try Backend.fetchOne(db, key: s.backendID)!)
-        }
+        guard let s = try c.server(id: id) else { throw CycladesError.notFound("server", id) }
+        let vols = try c.volumes(server: id, includeDeleted: true)
+        guard let backend = try c.backend(id: s.backendID) else { throw CycladesError.notFound("backend", s.backendID) }
         let disks = try? RAPIClient(backend: backend).instanceDisks(s.instanceName)
         if common.output == .json {
             let obj: [String: Any] = [
@@ -78,7 +68,7 @@ struct ServerInspect: ParsableCommand {
         }
         print("server \(s.id!) \(s.name): \(s.instanceName) on \(backend.name), \(s.status.rawValue)\(s.pendingAction.map { " (\($0) pending)" } ?? ""), user \(s.userid)")
         print("\nVolumes of server \(s.id!):")
-        volumeRows(vols, try types(c)).print(.table)
+        volumeRows(vols, try c.volumeTypesByID()).print(.table)
         print("\nGaneti disks of \(s.instanceName):")
         if let d = disks {
             Rows(columns: ["index", "name", "size_mib", "uuid"], rows: d.disks.map { ["\($0.index)", $0.name ?? "", "\($0.sizeMiB)", $0.uuid ?? ""] }).print(.table)
@@ -123,7 +113,7 @@ struct VolumeCreate: ParsableCommand {
         let v = try c.createVolume(server: server, user: user, sizeGB: size, source: source, volumeType: volumeType, name: name,
                                    description: description, metadata: meta)
         if wait { try waitFor(c, job: v.backendJobID, what: "volume \(v.id!)") }
-        let now = try c.db.read { db in try Volume.fetchOne(db, key: v.id!)! }
+        guard let now = try c.volume(id: v.id!) else { throw CycladesError.notFound("volume", v.id!) }
         print("volume \(now.id!) (\(now.diskName)): \(now.status.rawValue), job \(now.backendJobID.map(String.init) ?? "-")")
     }
 }
@@ -153,15 +143,14 @@ struct VolumeList: ParsableCommand {
     func run() throws {
         let c = try common.open()
         let uid = try user.map { try c.findUser($0).id }
-        let list = try c.db.read { db -> [Volume] in
-            var q = Volume.order(Column("id"))
-            if !deleted { q = q.filter(Column("deleted") == false) }
-            if let uid { q = q.filter(Column("userid") == uid) }
-            if let server { q = q.filter(Column("machineID") == server) }
-            if let status { q = q.filter(Column("status") == status.uppercased()) }
-            return try q.fetchAll(db)
+        let wanted = try status.map { s in
+            guard let st = VolumeStatus(rawValue: s.uppercased()) else {
+                throw CycladesError(.badRequest, "--status \(s): not a volume status (\(VolumeStatus.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            return st
         }
-        volumeRows(list, try types(c)).print(common.output)
+        let list = try c.volumes(VolumeFilter(owner: uid, server: server, status: wanted, includeDeleted: deleted))
+        volumeRows(list, try c.volumeTypesByID()).print(common.output)
     }
 }
 
@@ -189,11 +178,10 @@ struct VolumeInspect: ParsableCommand {
 
 func showVolume(_ common: Common, _ id: Int64, inspect: Bool, store storePath: String?) throws {
     let c = try common.open()
-    let (v, t, s, b) = try c.db.read { db -> (Volume, VolumeType, Server?, Backend?) in
-        guard let v = try Volume.fetchOne(db, key: id) else { throw CycladesError.notFound("volume", id) }
-        let s = try v.machineID.flatMap { try Server.fetchOne(db, key: $0) }
-        return (v, try VolumeType.fetchOne(db, key: v.volumeTypeID)!, s, try s.flatMap { try Backend.fetchOne(db, key: $0.backendID) })
-    }
+    guard let v = try c.volume(id: id) else { throw CycladesError.notFound("volume", id) }
+    guard let t = try c.volumeType(id: v.volumeTypeID) else { throw CycladesError.notFound("volume type", v.volumeTypeID) }
+    let s = try v.machineID.flatMap { try c.server(id: $0) }
+    let b = try s.flatMap { try c.backend(id: $0.backendID) }
     var fields: [(String, String)] = [
         ("id", "\(v.id!)"), ("name", v.name ?? ""), ("disk", v.diskName), ("size", "\(v.size) GB"), ("status", v.status.rawValue),
         ("disk_template", t.template), ("disk_provider", t.provider ?? ""), ("server_id", v.machineID.map(String.init) ?? ""),

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Cyclades
 import Foundation
-import GRDB
 
 struct BackendAdd: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "backend-add", abstract: "Register a Ganeti cluster (its RAPI).")
@@ -28,7 +27,7 @@ struct BackendList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "backend-list", abstract: "List the Ganeti backends.")
     @OptionGroup var common: Common
     func run() throws {
-        let list = try common.open().db.read { db in try Backend.order(Column("id")).fetchAll(db) }
+        let list = try common.open().backends()
         Rows(columns: ["id", "name", "rapi", "node", "os", "drained"],
              rows: list.map { ["\($0.id!)", $0.name, $0.rapiURL, $0.node, $0.os, "\($0.drained)"] }).print(common.output)
     }
@@ -49,7 +48,7 @@ struct VolumeTypeList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "volume-type-list", abstract: "List volume types.")
     @OptionGroup var common: Common
     func run() throws {
-        let list = try common.open().db.read { db in try VolumeType.order(Column("id")).fetchAll(db) }
+        let list = try common.open().volumeTypes(includeDeleted: true)
         Rows(columns: ["id", "name", "disk_template", "deleted"], rows: list.map { ["\($0.id!)", $0.name, $0.diskTemplate, "\($0.deleted)"] }).print(common.output)
     }
 }
@@ -72,7 +71,7 @@ struct FlavorList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "flavor-list", abstract: "List flavors.")
     @OptionGroup var common: Common
     func run() throws {
-        let list = try common.open().db.read { db in try Flavor.order(Column("id")).fetchAll(db) }
+        let list = try common.open().flavors()
         Rows(columns: ["id", "name", "cpu", "ram", "disk", "volume_type"],
              rows: list.map { ["\($0.id!)", $0.name, "\($0.cpu)", "\($0.ram)", "\($0.disk)", "\($0.volumeTypeID)"] }).print(common.output)
     }
@@ -100,7 +99,7 @@ struct ImageList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "image-list", abstract: "List images.")
     @OptionGroup var common: Common
     func run() throws {
-        let list = try common.open().db.read { db in try Image.order(Column("name")).fetchAll(db) }
+        let list = try common.open().images()
         Rows(columns: ["id", "name", "owner", "public", "size", "location"],
              rows: list.map { [$0.id, $0.name, $0.owner, "\($0.isPublic)", "\($0.size)", $0.location] }).print(common.output)
     }
@@ -126,7 +125,7 @@ struct UserList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "user-list", abstract: "List users.")
     @OptionGroup var common: Common
     func run() throws {
-        let list = try common.open().db.read { db in try User.order(Column("name")).fetchAll(db) }
+        let list = try common.open().users()
         Rows(columns: ["id", "name", "project"], rows: list.map { [$0.id, $0.name, $0.defaultProject] }).print(common.output)
     }
 }

@@ -6,15 +6,15 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 
-/// The hand-written JSON writer and timestamp form against what they replace
-/// (JSONSerialization with .withoutEscapingSlashes, String(format:)), and the
-/// batched list queries against the answers one item at a time.
+/// The response encoder's JSON writer and the timestamp form against what they
+/// replace (JSONSerialization with .withoutEscapingSlashes, String(format:)),
+/// and the batched list queries against the answers one item at a time.
 @Suite struct JSONOut {
     @Test func stringsAreWrittenAsJSONSerializationWritesThem() throws {
         let samples = ["", "plain", "quote \" and backslash \\", "slash / stays", "tab\tnl\ncr\rbs\u{08}ff\u{0C}", "nul \u{0} esc \u{1B} us \u{1F} del \u{7F}",
                        "ünïcödé ✓ 😀", "\u{2028}\u{2029}", String(repeating: "x\"", count: 300)]
         for s in samples {
-            let mine = String(decoding: JSON.array([.string(s)]).bytes, as: UTF8.self)
+            let mine = String(decoding: try ResponseEncoder.encode([s]), as: UTF8.self)
             let theirs = String(decoding: try JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes]), as: UTF8.self)
             #expect(mine == theirs, "\(s.debugDescription)")
             let back = try JSONSerialization.jsonObject(with: Data(mine.utf8)) as? [String]
@@ -24,10 +24,15 @@ import Testing
 
     @Test func numbersBoolsNullsAndNesting() throws {
         for n in [0, 1, -1, 9, 10, 42, -1234567890, Int.max, Int.min, 1 << 40] {
-            #expect(String(decoding: JSON.int(n).bytes, as: UTF8.self) == String(n))
+            #expect(String(decoding: try ResponseEncoder.encode(n), as: UTF8.self) == String(n))
         }
-        let v = JSON.object([("a", .array([.bool(true), .bool(false), .null, .int(nil), .string(nil)])), ("b", .object([])), ("c", .array([]))])
-        #expect(String(decoding: v.bytes, as: UTF8.self) == #"{"a":[true,false,null,null,null],"b":{},"c":[]}"#)
+        struct V: Encodable {
+            var a: [Bool?] = [true, false, nil, nil, nil]
+            var b: [String: String] = [:]
+            var c: [Int] = []
+            var d: [Double] = [1, -2.5, 0.1]
+        }
+        #expect(String(decoding: try ResponseEncoder.encode(V()), as: UTF8.self) == #"{"a":[true,false,null,null,null],"b":{},"c":[],"d":[1,-2.5,0.1]}"#)
     }
 
     @Test func timestampsMatchTheFormatString() {
