@@ -3,7 +3,7 @@ import Foundation
 
 /// Ganeti's remote API over HTTPS (basic auth, the cluster's certificate or
 /// `insecure` for tests), through libcurl. Writes return a job id.
-public final class RAPIClient: GanetiBackend, @unchecked Sendable {
+public final class RAPIClient: GanetiBackend, DetachableDisks, @unchecked Sendable {
     public let baseURL: String
     let transport: any RAPITransport
 
@@ -27,6 +27,7 @@ public final class RAPIClient: GanetiBackend, @unchecked Sendable {
             "beparams": ["memory": s.memoryMiB, "vcpus": s.vcpus],
         ]
         if let hv = s.hypervisor { body["hypervisor"] = hv }
+        if s.ignoreIPolicy { body["ignore_ipolicy"] = true }
         return try jobID(try call("POST", "/2/instances", body))
     }
 
@@ -59,6 +60,28 @@ public final class RAPIClient: GanetiBackend, @unchecked Sendable {
     public func job(_ id: Int64) throws -> JobState {
         let data = try call("GET", "/2/jobs/\(id)", nil)
         return try Self.parseJob(data)
+    }
+
+    // MARK: DetachableDisks
+
+    /// `gnt-instance modify --disk attach:name=NAME` (Ganeti 3.1: only the name, no provider).
+    public func attachDisk(instance: String, name: String) throws -> Int64 {
+        try jobID(try call("PUT", "/2/instances/\(instance)/modify",
+                           ["disks": [["attach", -1, ["name": name]]], "hotplug_if_possible": true]))
+    }
+
+    /// `gnt-instance modify --disk NAME:detach`.
+    public func detachDisk(instance: String, name: String) throws -> Int64 {
+        try jobID(try call("PUT", "/2/instances/\(instance)/modify",
+                           ["disks": [["detach", name, [String: Any]()]], "hotplug_if_possible": true]))
+    }
+
+    public func softwareVersion() throws -> String {
+        let data = try call("GET", "/2/info", nil)
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let v = o["software_version"] as? String else {
+            throw CycladesError(.backend, "RAPI GET /2/info at \(baseURL): no software_version in the answer")
+        }
+        return v
     }
 
     // MARK: parsing (static: tested against recorded responses)

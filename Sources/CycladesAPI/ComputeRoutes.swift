@@ -153,6 +153,7 @@ extension CycladesAPI {
         guard let flavorRef = try Input.id(s, "flavorRef") else { throw Input.bad("Malformed request. Missing attribute 'flavorRef'.") }
         let imageRef = try Input.id(s, "imageRef").flatMap { $0.isEmpty ? nil : $0 }
         var volumes: [VolumeRequest] = []
+        var keep: [Int] = []   // indexes of volumes with delete_on_termination false
         if let raw = s["block_device_mapping_v2"], !(raw is NSNull) {
             guard let list = raw as? [Any], list.allSatisfy({ $0 is [String: Any] }) else { throw Input.bad("Block Device Mapping is Invalid: a list of objects is expected.") }
             for (i, item) in list.enumerated() {
@@ -161,20 +162,20 @@ extension CycladesAPI {
                 let uuid = try Input.id(d, "uuid")
                 let size = try Input.int(d, "volume_size")
                 let dest = try Input.string(d, "destination_type")
-                if try Input.bool(d, "delete_on_termination") == false {
-                    throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)) is not supported: Ganeti 3.0 detaches an ext disk but can neither attach nor remove it afterwards, so a kept volume could never be used or deleted; a server's volumes go with it")
-                }
+                let dot = try Input.bool(d, "delete_on_termination")
                 switch type {
                 case "image", "snapshot":
                     guard let uuid else { throw Input.bad("Block Device Mapping is Invalid: item \(i) (\(type)) has no uuid.") }
                     // novaclient puts --image first as a local disk, followed by the volumes it was given.
                     if dest == "local" && type == "image" && i == 0 && list.count > 1 { continue }
+                    if dot == false { keep.append(volumes.count) }
                     volumes.append(VolumeRequest(sizeGB: size, source: "\(type):\(uuid)"))
                 case "blank":
                     if volumes.isEmpty { throw Input.bad("Block Device Mapping is Invalid: the root (item 0) cannot be blank.") }
+                    if dot == false { keep.append(volumes.count) }
                     volumes.append(VolumeRequest(sizeGB: size, source: nil))
                 case "volume":
-                    throw CycladesError(.notImplemented, "attaching an existing volume (source_type volume, item \(i)) is not supported: every volume is created with its server")
+                    throw CycladesError(.notImplemented, "booting with an existing volume (source_type volume, item \(i)) is not supported: Ganeti creates an instance with new disks only; create the server, then attach the volume (POST os-volume_attachments)")
                 default:
                     throw Input.bad("Block Device Mapping is Invalid: source_type '\(type.prefix(40))' (image, snapshot, blank, volume).")
                 }
@@ -189,6 +190,7 @@ extension CycladesAPI {
         let flavor = try registry.db.read { db in try Flavor.filter(Column("id") == (Int64(flavorRef) ?? -1) || Column("name") == flavorRef).fetchOne(db) }
         guard let flavor else { throw Input.bad("flavor \(flavorRef.prefix(60)) does not exist") }
         let server = try registry.createServer(name: name, user: user.id, flavor: String(flavor.id!), image: volumes.isEmpty ? imageRef : nil, volumes: volumes)
+        try keepVolumes(of: server, indexes: keep, user: user)
         let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(server.id!)"]]
         return try .json(202, ["server": ["id": String(server.id!), "links": links, "adminPass": "", "OS-DCF:diskConfig": "MANUAL",
                                           "security_groups": [["name": "default"]]]])
@@ -228,25 +230,10 @@ extension CycladesAPI {
         }
     }
 
-    /// Attach/detach of existing volumes: the registration layer creates every
-    /// volume on its server and removes it with DELETE /volumes/{id}. Checked
-    /// on the lab's Ganeti 3.0.2: `modify --disk N:detach` works (even while
-    /// running), but attaching an ext disk fails ("Missing provider for
-    /// template 'ext'", and with the provider "Only one argument is permitted
-    /// in attach op") and no operation removes a detached disk.
-    func attach(_ call: Call) throws -> Reply {
-        let user = try call.requireUser
-        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
-        let body = try Input.body(call)
-        _ = try Input.object(body, "volumeAttachment")
-        throw CycladesError(.notImplemented, "attaching an existing volume is not supported: Ganeti 3.0 refuses to attach ext disks (its checks want the provider and allow only the name); create one on the server (POST /volume/v3/volumes with server_id; source_volid clones a volume)")
-    }
+    /// Attach and detach of existing volumes (Ganeti 3.1): AttachmentRoutes.swift.
+    func attach(_ call: Call) throws -> Reply { try attachVolumeRoute(call) }
 
-    func detach(_ call: Call) throws -> Reply {
-        let user = try call.requireUser
-        _ = try registry.db.read { db in try ownedServer(db, call.param("server_id"), user) }
-        throw CycladesError(.notImplemented, "detaching a volume is not supported: Ganeti 3.0 could detach it but never attach or remove it again; delete it (DELETE /volume/v3/volumes/{id})")
-    }
+    func detach(_ call: Call) throws -> Reply { try detachVolumeRoute(call) }
 
     // MARK: flavors
 

@@ -195,10 +195,11 @@ extension CycladesAPI {
                 serverRef = try Input.id(h, "server_id")
             }
         }
-        guard let serverRef else {
-            throw Input.bad("Malformed request. Missing attribute 'server_id' (give volume.server_id, or the scheduler hint server_id: cinder create --hint server_id=N).")
+        // Without a server: an AVAILABLE volume (Synnefo 0.21, Ganeti 3.1); attach it later.
+        let serverID = try serverRef.map { ref -> Int64 in
+            guard let id = Int64(ref) else { throw Input.bad("server_id '\(ref.prefix(40))' is not a server id.") }
+            return id
         }
-        guard let serverID = Int64(serverRef) else { throw Input.bad("server_id '\(serverRef.prefix(40))' is not a server id.") }
         let image = try Input.id(v, "imageRef"), snapshot = try Input.id(v, "snapshot_id"), sourceVol = try Input.id(v, "source_volid")
         let sources = [image.map { "image:\($0)" }, snapshot.map { "snapshot:\($0)" }, sourceVol.map { "volume:\($0)" }].compactMap { $0 }
         guard sources.count <= 1 else { throw Input.bad("give one source at most (imageRef, snapshot_id or source_volid), not \(sources.count)") }
@@ -220,8 +221,11 @@ extension CycladesAPI {
             }
             guard size != nil else { throw Input.bad("Malformed request. Missing attribute 'size'.") }
         }
-        let created = try registry.createVolume(server: serverID, user: user.id, sizeGB: size!, source: sources.first, volumeType: volumeType,
-                                                name: name, description: description, metadata: metadata)
+        let created = try serverID.map {
+            try registry.createVolume(server: $0, user: user.id, sizeGB: size!, source: sources.first, volumeType: volumeType,
+                                      name: name, description: description, metadata: metadata)
+        } ?? registry.createAvailableVolume(user: user.id, sizeGB: size!, source: sources.first, volumeType: volumeType,
+                                            name: name, description: description, metadata: metadata)
         return try registry.db.read { db in
             .json(202, .object([("volume", volumeView(created, try volumeContext(db, [created]), call, detail: true))]))
         }
@@ -234,10 +238,8 @@ extension CycladesAPI {
         let name = try Input.string(u, "name") ?? Input.string(u, "display_name")
         let description = try Input.string(u, "description") ?? Input.string(u, "display_description")
         let dot = try Input.bool(u, "delete_on_termination")
-        if dot == false {
-            throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
-        }
         let owned = try registry.db.read { db in try ownedVolume(db, call.param("volume_id"), user) }
+        if let dot { _ = try registry.setDeleteOnTermination(volume: owned.id!, dot, user: user.id) }
         let v = try registry.describeVolume(owned.id!, name: name, description: description)
         return try registry.db.read { db in
             .json(200, .object([("volume", volumeView(v, try volumeContext(db, [v]), call, detail: true))]))
