@@ -123,7 +123,7 @@ rados-test:
 	  tests/e2e/ceph/ceph-up.sh down; url=$$(CEPH_STORE=bluestore tests/e2e/ceph/ceph-up.sh up); \
 	  tests/e2e/ceph/osd-kill.sh $(RADOS_SCRATCH)/debug "$$url"; fi
 
-# The provider in a real single-node Ganeti 3.0 cluster (network namespace; root).
+# The provider in a real single-node Ganeti cluster (3.1 from make deps; network namespace; root).
 ganeti-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP ganeti-test: not root"; \
 	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP ganeti-test: ganeti is not installed (make deps)"; \
@@ -151,7 +151,8 @@ demo: deps-missing
 	$(SWIFT) build -c release --product archip
 	scripts/demo.sh
 
-# cyclades-api driven by cinder and nova against a real single-node Ganeti cluster (root).
+# cyclades-api driven by cinder, nova and openstack against a real single-node Ganeti cluster
+# (root): api.sh, then attach.sh (detachable volumes; Ganeti 3.1).
 api-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP api-test: not root"; \
 	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP api-test: ganeti is not installed (make deps)"; \
@@ -160,7 +161,8 @@ api-test:
 	else ip netns delete archip-probe-$$$$; \
 	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && $(SWIFT) build --product snf-manage && \
 	  $(SWIFT) build --product cyclades-api && \
-	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/api.sh; fi
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/api.sh && \
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/attach.sh; fi
 
 # schemathesis (PyPI: pip install schemathesis) against docs/openapi.json, on
 # cyclades-api --fake-ganeti over loopback: no 5xx but the documented 501s, and
