@@ -56,7 +56,7 @@ extension Registry {
         var out: [Difference] = []
         for backend in try db.read({ db in try Backend.order(Column("id")).fetchAll(db) }) {
             guard let info = try backendClient(backend).instanceDisks(Self.helperInstance) else { continue }
-            for disk in info.disks {
+            for disk in info.disks where disk.name != "\(Self.helperInstance)-root" {   // its own disk
                 let id = disk.name.flatMap(Volume.id(fromDiskName:))
                 let v = try id.flatMap { id in try db.read { db in try Volume.fetchOne(db, key: id) } }
                 if let v, v.backendJobID != nil, v.helperStep != nil { continue }   // a step in flight

@@ -218,3 +218,32 @@ import Testing
         #expect(try f.usage() == (0, 0))
     }
 }
+
+/// Ganeti 3.1's RAPI refuses `hotplug_if_possible` (3.0 needs it): what the lab answered.
+@Suite struct RAPIHotplugParameter {
+    final class Ganeti31: RAPITransport, @unchecked Sendable {
+        let lock = NSLock()
+        var bodies: [String] = []
+        func send(method: String, url: String, body: Data?) throws -> (status: Int, body: Data) {
+            let text = String(decoding: body ?? Data(), as: UTF8.self)
+            lock.withLock { bodies.append(text) }
+            if text.contains("hotplug_if_possible") {
+                return (400, Data(#"{"code": 400, "message": "Invalid body parameters: Object OpInstanceSetParams doesn&#x27;t support the parameter &#x27;hotplug_if_possible&#x27;", "explain": ""}"#.utf8))
+            }
+            return (200, Data("42\n".utf8))
+        }
+    }
+
+    @Test func leftOutOnceRefused() throws {
+        let t = Ganeti31()
+        let url = "https://ganeti31-\(UUID().uuidString).test:5080"
+        let c = RAPIClient(baseURL: url, transport: t)
+        #expect(try c.detachDisk(instance: "snf-1", name: "snf-vol-2") == 42)
+        #expect(t.bodies.count == 2 && !t.bodies[1].contains("hotplug") && t.bodies[1].contains(#""detach""#))
+        // Known from now on for this backend, also by a new client: one request each.
+        let again = RAPIClient(baseURL: url, transport: t)
+        #expect(try again.attachDisk(instance: "snf-1", name: "snf-vol-2") == 42)
+        #expect(try again.removeDisk(instance: "snf-1", name: "snf-vol-2") == 42)
+        #expect(t.bodies.count == 4 && t.bodies[2].contains(#"{"name":"snf-vol-2"}"#))
+    }
+}
