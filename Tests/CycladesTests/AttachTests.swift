@@ -247,3 +247,42 @@ import Testing
         #expect(t.bodies.count == 4 && t.bodies[2].contains(#"{"name":"snf-vol-2"}"#))
     }
 }
+
+/// reconcile-servers and detachable volumes: what Ganeti did behind
+/// Cyclades' back, and a helper step that failed half way.
+@Suite struct ReconcileDetachable {
+    @Test func attachedBehindOurBackAndLeftOnTheHelper() throws {
+        let f = try Fixture()
+        let r = f.registry
+        f.ganeti.instances[Registry.helperInstance] = []
+        let s = try f.activeServer()
+        let v = try r.createAvailableVolume(user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil)
+        f.ganeti.finishAll(); try r.processJobs()
+        f.ganeti.finishAll(); try r.processJobs()
+        #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+
+        // gnt-instance modify --disk attach:name=snf-vol-N behind Cyclades' back
+        _ = try f.ganeti.attachDisk(instance: "snf-\(s.id!)", name: "snf-vol-\(v.id!)")
+        f.ganeti.finishAll()
+        let found = try r.reconcile(store: nil, fix: false)
+        #expect(found.map(\.kind) == [.attachedInGaneti] && found.first?.volume == v.id, "\(found)")
+        let fixed = try r.reconcile(store: nil, fix: true)
+        #expect(fixed.first?.fixed != nil)
+        let now = try r.db.read { try Volume.fetchOne($0, key: v.id!)! }
+        #expect(now.status == .inUse && now.machineID == s.id && now.index == 1)
+        #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+
+        // a volume whose detach from the helper failed: left there, in ERROR
+        let w = try r.createAvailableVolume(user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil)
+        f.ganeti.finishAll(); try r.processJobs()            // added to the helper
+        f.ganeti.finishAll { _ in true }; try r.processJobs() // the detach fails
+        #expect(try r.db.read { try Volume.fetchOne($0, key: w.id!)!.status } == .error)
+        let left = try r.reconcile(store: nil, fix: false)
+        #expect(left.map(\.kind) == [.helperDisk] && left.first?.volume == w.id, "\(left)")
+        _ = try r.reconcile(store: nil, fix: true)            // sends the detach again
+        f.ganeti.finishAll(); try r.processJobs()
+        #expect(try r.db.read { try Volume.fetchOne($0, key: w.id!)!.status } == .available)
+        #expect(try r.reconcile(store: nil, fix: false).isEmpty)
+        #expect(try f.usage() == (4 << 30, 0))
+    }
+}

@@ -151,7 +151,8 @@ else
   run "volume-attach $VL --server $SID --wait" snf volume-attach "$VL" --server "$SID" --wait
   check "Ganeti: snf-$SID holds snf-vol-$VL" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names snf-$SID) == *snf-vol-$VL* ]]"
   run "volume-detach $VL --wait" snf volume-detach "$VL" --wait
-  check "volume $VL is AVAILABLE again; quota unchanged" bash -c "$(declare -f snf snfj jq_ usage_is); GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH BIN=$BIN DB=$DB; [[ \$(snfj volume-info $VL | jq_ \"d['status']\") == AVAILABLE ]] && usage_is 4294967296 0"
+  check "volume $VL is AVAILABLE again" test "$(sqlite3 "$DB" "SELECT status FROM volumes WHERE id = $VL")" == AVAILABLE
+  check "quota unchanged by attach and detach: 4 GiB" usage_is 4294967296 0
   run "reconcile-servers is clean" clean
   run "gnt-instance modify --disk attach:name=snf-vol-$VL behind Cyclades' back" ip netns exec "$GNT_NETNS" gnt-instance modify --disk "attach:name=snf-vol-$VL" "snf-$SID"
   check "reconcile reports it attached in Ganeti (exit 1)" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' | grep -q 'attached-in-ganeti.*volume $VL'; [[ \${PIPESTATUS[0]} == 1 ]]"
