@@ -31,7 +31,7 @@ extension Registry {
         let d = try detachable(backend)
         let version = try d.softwareVersion()
         guard GanetiVersion.atLeast(version, Self.attachMinimumVersion) else {
-            throw CycladesError(.notImplemented, "backend \(backend.name) runs Ganeti \(version); attaching a volume needs Ganeti 3.1 or later (3.0 refuses to attach ext disks)")
+            throw CycladesError(.notImplemented, "backend \(backend.name) runs Ganeti \(version); attach, detach and volumes without a server need Ganeti 3.1 or later (3.0 refuses to attach ext disks)")
         }
         return d
     }
@@ -257,7 +257,7 @@ extension Registry {
 
     func removeAvailablePlan(_ db: GRDB.Database, _ id: Int64, _ userRef: String?) throws -> (Volume, Backend) {
         let v = try ownedVolume(db, id, userRef)
-        guard v.machineID == nil, v.status == .available || v.status == .errorDeleting else {
+        guard v.machineID == nil, v.status == .available || v.status == .errorDeleting || v.status == .error else {
             throw CycladesError(.badRequest, "volume \(id) is \(v.status.rawValue)")
         }
         guard let bid = v.backendID, let b = try Backend.fetchOne(db, key: bid) else {
@@ -279,6 +279,15 @@ extension Registry {
         // After a failed removal the disk may already be on the helper: remove it from there.
         let name = "snf-vol-\(id)"
         let onHelper = try backendClient(backend).instanceDisks(helper)?.disks.contains { $0.name == name } ?? false
+        if available.status == .error && !onHelper {
+            // A create whose add to the helper failed: Ganeti never had the disk, its charge was rejected.
+            return try db.write { db in
+                var (v, _) = try removeAvailablePlan(db, id, userRef)
+                v.status = .deleted; v.deleted = true; v.backendID = nil; v.helperStep = nil; v.updated = now()
+                try v.update(db)
+                return v
+            }
+        }
         let volume = try db.write { db -> Volume in
             var (v, _) = try removeAvailablePlan(db, id, userRef)
             _ = try charge(db, project: v.project, delta: -v.sizeBytes, serverID: nil, volumeIDs: [id])

@@ -212,7 +212,7 @@ extension Registry {
     public func removeVolume(_ id: Int64, user userRef: String? = nil) throws -> Volume {
         // A volume without a server goes through the helper server (Attachments.swift).
         if let v = try db.read({ db in try Volume.fetchOne(db, key: id) }), !v.deleted, v.machineID == nil,
-           v.status == .available || v.status == .errorDeleting {
+           v.status == .available || v.status == .errorDeleting || v.status == .error {
             return try removeAvailableVolume(id, user: userRef)
         }
         // Ganeti refuses to remove a disk from a running instance without hotplug: say so before anything is recorded.

@@ -286,3 +286,22 @@ import Testing
         #expect(try f.usage() == (4 << 30, 0))
     }
 }
+
+extension DetachableVolumes {
+    /// A volume without a server whose creation failed (Ganeti never had it)
+    /// can be deleted: no job, no refund (its charge was rejected).
+    @Test func failedCreateWithoutServerIsDeletable() throws {
+        let f = try Fixture()
+        let r = f.registry
+        f.ganeti.instances[Registry.helperInstance] = []
+        let v = try r.createAvailableVolume(user: "alice", sizeGB: 1, source: nil, volumeType: nil, name: nil)
+        f.ganeti.finishAll { _ in true }
+        try r.processJobs()
+        #expect(try status(r, v.id!).status == .error)
+        #expect(try f.usage() == (0, 0))
+        let jobs = f.ganeti.jobs.count
+        let d = try r.removeVolume(v.id!, user: "alice")
+        #expect(d.deleted && d.status == .deleted && f.ganeti.jobs.count == jobs)
+        #expect(try f.usage() == (0, 0))
+    }
+}

@@ -78,7 +78,7 @@ IMG=$(snf image-register debian-12 --location snapshot:debian-img-v1 --size 24M)
 TOKEN=$(snf user-create alice --quota 6G | awk '/^token:/ {print $2}')
 BOB=$(snf user-create bob --quota 1G | awk '/^token:/ {print $2}')
 
-NS "$BIN/cyclades-api" --db "$DB" --listen "127.0.0.1:$PORT" --store "$STORE" --runtime-dir "$RUN" --settle-interval 0.5 > "$W/api.log" 2>&1 &
+ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$BIN/cyclades-api" --db "$DB" --listen "127.0.0.1:$PORT" --store "$STORE" --runtime-dir "$RUN" --settle-interval 0.5 > "$W/api.log" 2>&1 &
 APIPID=$!
 for _ in $(seq 1 50); do [[ $(api "$U/volume/") == 200 ]] && break; sleep 0.2; done
 
@@ -98,14 +98,14 @@ V=$(cinder_ list 2>/dev/null | awk -F'|' '$4 ~ / loose / {gsub(/ /,"",$2); print
 check "volume loose ($V) becomes available" wait_status "$V" available
 cinder_ list > "$W/list.txt" 2>&1
 check "cinder list: loose is available" grep -Eq "^\| $V +\| available +\| loose +\| 1 " "$W/list.txt"
-check "no instance holds snf-vol-$V in Ganeti; the helper server is stopped and empty" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q 'snf-vol-$V\b' && [[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers --separator=' ' -o status,disk.count snf-helper) == 'ADMIN_down 0' ]]"
+check "no instance holds snf-vol-$V in Ganeti; the helper server is stopped, with its own disk only" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q \"'snf-vol-$V'\" && [[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers --separator=' ' -o status,disk.names snf-helper) == \"ADMIN_down ['snf-helper-root']\" ]]"
 check "the store holds snf-vol-$V" test -n "$(store_name snf-vol-$V)"
 check "quota: alice uses 4 GiB (the volume without a server counts)" usage_settles_to 4294967296 0
 
 # --- attach (nova), write through vm1's device -------------------------------------------------
 run "nova volume-attach vm1 $V" nova_ volume-attach "$S1" "$V"
 check "volume $V becomes in-use" wait_status "$V" in-use
-check "Ganeti: snf-$S1 holds snf-vol-$V as its third disk" bash -c "[[ \"\$(ip netns exec $GNT_NETNS gnt-instance list --no-headers --separator=' ' -o disk.names snf-$S1)\" == snf-vol-1,snf-vol-2,snf-vol-$V ]]"
+check "Ganeti: snf-$S1 holds snf-vol-$V as its third disk" test "$(gnt_names snf-$S1)" == "['snf-vol-1', 'snf-vol-2', 'snf-vol-$V']"
 nova_ volume-attachments "$S1" > "$W/att.txt" 2>&1
 check "nova volume-attachments vm1: $V on /dev/vdc" grep -Eq "\| $V +\| /dev/vdc +\| $S1 +\| $V " "$W/att.txt"
 check "quota unchanged by attach" usage_settles_to 4294967296 0
@@ -130,7 +130,7 @@ refused "nova volume-attach of a volume of another type (fast) to vm2 (archipela
 run "gnt-instance shutdown snf-$S1 (behind Cyclades' back: no stop in the API)" shutdown_ "snf-$S1"
 run "nova volume-detach vm1 $V" nova_ volume-detach "$S1" "$V"
 check "volume $V becomes available again" wait_status "$V" available
-check "Ganeti: snf-$S1 is back to its two disks" bash -c "[[ \"\$(ip netns exec $GNT_NETNS gnt-instance list --no-headers --separator=' ' -o disk.names snf-$S1)\" == snf-vol-1,snf-vol-2 ]]"
+check "Ganeti: snf-$S1 is back to its two disks" test "$(gnt_names snf-$S1)" == "['snf-vol-1', 'snf-vol-2']"
 check "quota unchanged by detach (alice: 5 GiB with volume other)" usage_settles_to 5368709120 0
 if command -v openstack >/dev/null; then
   run "openstack server add volume vm2 $V" ostack server add volume vm2 "$V"
@@ -138,7 +138,7 @@ else
   run "nova volume-attach vm2 $V (no openstack client)" nova_ volume-attach "$S2" "$V"
 fi
 check "volume $V becomes in-use on vm2" wait_status "$V" in-use
-check "Ganeti: snf-$S2 holds snf-vol-$V" bash -c "[[ \"\$(ip netns exec $GNT_NETNS gnt-instance list --no-headers --separator=' ' -o disk.names snf-$S2)\" == *,snf-vol-$V ]]"
+check "Ganeti: snf-$S2 holds snf-vol-$V as its second disk" test "$(gnt_names snf-$S2)" == "['snf-vol-3', 'snf-vol-$V']"
 DEV2=$(dev_of "$(store_name snf-vol-$V)")
 check "vm2's device for snf-vol-$V ($DEV2) reads back what vm1 wrote" bash -c "[[ -b '$DEV2' ]] && dd if='$DEV2' bs=1M skip=3 count=1 iflag=direct status=none | cmp - '$W/pattern'"
 check "quota unchanged by the second attach" usage_settles_to 5368709120 0
@@ -160,7 +160,7 @@ SN=$(store_name snf-vol-$V)
 run "cinder delete $V $VO (available)" cinder_ delete "$V" "$VO"
 for _ in $(seq 1 240); do [[ $(vstatus "$V") == deleted || -z $(vstatus "$V") ]] && [[ $(vstatus "$VO") == deleted || -z $(vstatus "$VO") ]] && break; sleep 0.5; done
 check "volumes $V and $VO are deleted" bash -c "$(declare -f NS cinder_ vstatus); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; for v in $V $VO; do s=\$(vstatus \$v); [[ \$s == deleted || -z \$s ]] || exit 1; done"
-check "no instance holds them; the helper server is empty" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -Eq 'snf-vol-($V|$VO)\b' && [[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.count snf-helper | tr -d ' ') == 0 ]]"
+check "no instance holds them; the helper server has its own disk only" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -Eq \"'snf-vol-($V|$VO)'\" && [[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names snf-helper) == \"['snf-helper-root']\" ]]"
 check "Ganeti's configuration no longer knows snf-vol-$V (attach by name fails)" bash -c "! ip netns exec $GNT_NETNS gnt-instance modify --disk attach:name=snf-vol-$V snf-$S2 >/dev/null 2>&1"
 check "the store no longer holds $SN" bash -c "[[ -z \$('$BIN/archip' --store '$STORE' list --json | python3 -c \"import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['name']=='$SN'), ''))\") ]]"
 check "quota given back: alice uses 3 GiB (three server volumes)" usage_settles_to 3221225472 0

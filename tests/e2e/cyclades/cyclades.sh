@@ -141,7 +141,7 @@ if [[ $GV == 3.0* ]]; then
 else
   run "volume-create --size 1 --name loose (no server) --wait" snf volume-create --size 1 --user alice --name loose --wait
   VL=$(snfj volume-list --status AVAILABLE | jq_ "d[0]['id']")
-  check "volume $VL is AVAILABLE, no instance holds snf-vol-$VL, the store has it" bash -c "[[ -n '$VL' ]] && ! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q 'snf-vol-$VL\b' && [[ \$('$BIN/archip' --store '$STORE' list --json) == *'\"snf-vol-$VL\"'* ]]"
+  check "volume $VL is AVAILABLE, no instance holds snf-vol-$VL, the store has it" bash -c "[[ -n '$VL' ]] && ! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q \"'snf-vol-$VL'\" && [[ \$('$BIN/archip' --store '$STORE' list --json) == *'\"snf-vol-$VL\"'* ]]"
   check "quota: 4 GiB with the volume without a server" usage_is 4294967296 0
   gbefore=$(gnt_disks snf-$SID); before=$(state)
   refused "volume-detach of the root volume" volume-detach 1
@@ -164,7 +164,7 @@ else
   check "quota unchanged: 4 GiB" usage_is 4294967296 0
   run "reconcile-servers is clean" clean
   run "volume-remove $VL --wait (through the helper server)" snf volume-remove "$VL" --wait
-  check "snf-vol-$VL is gone: no instance holds it, not in the store; the helper is back to its own disk" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q 'snf-vol-$VL\b' && [[ \$('$BIN/archip' --store '$STORE' list --json) != *'\"snf-vol-$VL\"'* && \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.count snf-helper | tr -d ' ') == 1 ]]"
+  check "snf-vol-$VL is gone: no instance holds it, not in the store; the helper is back to its own disk" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q \"'snf-vol-$VL'\" && [[ \$('$BIN/archip' --store '$STORE' list --json) != *'\"snf-vol-$VL\"'* && \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.count snf-helper | tr -d ' ') == 1 ]]"
   check "quota given back: 3 GiB" usage_is 3221225472 0
   run "reconcile-servers is clean" clean
 fi
