@@ -71,7 +71,8 @@ schemas = {
         "boot_index": {"oneOf": [S("integer"), S("string")]}, "destination_type": S("string")}),
     "ServerCreate": S("object", required=["server"], properties={"server": S("object", required=["name", "flavorRef"], properties={
         "name": S("string"), "flavorRef": {"oneOf": [S("integer"), S("string")]}, "imageRef": S("string"),
-        "block_device_mapping_v2": S("array", items=ref("BlockDevice"), description="element 0 is the root volume and is never blank")})}),
+        "block_device_mapping_v2": S("array", items=ref("BlockDevice"), description="element 0 is the root volume and is never blank; "
+                                     "source_type volume (not element 0): an available volume of the user's, attached once the server is built (Ganeti 3.1)")})}),
     "Server": S("object", required=["id", "name", "links"], properties={"id": S("string"), "name": S("string"), "status": S("string"),
                 "links": links, "image": {}, "flavor": S("object"), "metadata": S("object"), "volumes": S("array", items=S("integer")),
                 "os-extended-volumes:volumes_attached": S("array", items=S("object"))}),

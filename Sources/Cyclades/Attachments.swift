@@ -364,6 +364,7 @@ extension Registry {
             sent.append(v.id!)
         }
         try sendServerRemovals()
+        try sendDeferredAttaches()
         return sent
     }
 
@@ -427,7 +428,7 @@ extension Registry {
                     v.status = .errorDeleting
                 }
                 try resolveCommissions(db, where: mine, accept: ok)
-            case nil:
+            case .attachAfterBuild, nil:
                 return
             }
             // The next step's job is sent by sendFollowUps, outside this transaction.
@@ -551,6 +552,94 @@ extension Registry {
             guard let backend = next else { continue }
             _ = try send(serverID: s.id!, volumeIDs: [], failing: .serverRemove) { try backendClient(backend).removeInstance(s.instanceName) }
             sent.append(s.id!)
+        }
+        return sent
+    }
+}
+
+// MARK: block_device_mapping_v2 source_type volume
+
+extension Registry {
+    /// Checks that AVAILABLE volumes can go to a new server of `flavor`: the
+    /// user's, of the flavor's (externally mirrored) type, within the disk
+    /// limit with `newVolumes`, on a Ganeti that attaches. Nothing is recorded.
+    public func checkAttachable(_ ids: [Int64], flavor flavorRef: String, user userRef: String, newVolumes: Int) throws {
+        let backend = try db.read { db -> Backend in
+            let user = try findUserIn(db, userRef)
+            guard let flavor = try Flavor.filter(Column("name") == flavorRef || Column("id") == Int64(flavorRef) ?? -1).fetchOne(db),
+                  let type = try VolumeType.fetchOne(db, key: flavor.volumeTypeID) else {
+                throw CycladesError(.badRequest, "flavor \(flavorRef) does not exist")
+            }
+            guard Set(ids).count == ids.count else { throw CycladesError(.badRequest, "a volume is given twice") }
+            guard newVolumes + ids.count <= maxDisks else {
+                throw CycladesError(.badRequest, "\(newVolumes + ids.count) volumes for one server; the limit is \(maxDisks)")
+            }
+            let backend = try defaultBackend(db)
+            for id in ids {
+                let v = try ownedVolume(db, id, user.id)
+                guard v.status == .available, v.machineID == nil else {
+                    throw CycladesError(.badRequest, "volume \(id) is \(v.status == .inUse ? "in use on server \(v.machineID ?? 0)" : v.status.rawValue); only AVAILABLE volumes can be attached")
+                }
+                guard v.volumeTypeID == type.id else {
+                    throw CycladesError(.badRequest, "volume \(id) is not of the flavor's volume type (\(type.name)): a server's volumes share its flavor's type")
+                }
+                try checkDetachableType(type, volume: id)
+                if let b = v.backendID, b != backend.id {
+                    throw CycladesError(.badRequest, "volume \(id) lives on backend \(b), new servers go to \(backend.name); Ganeti attaches disks within one cluster only")
+                }
+            }
+            return backend
+        }
+        _ = try requireAttach(backend)
+    }
+
+    /// Records AVAILABLE volumes as ATTACHING to a server being built; the
+    /// attach jobs are sent once Ganeti has built it (sendDeferredAttaches),
+    /// and the volumes go back to AVAILABLE if the build fails.
+    public func attachWhenBuilt(_ ids: [Int64], server serverID: Int64, user userRef: String) throws {
+        try db.write { db in
+            let s = try ownedServerOr404(db, serverID, userRef)
+            for id in ids {
+                var v = try ownedVolume(db, id, userRef)
+                guard v.status == .available, v.machineID == nil, v.userid == s.userid else {
+                    throw CycladesError(.badRequest, "volume \(id) is \(v.status.rawValue); only AVAILABLE volumes can be attached")
+                }
+                v.status = .attaching
+                v.pendingServerID = serverID
+                v.helperStep = .attachAfterBuild
+                v.backendJobID = nil
+                v.updated = now()
+                try v.update(db)
+            }
+        }
+    }
+
+    /// Sends the attach of volumes waiting for their new server (one job
+    /// each; claimed in the database first, so no job is sent twice).
+    @discardableResult
+    func sendDeferredAttaches() throws -> [Int64] {
+        let waiting = try db.read { db in
+            try Volume.filter(Column("helperStep") == HelperStep.attachAfterBuild.rawValue && Column("status") == VolumeStatus.attaching.rawValue).fetchAll(db)
+        }
+        var sent: [Int64] = []
+        for w in waiting {
+            let claim = try db.write { db -> (Server, Backend)? in
+                guard var v = try Volume.fetchOne(db, key: w.id!), v.helperStep == .attachAfterBuild, let sid = v.pendingServerID else { return nil }
+                guard let s = try Server.fetchOne(db, key: sid), !s.deleted, s.status != .error else {
+                    v.status = .available; v.pendingServerID = nil; v.helperStep = nil; v.updated = now()   // the server never came
+                    try v.update(db)
+                    return nil
+                }
+                guard s.status != .build, s.pendingAction == nil else { return nil }   // not built yet
+                v.helperStep = nil
+                try v.update(db)
+                return (s, try backendOf(db, s))
+            }
+            guard let (s, backend) = claim else { continue }
+            let g = try detachable(backend)
+            let name = w.diskName
+            try sendVolumeJob(w.id!, change: .volumeAttach) { try g.attachDisk(instance: s.instanceName, name: name) }
+            sent.append(w.id!)
         }
         return sent
     }

@@ -220,6 +220,9 @@ public enum HelperStep: String, Codable, Sendable, DatabaseValueConvertible {
     case deleteAttach = "delete-attach"
     /// DELETING: the disk is removed from the helper (and the store); then DELETED.
     case deleteRemove = "delete-remove"
+    /// ATTACHING (no job yet): attached to `pendingServerID` once that server
+    /// is built (block_device_mapping_v2 source_type volume).
+    case attachAfterBuild = "attach-after-build"
 }
 
 public struct VolumeMetadata: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {

@@ -88,6 +88,7 @@ extension Registry {
     func strandedAttachments(fix: Bool) throws -> [Difference] {
         let stuck = try db.read { db in
             try Volume.filter([VolumeStatus.attaching.rawValue, VolumeStatus.detaching.rawValue].contains(Column("status")) && Column("backendJobID") == nil).fetchAll(db)
+                .filter { $0.helperStep != .attachAfterBuild }   // waiting for its server to be built
         }
         var out: [Difference] = []
         for v in stuck {

@@ -154,6 +154,7 @@ extension CycladesAPI {
         let imageRef = try Input.id(s, "imageRef").flatMap { $0.isEmpty ? nil : $0 }
         var volumes: [VolumeRequest] = []
         var keep: [Int] = []   // indexes of volumes with delete_on_termination false
+        var attach: [Int64] = []   // source_type volume: AVAILABLE volumes attached once the server is built
         if let raw = s["block_device_mapping_v2"], !(raw is NSNull) {
             guard let list = raw as? [Any], list.allSatisfy({ $0 is [String: Any] }) else { throw Input.bad("Block Device Mapping is Invalid: a list of objects is expected.") }
             for (i, item) in list.enumerated() {
@@ -175,7 +176,11 @@ extension CycladesAPI {
                     if dot == false { keep.append(volumes.count) }
                     volumes.append(VolumeRequest(sizeGB: size, source: nil))
                 case "volume":
-                    throw CycladesError(.notImplemented, "booting with an existing volume (source_type volume, item \(i)) is not supported: Ganeti creates an instance with new disks only; create the server, then attach the volume (POST os-volume_attachments)")
+                    guard i > 0 else {
+                        throw CycladesError(.notImplemented, "booting from an existing volume (source_type volume, item 0) is not supported: Ganeti creates an instance with new disks only; boot from an image or a snapshot and attach the volume")
+                    }
+                    guard let uuid, let vid = Int64(uuid) else { throw CycladesError(.itemNotFound, "volume \((uuid ?? "").prefix(40)) does not exist") }
+                    attach.append(vid)
                 default:
                     throw Input.bad("Block Device Mapping is Invalid: source_type '\(type.prefix(40))' (image, snapshot, blank, volume).")
                 }
@@ -189,8 +194,10 @@ extension CycladesAPI {
         // The flavor by id (as nova sends it), or by name.
         let flavor = try registry.db.read { db in try Flavor.filter(Column("id") == (Int64(flavorRef) ?? -1) || Column("name") == flavorRef).fetchOne(db) }
         guard let flavor else { throw Input.bad("flavor \(flavorRef.prefix(60)) does not exist") }
+        if !attach.isEmpty { try registry.checkAttachable(attach, flavor: String(flavor.id!), user: user.id, newVolumes: max(volumes.count, 1)) }
         let server = try registry.createServer(name: name, user: user.id, flavor: String(flavor.id!), image: volumes.isEmpty ? imageRef : nil, volumes: volumes)
         try keepVolumes(of: server, indexes: keep, user: user)
+        if !attach.isEmpty { try registry.attachWhenBuilt(attach, server: server.id!, user: user.id) }
         let links: [[String: Any]] = [["rel": "self", "href": "\(call.base)\(call.prefix)/servers/\(server.id!)"]]
         return try .json(202, ["server": ["id": String(server.id!), "links": links, "adminPass": "", "OS-DCF:diskConfig": "MANUAL",
                                           "security_groups": [["name": "default"]]]])

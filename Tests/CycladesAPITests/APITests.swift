@@ -280,6 +280,7 @@ func fault(_ r: Reply) -> (String, Int, String)? {
                 ("extend over quota", "/volume/v3/volumes/2/action", #"{"os-extend":{"new_size":200}}"#, 413, "overLimit"),
                 ("blank root", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"blank","volume_size":1}]}}"#, 400, "badRequest"),
                 ("bdm not a list", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":{"a":1}}}"#, 400, "badRequest"),
+                ("bdm volume in use", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"image","uuid":"\#(f.image.id)","volume_size":"1"},{"source_type":"volume","uuid":"2"}]}}"#, 400, "badRequest"),
                 ("bdm existing volume", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"volume","uuid":"2"}]}}"#, 501, "notImplemented"),
                 ("unknown flavor", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"\#(f.image.id)","flavorRef":"77"}}"#, 400, "badRequest"),
                 ("server over quota", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"image","uuid":"\#(f.image.id)","volume_size":"5"}]}}"#, 413, "overLimit"),

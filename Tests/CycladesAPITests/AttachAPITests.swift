@@ -108,3 +108,33 @@ extension AttachAPI {
         }
     }
 }
+
+extension AttachAPI {
+    /// block_device_mapping_v2 source_type volume (not the root): the
+    /// AVAILABLE volume is attached once Ganeti has built the server.
+    @Test func bootWithAnAvailableVolume() async throws {
+        let f = try APIFixture()
+        try await f.app().test(.router) { c in
+            var r = try await c.call(.post, "/volume/v3/volumes", token: f.alice, json: #"{"volume":{"size":1,"name":"data"}}"#)
+            let vid = (r.json["volume"] as? [String: Any])?["id"] as? String ?? "?"
+            try f.settle(); try f.settle()
+            // bob cannot boot with alice's volume
+            let before = try f.dump()
+            let bdm = #"[{"source_type":"image","uuid":"\#(f.image.id)","volume_size":"1","boot_index":"0"},{"source_type":"volume","uuid":"\#(vid)","destination_type":"volume"}]"#
+            r = try await c.call(.post, "/compute/v2.1/servers", token: f.bob, json: #"{"server":{"name":"b","imageRef":"","flavorRef":"1","block_device_mapping_v2":\#(bdm)}}"#)
+            #expect(r.status == 404 && fault(r)?.0 == "itemNotFound", "\(r.raw)")
+            #expect(try f.dump() == before)
+            r = try await c.call(.post, "/compute/v2.1/servers", token: f.alice, json: #"{"server":{"name":"vm","imageRef":"","flavorRef":"1","block_device_mapping_v2":\#(bdm)}}"#)
+            #expect(r.status == 202, "\(r.raw)")
+            let sid = (r.json["server"] as? [String: Any])?["id"] as? String ?? "?"
+            r = try await c.call(.get, "/volume/v3/volumes/\(vid)", token: f.alice)
+            #expect((r.json["volume"] as? [String: Any])?["status"] as? String == "attaching")
+            try f.settle()   // the server is built; the attach is sent
+            try f.settle()   // the attach
+            r = try await c.call(.get, "/volume/v3/volumes/\(vid)", token: f.alice)
+            let v = r.json["volume"] as? [String: Any]
+            #expect(v?["status"] as? String == "in-use" && v?["server_id"] as? String == sid, "\(r.raw)")
+            #expect(try f.ganeti.instanceDisks("snf-\(sid)")?.disks.map(\.name) == ["snf-vol-2", "snf-vol-\(vid)"])
+        }
+    }
+}

@@ -9,7 +9,8 @@
 # left in Ganeti or the store); refusals in one line with the database and
 # Ganeti unchanged: detach or delete on a running server without hotplug (the
 # fake hypervisor), detach of a root volume, attach of a volume in use, of
-# another user's volume (404), of another type. Root. GNT_ARCHIP_BIN=DIR with
+# another user's volume (404), of another type; nova boot with an available
+# volume (block_device_mapping_v2 source_type volume). Root. GNT_ARCHIP_BIN=DIR with
 # archip, archip-extstorage, snf-manage and cyclades-api (default: the repo's
 # .build/debug). Ends with "N passed, N failed".
 set -uo pipefail
@@ -164,6 +165,17 @@ check "no instance holds them; the helper server has its own disk only" bash -c 
 check "Ganeti's configuration no longer knows snf-vol-$V (attach by name fails)" bash -c "! ip netns exec $GNT_NETNS gnt-instance modify --disk attach:name=snf-vol-$V snf-$S2 >/dev/null 2>&1"
 check "the store no longer holds $SN" bash -c "[[ -z \$('$BIN/archip' --store '$STORE' list --json | python3 -c \"import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['name']=='$SN'), ''))\") ]]"
 check "quota given back: alice uses 3 GiB (three server volumes)" usage_settles_to 3221225472 0
+
+# --- nova boot with an available volume (block_device_mapping_v2 source_type volume) -------
+run "cinder create --name bootvol 1 (no server)" cinder_ create --name bootvol 1
+VB=$(cinder_ list 2>/dev/null | awk -F'|' '$4 ~ / bootvol / {gsub(/ /,"",$2); print $2}')
+check "volume bootvol ($VB) becomes available" wait_status "$VB" available
+run "nova boot --image debian-12 --block-device source=volume,id=$VB,dest=volume vm4 --poll" \
+  nova_ boot --flavor 1 --image debian-12 --block-device "source=volume,id=$VB,dest=volume" vm4 --poll
+S4=$(nova_ list 2>/dev/null | awk -F'|' '$3 ~ / vm4 / {gsub(/ /,"",$2); print $2}')
+check "volume $VB becomes in-use on vm4 ($S4) once it is built" wait_status "$VB" in-use
+check "Ganeti: snf-$S4 holds its new root and snf-vol-$VB" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names snf-$S4) == \"['snf-vol-$((VB + 1))', 'snf-vol-$VB']\" ]]"
+check "quota: alice uses 5 GiB (the attach charged nothing more)" usage_settles_to 5368709120 0
 run "reconcile-servers is clean" snf reconcile-servers --store "$STORE"
 
 kill -TERM $APIPID; wait $APIPID; rc=$?
