@@ -66,10 +66,24 @@ deps-missing:
 	if [ -n "$$build" ]; then echo "make: the build needs Debian packages that are missing: $$build; run 'sudo make deps'" >&2; exit 1; fi; \
 	echo "make: missing Debian packages (the tests that need them will skip): $$missing; 'sudo make deps' installs them"
 
+# Ganeti 3.1 (attach of ext disks: detachable volumes) is in Debian 12's
+# backports: deps writes a sources entry of its own for that suite (rewritten
+# only when it differs: idempotent) and installs ganeti from there; the other
+# packages stay on the release. Elsewhere the release's ganeti is installed.
+GANETI_PACKAGES = ganeti
+BACKPORTS_SOURCES = /etc/apt/sources.list.d/archip-bookworm-backports.sources
+
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install $(DEBIAN_PACKAGES))"; exit 1; fi
+	@. /etc/os-release; if [ "$$ID" = debian ] && [ "$$VERSION_CODENAME" = bookworm ]; then \
+	  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $(BACKPORTS_SOURCES).new; \
+	  if cmp -s $(BACKPORTS_SOURCES).new $(BACKPORTS_SOURCES); then rm -f $(BACKPORTS_SOURCES).new; \
+	  else mv $(BACKPORTS_SOURCES).new $(BACKPORTS_SOURCES); echo "make deps: wrote $(BACKPORTS_SOURCES)"; fi; fi
 	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(filter-out $(GANETI_PACKAGES),$(DEBIAN_PACKAGES))
+	@. /etc/os-release; if [ -e $(BACKPORTS_SOURCES) ] && [ "$$VERSION_CODENAME" = bookworm ]; then t="-t bookworm-backports"; else t=""; fi; \
+	  echo "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$t $(GANETI_PACKAGES)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$t $(GANETI_PACKAGES)
 	@# schemathesis (PyPI) checks the API against its OpenAPI document; best effort: api-schemathesis skips without it.
 	-@if command -v pip >/dev/null; then pip install --quiet schemathesis || echo "make deps: schemathesis not installed; api-schemathesis will skip"; else echo "make deps: no pip; api-schemathesis will skip"; fi
 
@@ -112,7 +126,7 @@ rados-test:
 	  tests/e2e/ceph/ceph-up.sh down; url=$$(CEPH_STORE=bluestore tests/e2e/ceph/ceph-up.sh up); \
 	  tests/e2e/ceph/osd-kill.sh $(RADOS_SCRATCH)/debug "$$url"; fi
 
-# The provider in a real single-node Ganeti 3.0 cluster (network namespace; root).
+# The provider in a real single-node Ganeti cluster (3.1 from make deps; network namespace; root).
 ganeti-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP ganeti-test: not root"; \
 	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP ganeti-test: ganeti is not installed (make deps)"; \
@@ -151,7 +165,8 @@ demo: deps-missing
 	$(SWIFT) build -c release --product archip
 	scripts/demo.sh
 
-# cyclades-api driven by cinder and nova against a real single-node Ganeti cluster (root).
+# cyclades-api driven by cinder, nova and openstack against a real single-node Ganeti cluster
+# (root): api.sh, then attach.sh (detachable volumes; Ganeti 3.1).
 api-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP api-test: not root"; \
 	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP api-test: ganeti is not installed (make deps)"; \
@@ -160,7 +175,8 @@ api-test:
 	else ip netns delete archip-probe-$$$$; \
 	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && $(SWIFT) build --product snf-manage && \
 	  $(SWIFT) build --product cyclades-api && \
-	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/api.sh; fi
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/api.sh && \
+	  GNT_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cyclades/attach.sh; fi
 
 # schemathesis (PyPI: pip install schemathesis) against docs/openapi.json, on
 # cyclades-api --fake-ganeti over loopback: no 5xx but the documented 501s, and

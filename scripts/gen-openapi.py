@@ -33,7 +33,7 @@ schemas = {
                                     "user_id", "tenant_id", "links", "delete_on_termination"],
                 properties={"id": S("string"), "name": nstr, "display_name": nstr, "description": nstr, "display_description": nstr,
                             "size": S("integer", description="GB"),
-                            "status": S("string", enum=["creating", "in-use", "available", "deleting", "deleted", "error", "error_deleting", "extending"]),
+                            "status": S("string", enum=["creating", "in-use", "available", "deleting", "deleted", "error", "error_deleting", "extending", "attaching", "detaching"]),
                             "volume_type": nstr, "volume_type_id": S("string"), "SNF:disk_template": nstr,
                             "attachments": S("array", items=ref("Attachment")),
                             "metadata": S("object", additionalProperties=S("string")), "bootable": S("string", enum=["true", "false"]),
@@ -44,7 +44,7 @@ schemas = {
         "volume": S("object", properties={
             "size": {"description": "GB (a whole number, or a string of digits); optional with snapshot_id, imageRef or source_volid",
                      "oneOf": [S("integer"), S("string")], "nullable": True},
-            "server_id": {"oneOf": [S("integer"), S("string")], "nullable": True, "description": "required here or as the scheduler hint"},
+            "server_id": {"oneOf": [S("integer"), S("string")], "nullable": True, "description": "here or as the scheduler hint; without one the volume is created available (no server; Ganeti 3.1)"},
             "name": nstr, "display_name": nstr, "description": nstr, "display_description": nstr,
             "volume_type": {"oneOf": [S("integer"), S("string")], "nullable": True},
             "imageRef": nstr, "snapshot_id": nstr,
@@ -71,12 +71,15 @@ schemas = {
         "boot_index": {"oneOf": [S("integer"), S("string")]}, "destination_type": S("string")}),
     "ServerCreate": S("object", required=["server"], properties={"server": S("object", required=["name", "flavorRef"], properties={
         "name": S("string"), "flavorRef": {"oneOf": [S("integer"), S("string")]}, "imageRef": S("string"),
-        "block_device_mapping_v2": S("array", items=ref("BlockDevice"), description="element 0 is the root volume and is never blank")})}),
+        "block_device_mapping_v2": S("array", items=ref("BlockDevice"), description="element 0 is the root volume and is never blank; "
+                                     "source_type volume (not element 0): an available volume of the user's, attached once the server is built (Ganeti 3.1)")})}),
     "Server": S("object", required=["id", "name", "links"], properties={"id": S("string"), "name": S("string"), "status": S("string"),
                 "links": links, "image": {}, "flavor": S("object"), "metadata": S("object"), "volumes": S("array", items=S("integer")),
                 "os-extended-volumes:volumes_attached": S("array", items=S("object"))}),
     "VolumeAttachment": S("object", required=["id", "volumeId", "serverId", "device"], properties={
-        "id": S("string"), "volumeId": S("string"), "serverId": S("string"), "device": S("string")}),
+        "id": S("string"), "volumeId": S("string"), "serverId": S("string"), "device": S("string"), "delete_on_termination": S("boolean")}),
+    "VolumeAttachmentCreate": S("object", required=["volumeAttachment"], properties={"volumeAttachment": S("object", required=["volumeId"], properties={
+        "volumeId": {"oneOf": [S("integer"), S("string")]}, "device": nstr, "delete_on_termination": S("boolean")})}),
     "Flavor": S("object", required=["id", "name", "links"], properties={"id": S("string"), "name": S("string"), "ram": S("integer"),
                 "disk": S("integer"), "vcpus": S("integer"), "links": links}),
     "Image": S("object", required=["id", "name", "links"], properties={"id": S("string"), "name": S("string"), "links": links,
@@ -115,12 +118,12 @@ add("/volume", "get", op("Volume API versions", 200, ref("VersionList"), auth=Fa
 for p in ["/volume/v3", "/volume/v2.0"]:
     add(p, "get", op("Volume API versions", 200, ref("VersionList"), auth=False))
     add(f"{p}/volumes", "get", op("List volumes", 200, lst("volumes", ref("VolumeSummary"))), query=True)
-    add(f"{p}/volumes", "post", op("Create a volume on a server, blank or from imageRef, snapshot_id or source_volid (202, the volume in creating)", 202, wrap("volume", ref("Volume")), "VolumeCreate", errors=ERR_WRITE))
+    add(f"{p}/volumes", "post", op("Create a volume on a server or without one, blank or from imageRef, snapshot_id or source_volid (202, the volume in creating)", 202, wrap("volume", ref("Volume")), "VolumeCreate", errors=ERR_WRITE))
     add(f"{p}/volumes/detail", "get", op("List volumes in detail", 200, lst("volumes", ref("Volume"))), query=True)
     v = ("volume_id",)
     add(f"{p}/volumes/{{volume_id}}", "get", op("Show a volume (deleted ones too)", 200, wrap("volume", ref("Volume")), params=v))
     add(f"{p}/volumes/{{volume_id}}", "put", op("Update name, description", 200, wrap("volume", ref("Volume")), "VolumeUpdate", params=v, errors=ERR_WRITE))
-    add(f"{p}/volumes/{{volume_id}}", "delete", op("Remove the volume from its server (202)", 202, params=v, errors=ERR_WRITE))
+    add(f"{p}/volumes/{{volume_id}}", "delete", op("Delete the volume, on its server or available (202; 409 on a running server without disk hotplug)", 202, params=v, errors=ERR_WRITE))
     add(f"{p}/volumes/{{volume_id}}/metadata", "get", op("Volume metadata", 200, ref("Metadata"), params=v))
     add(f"{p}/volumes/{{volume_id}}/metadata", "post", op("Merge metadata (at most 10 keys)", 200, ref("Metadata"), "Metadata", params=v, errors=ERR_WRITE))
     add(f"{p}/volumes/{{volume_id}}/metadata", "put", op("Replace metadata", 200, ref("Metadata"), "Metadata", params=v, errors=ERR_WRITE))
@@ -144,9 +147,9 @@ for p in ["/compute/v2.1", "/compute/v2.0"]:
     add(f"{p}/servers/{{server_id}}", "get", op("Show a server", 200, wrap("server", ref("Server")), params=s))
     add(f"{p}/servers/{{server_id}}", "delete", op("Remove a server and its volumes (204)", 204, params=s, errors=ERR_WRITE))
     add(f"{p}/servers/{{server_id}}/os-volume_attachments", "get", op("The server's volumes", 200, lst("volumeAttachments", ref("VolumeAttachment")), params=s))
-    add(f"{p}/servers/{{server_id}}/os-volume_attachments", "post", op("Attach an existing volume: 501 notImplemented", 501, ref("Fault"), params=s, errors=ERR_WRITE))
+    add(f"{p}/servers/{{server_id}}/os-volume_attachments", "post", op("Attach an available volume of the same type (202, the volume attaching; Ganeti 3.1, else 501)", 202, wrap("volumeAttachment", ref("VolumeAttachment")), "VolumeAttachmentCreate", params=s, errors=ERR_WRITE))
     add(f"{p}/servers/{{server_id}}/os-volume_attachments/{{volume_id}}", "get", op("One of the server's volumes", 200, wrap("volumeAttachment", ref("VolumeAttachment")), params=("server_id", "volume_id")))
-    add(f"{p}/servers/{{server_id}}/os-volume_attachments/{{volume_id}}", "delete", op("Detach: 501 notImplemented (DELETE the volume instead)", 501, ref("Fault"), params=("server_id", "volume_id"), errors=ERR_WRITE))
+    add(f"{p}/servers/{{server_id}}/os-volume_attachments/{{volume_id}}", "delete", op("Detach a non-root volume (202; it becomes available; 409 on a running server without disk hotplug)", 202, params=("server_id", "volume_id"), errors=ERR_WRITE))
     add(f"{p}/flavors", "get", op("List flavors", 200, lst("flavors", ref("Flavor"))))
     add(f"{p}/flavors/detail", "get", op("List flavors in detail", 200, lst("flavors", ref("Flavor"))))
     add(f"{p}/flavors/{{flavor_id}}", "get", op("Show a flavor", 200, wrap("flavor", ref("Flavor")), params=("flavor_id",)))

@@ -164,6 +164,14 @@ public final class CycladesDatabase: Sendable {
             try db.alter(table: "volumes") { t in t.add(column: "snapshotCounter", .integer).notNull().defaults(to: 0) }
             try db.execute(sql: "UPDATE volumes SET snapshotCounter = (SELECT COUNT(*) FROM snapshots WHERE snapshots.volumeID = volumes.id)")
         }
+        // Detachable volumes (Ganeti 3.1): the server an attach goes to, the step of a helper-server change.
+        m.registerMigration("attach-v1") { db in
+            try db.alter(table: "volumes") { t in
+                t.add(column: "pendingServerID", .integer)
+                t.add(column: "helperStep", .text)
+                t.add(column: "backendID", .integer)
+            }
+        }
         return m
     }
 }

@@ -36,6 +36,8 @@ public struct InstanceSpec: Sendable {
     public var start: Bool
     public var memoryMiB: Int
     public var vcpus: Int
+    /// Ganeti's instance policy does not apply (the diskless helper server).
+    public var ignoreIPolicy = false
 }
 
 /// What Ganeti says about an instance's disks (matched to volumes by name).
@@ -82,5 +84,35 @@ public protocol GanetiBackend: Sendable {
 extension GanetiBackend {
     public func growDisk(instance: String, index: Int, amountMiB: Int) throws -> Int64 {
         throw CycladesError(.notImplemented, "this Ganeti backend cannot grow disks")
+    }
+}
+
+/// Disks that live apart from instances (Ganeti 3.x `modify --disk
+/// attach/detach`). Ganeti 3.0 detaches ext disks but refuses to attach them
+/// (fixed in 3.1: upstream b6608d777), so attach is gated on the version.
+public protocol DetachableDisks: Sendable {
+    /// Attaches the detached disk named `name` as the last disk (one job).
+    func attachDisk(instance: String, name: String) throws -> Int64
+    /// Detaches disk `name` from its instance; Ganeti keeps it (one job).
+    func detachDisk(instance: String, name: String) throws -> Int64
+    /// Ganeti's software version (RAPI /2/info `software_version`), e.g. "3.1.0~rc2".
+    func softwareVersion() throws -> String
+}
+
+/// Versions as Ganeti writes them (`3.0.2`, `3.1.0~rc2`), compared by their numbers.
+public enum GanetiVersion {
+    public static func numbers(_ v: String) -> [Int] {
+        let head = v.split(whereSeparator: { $0 == "~" || $0 == "-" || $0 == "+" }).first.map(String.init) ?? v
+        return head.split(separator: ".").map { Int($0.prefix(while: \.isNumber)) ?? 0 }
+    }
+
+    /// `v` is at least `minimum` (missing parts count as 0; a pre-release `3.1.0~rc2` is 3.1.0).
+    public static func atLeast(_ v: String, _ minimum: [Int]) -> Bool {
+        let n = numbers(v)
+        for i in 0..<max(n.count, minimum.count) {
+            let a = i < n.count ? n[i] : 0, b = i < minimum.count ? minimum[i] : 0
+            if a != b { return a > b }
+        }
+        return true
     }
 }

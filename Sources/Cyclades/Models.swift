@@ -130,6 +130,10 @@ public enum VolumeStatus: String, Codable, Sendable, CaseIterable, DatabaseValue
     case deleted = "DELETED", error = "ERROR", errorDeleting = "ERROR_DELETING"
     /// A grow (os-extend) is in flight; `pendingSize` is the size asked for.
     case extending = "EXTENDING"
+    /// Ganeti attaches the (detached) disk to `pendingServerID`.
+    case attaching = "ATTACHING"
+    /// Ganeti detaches the disk from `machineID`; it stays, AVAILABLE.
+    case detaching = "DETACHING"
 }
 
 public struct Volume: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
@@ -155,6 +159,15 @@ public struct Volume: Codable, Sendable, Equatable, FetchableRecord, MutablePers
     public var updated: Date
     /// GB asked of Ganeti by a grow in flight (status EXTENDING); nil otherwise.
     public var pendingSize: Int? = nil
+    /// The server an ATTACHING volume goes to.
+    public var pendingServerID: Int64? = nil
+    /// A change Ganeti makes in two jobs through the backend's helper server
+    /// (a volume without a server is created there and detached; deleted by
+    /// attaching it there and removing it): the step in flight.
+    public var helperStep: HelperStep? = nil
+    /// The backend (Ganeti cluster) whose configuration holds the disk while
+    /// it has no server (AVAILABLE and the changes that lead there).
+    public var backendID: Int64? = nil
 
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 
@@ -191,7 +204,25 @@ extension Volume {
         created = try row.decode(forColumn: "created")
         updated = try row.decode(forColumn: "updated")
         pendingSize = try row.decode(forColumn: "pendingSize")
+        pendingServerID = try row.decode(forColumn: "pendingServerID")
+        helperStep = try row.decode(forColumn: "helperStep")
+        backendID = try row.decode(forColumn: "backendID")
     }
+}
+
+/// The steps of a volume change made through the helper server.
+public enum HelperStep: String, Codable, Sendable, DatabaseValueConvertible {
+    /// CREATING: the disk is added to the helper; then `createDetach`.
+    case createAdd = "create-add"
+    /// CREATING: the disk is detached from the helper; then AVAILABLE.
+    case createDetach = "create-detach"
+    /// DELETING: the detached disk is attached to the helper; then `deleteRemove`.
+    case deleteAttach = "delete-attach"
+    /// DELETING: the disk is removed from the helper (and the store); then DELETED.
+    case deleteRemove = "delete-remove"
+    /// ATTACHING (no job yet): attached to `pendingServerID` once that server
+    /// is built (block_device_mapping_v2 source_type volume).
+    case attachAfterBuild = "attach-after-build"
 }
 
 public struct VolumeMetadata: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {

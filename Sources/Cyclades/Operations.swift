@@ -135,6 +135,8 @@ extension Registry {
 
     /// Removes a server and every volume on it (Cyclades never preserves volumes).
     public func removeServer(_ id: Int64, user userRef: String? = nil) throws -> Server {
+        // Volumes with delete_on_termination false are detached first (Attachments.swift).
+        if try db.read({ db in try !keptVolumes(db, server: id).isEmpty }) { return try removeServerKeeping(id, user: userRef) }
         let (server, backend) = try db.write { db -> (Server, Backend) in
             var s = try ownedServer(db, id, userRef)
             guard s.pendingAction == nil else {
@@ -208,19 +210,32 @@ extension Registry {
     }
 
     public func removeVolume(_ id: Int64, user userRef: String? = nil) throws -> Volume {
+        // A volume without a server goes through the helper server (Attachments.swift).
+        if let v = try db.read({ db in try Volume.fetchOne(db, key: id) }), !v.deleted, v.machineID == nil,
+           v.status == .available || v.status == .errorDeleting || v.status == .error {
+            return try removeAvailableVolume(id, user: userRef)
+        }
+        // Ganeti refuses to remove a disk from a running instance without hotplug: say so before anything is recorded.
+        if let (s, b) = try db.read({ db -> (Server, Backend)? in
+            guard let v = try Volume.fetchOne(db, key: id), !v.deleted, let sid = v.machineID, v.index != 0,
+                  let s = try Server.fetchOne(db, key: sid), !s.deleted else { return nil }
+            return (s, try backendOf(db, s))
+        }) {
+            try checkStoppedOrHotplug(s, b, doing: "delete volume \(id) of")
+        }
         let (volume, server, backend) = try db.write { db -> (Volume, Server, Backend) in
             guard var v = try Volume.fetchOne(db, key: id) else { throw CycladesError.notFound("volume", id) }
             if let userRef, v.userid != (try findUserIn(db, userRef).id) { throw CycladesError.notFound("volume", id) }
             guard !v.deleted else { throw CycladesError(.badRequest, "volume \(id) is already deleted") }
             guard let sid = v.machineID else { throw CycladesError(.badRequest, "volume \(id) is not attached to a server") }
             guard v.index != 0 else { throw CycladesError(.badRequest, "volume \(id) is the root volume of server \(sid); remove the server instead") }
-            guard v.status == .inUse || v.status == .error else {
-                throw CycladesError(.badRequest, "volume \(id) is \(v.status.rawValue); only IN_USE or ERROR volumes can be removed")
+            guard v.status == .inUse || v.status == .error || v.status == .errorDeleting else {
+                throw CycladesError(.badRequest, "volume \(id) is \(v.status.rawValue); only IN_USE, ERROR or ERROR_DELETING volumes can be removed")
             }
             let s = try ownedServer(db, sid, nil)
             try checkServerAcceptsChanges(s)
             try checkNoJobInFlight(db, s)
-            if v.status == .inUse { _ = try charge(db, project: v.project, delta: -v.sizeBytes, serverID: sid, volumeIDs: [id]) }
+            if v.status == .inUse || v.status == .errorDeleting { _ = try charge(db, project: v.project, delta: -v.sizeBytes, serverID: sid, volumeIDs: [id]) }
             v.status = .deleting
             // The create job recorded here has ended: a concurrent settler (cyclades-api)
             // must not settle the removal with it before the remove job is sent.
@@ -286,7 +301,7 @@ extension Registry {
 
     // MARK: sending jobs
 
-    enum Change { case serverCreate, serverRemove, volumeCreate, volumeRemove, volumeExtend }
+    enum Change { case serverCreate, serverRemove, volumeCreate, volumeRemove, volumeExtend, volumeAttach, volumeDetach, helperStep }
 
     /// Sends one job; records its id on the server or volumes and on their
     /// pending commission. If sending fails, the change is settled as failed

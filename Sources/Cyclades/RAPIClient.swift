@@ -3,7 +3,7 @@ import Foundation
 
 /// Ganeti's remote API over HTTPS (basic auth, the cluster's certificate or
 /// `insecure` for tests), through libcurl. Writes return a job id.
-public final class RAPIClient: GanetiBackend, @unchecked Sendable {
+public final class RAPIClient: GanetiBackend, DetachableDisks, @unchecked Sendable {
     public let baseURL: String
     let transport: any RAPITransport
 
@@ -27,17 +27,37 @@ public final class RAPIClient: GanetiBackend, @unchecked Sendable {
             "beparams": ["memory": s.memoryMiB, "vcpus": s.vcpus],
         ]
         if let hv = s.hypervisor { body["hypervisor"] = hv }
+        if s.ignoreIPolicy { body["ignore_ipolicy"] = true }
         return try jobID(try call("POST", "/2/instances", body))
     }
 
     public func addDisk(instance: String, _ disk: DiskSpec) throws -> Int64 {
-        try jobID(try call("PUT", "/2/instances/\(instance)/modify",
-                           ["disks": [["add", -1, disk.json]], "hotplug_if_possible": true]))
+        try modify(instance, [["add", -1, disk.json]])
     }
 
     public func removeDisk(instance: String, name: String) throws -> Int64 {
-        try jobID(try call("PUT", "/2/instances/\(instance)/modify",
-                           ["disks": [["remove", name, [String: Any]()]], "hotplug_if_possible": true]))
+        try modify(instance, [["remove", name, [String: Any]()]])
+    }
+
+    /// RAPI backends (by URL) whose OpInstanceSetParams has no `hotplug_if_possible`.
+    nonisolated(unsafe) private static var noHotplugIfPossible: Set<String> = []
+    private static let hotplugLock = NSLock()
+
+    /// One disk change, hot-plugged where the hypervisor can. Ganeti 3.0
+    /// wants `hotplug_if_possible` (its `hotplug` fails without support);
+    /// 3.1 dropped that parameter and its `hotplug` (the default) falls back
+    /// by itself: refused once with 3.1's answer, the parameter is left out.
+    func modify(_ instance: String, _ disks: [[Any]]) throws -> Int64 {
+        let path = "/2/instances/\(instance)/modify"
+        if Self.hotplugLock.withLock({ Self.noHotplugIfPossible.contains(baseURL) }) {
+            return try jobID(try call("PUT", path, ["disks": disks]))
+        }
+        do {
+            return try jobID(try call("PUT", path, ["disks": disks, "hotplug_if_possible": true]))
+        } catch let e as CycladesError where e.message.contains("HTTP 400") && e.message.contains("hotplug_if_possible") {
+            Self.hotplugLock.withLock { _ = Self.noHotplugIfPossible.insert(baseURL) }
+            return try jobID(try call("PUT", path, ["disks": disks]))
+        }
     }
 
     /// OP_INSTANCE_GROW_DISK: POST /2/instances/NAME/disk/INDEX/grow.
@@ -59,6 +79,26 @@ public final class RAPIClient: GanetiBackend, @unchecked Sendable {
     public func job(_ id: Int64) throws -> JobState {
         let data = try call("GET", "/2/jobs/\(id)", nil)
         return try Self.parseJob(data)
+    }
+
+    // MARK: DetachableDisks
+
+    /// `gnt-instance modify --disk attach:name=NAME` (Ganeti 3.1: only the name, no provider).
+    public func attachDisk(instance: String, name: String) throws -> Int64 {
+        try modify(instance, [["attach", -1, ["name": name]]])
+    }
+
+    /// `gnt-instance modify --disk NAME:detach`.
+    public func detachDisk(instance: String, name: String) throws -> Int64 {
+        try modify(instance, [["detach", name, [String: Any]()]])
+    }
+
+    public func softwareVersion() throws -> String {
+        let data = try call("GET", "/2/info", nil)
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let v = o["software_version"] as? String else {
+            throw CycladesError(.backend, "RAPI GET /2/info at \(baseURL): no software_version in the answer")
+        }
+        return v
     }
 
     // MARK: parsing (static: tested against recorded responses)

@@ -14,6 +14,10 @@ public struct Difference: Codable, Sendable, Equatable, CustomStringConvertible 
         case orphanStoreVolume = "orphan-store-volume"
         case stuckCommission = "stuck-commission"
         case jobEnded = "job-ended"
+        /// Detachable volumes (ReconcileAttachments.swift).
+        case detachedInGaneti = "detached-in-ganeti"
+        case attachedInGaneti = "attached-in-ganeti"
+        case helperDisk = "disk-on-helper"
     }
     public var kind: Kind
     public var server: Int64?
@@ -58,11 +62,13 @@ extension Registry {
             }
         }
         // 2. Servers against Ganeti.
+        let inStore = try storeDiskNames(store)
         let servers = try db.read { db in try Server.filter(Column("deleted") == false).order(Column("id")).fetchAll(db) }
         var ganetiDisks: [Int64: InstanceDisks] = [:]
         for s in servers {
             let backend = try db.read { db in try backendOf(db, s) }
             let info = try backendClient(backend).instanceDisks(s.instanceName)
+            if s.pendingAction == Self.detachThenRemove { continue }   // its detaches are jobs of their own
             if s.backendJobID == nil && s.pendingAction != nil {
                 // Charged and recorded, but the job was never recorded as sent (a crash in between).
                 out.append(try strandedServer(s, ganeti: info, fix: fix))
@@ -80,10 +86,13 @@ extension Registry {
                 continue
             }
             ganetiDisks[s.id!] = info
-            out += try compareDisks(s, info, fix: fix)
+            out += try compareDisks(s, info, fix: fix, inStore: inStore)
         }
         // 3. Stranded volume commissions (volume create/remove whose job was never recorded).
         out += try strandedVolumes(ganetiDisks, fix: fix)
+        // Attach and detach whose job was never recorded; disks left on a helper server.
+        out += try strandedAttachments(fix: fix)
+        out += try compareHelpers(fix: fix)
         // 4. Commissions left pending by a job that was settled without them.
         out += try orphanedCommissions(fix: fix)
         // 5. The store.
@@ -91,13 +100,17 @@ extension Registry {
         return out
     }
 
-    private func compareDisks(_ s: Server, _ info: InstanceDisks, fix: Bool) throws -> [Difference] {
+    private func compareDisks(_ s: Server, _ info: InstanceDisks, fix: Bool, inStore: Set<String>? = nil) throws -> [Difference] {
         var out: [Difference] = []
         let vols = try db.read { db in try liveVolumes(db, server: s.id!) }
         let byName = Dictionary(info.disks.compactMap { d in d.name.map { ($0, d) } }, uniquingKeysWith: { a, _ in a })
         for v in vols where v.status == .inUse || v.status == .error {
             guard let d = byName[v.diskName] else {
                 if v.status == .error { continue }   // a failed create: Ganeti never had it
+                if inStore?.contains(v.diskName) == true {   // detached, not removed: the store keeps it
+                    out.append(try detachedBehindOurBack(v, s, fix: fix))
+                    continue
+                }
                 var diff = Difference(kind: .diskMissingInGaneti, server: s.id, volume: v.id,
                                       detail: "\(v.diskName) (\(v.size) GB) is not a disk of \(s.instanceName)", fixed: nil)
                 if fix {
@@ -145,6 +158,12 @@ extension Registry {
         }
         let known = Set(vols.filter { $0.status != .error }.map(\.diskName))
         for d in info.disks where !(d.name.map(known.contains) ?? false) {
+            if let vid = d.name.flatMap(Volume.id(fromDiskName:)), let av = try db.read({ db in try Volume.fetchOne(db, key: vid) }),
+               !av.deleted, av.machineID == nil, av.status == .available || av.status == .attaching {
+                if av.status == .attaching && av.backendJobID != nil { continue }   // its job will say
+                out.append(try attachedBehindOurBack(av, s, index: d.index, fix: fix))
+                continue
+            }
             out.append(Difference(kind: .unknownGanetiDisk, server: s.id, volume: d.name.flatMap(Volume.id(fromDiskName:)),
                                   detail: "disk \(d.index) of \(s.instanceName) (\(d.name ?? "no name"), \(d.sizeMiB) MiB) is not a live volume of server \(s.id!)",
                                   fixed: nil))
@@ -247,13 +266,14 @@ extension Registry {
         var out: [Difference] = []
         var inStore: [String: String] = [:]   // snf-vol-N -> store name
         for (name, c) in try store.volumeMetadata(GanetiMetadata.cname) where c.hasPrefix("snf-vol-") { inStore[c] = name.value }
-        let vols = try db.read { db in try Volume.filter(Column("deleted") == false && Column("status") == VolumeStatus.inUse.rawValue).fetchAll(db) }
+        let held = [VolumeStatus.inUse, .available, .attaching, .detaching].map(\.rawValue)
+        let vols = try db.read { db in try Volume.filter(Column("deleted") == false && held.contains(Column("status"))).fetchAll(db) }
         var live = Set<String>()
         for v in vols {
             live.insert(v.diskName)
             if inStore[v.diskName] == nil {
                 out.append(Difference(kind: .missingInStore, server: v.machineID, volume: v.id,
-                                      detail: "\(v.diskName) is IN_USE but no store volume records it (\(store.objects.location))", fixed: nil))
+                                      detail: "\(v.diskName) is \(v.status.rawValue) but no store volume records it (\(store.objects.location))", fixed: nil))
             }
         }
         for (cname, name) in inStore.sorted(by: { $0.key < $1.key }) where !live.contains(cname) {

@@ -56,12 +56,15 @@ extension Registry {
                     v.deleted = true
                     v.machineID = nil
                 } else {
-                    v.status = .inUse   // Ganeti kept the disk
+                    // Ganeti kept the disk: recorded as Synnefo does, never a silent return to IN_USE.
+                    v.status = .errorDeleting
                 }
                 v.updated = t
                 try v.update(db)
                 try resolveCommissions(db, where: Column("volumeIDs") == String(vid) && (jobID.map { Column("backendJobID") == $0 } ?? (Column("backendJobID") == nil)), accept: ok)
             }
+        case .volumeAttach, .volumeDetach, .helperStep:
+            for vid in volumeIDs { try settleAttachment(db, change: change, volumeID: vid, jobID: jobID, result: result) }
         }
     }
 
@@ -78,6 +81,9 @@ extension Registry {
             case .volumeCreate: return "create volume \(volumeIDs.map(String.init).joined(separator: ","))"
             case .volumeRemove: return "remove volume \(volumeIDs.map(String.init).joined(separator: ","))"
             case .volumeExtend: return "grow volume \(volumeIDs.map(String.init).joined(separator: ","))"
+            case .volumeAttach: return "attach volume \(volumeIDs.map(String.init).joined(separator: ",")) to server \(serverID ?? 0)"
+            case .volumeDetach: return "detach volume \(volumeIDs.map(String.init).joined(separator: ",")) from server \(serverID ?? 0)"
+            case .helperStep: return "helper-server step of volume \(volumeIDs.map(String.init).joined(separator: ","))"
             }
         }
     }
@@ -95,6 +101,7 @@ extension Registry {
                 out.append((PendingJob(jobID: v.backendJobID!, serverID: sid, volumeIDs: [v.id!],
                                        change: v.status == .creating ? .volumeCreate : v.status == .extending ? .volumeExtend : .volumeRemove), try backendOf(db, s)))
             }
+            out += try attachmentJobs(db)
             return out
         }
     }
@@ -110,6 +117,7 @@ extension Registry {
             try db.write { db in try settle(db, change: job.change, serverID: job.serverID, volumeIDs: job.volumeIDs, jobID: job.jobID, result: state) }
             done.append((job, state))
         }
+        try sendFollowUps()
         return done
     }
 

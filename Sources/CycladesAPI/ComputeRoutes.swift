@@ -197,6 +197,10 @@ extension CycladesAPI {
         var flavorRef: String
         var imageRef: String?
         var volumes: [VolumeRequest] = []
+        /// Indexes of volumes with delete_on_termination false: they stay (AVAILABLE) when the server goes.
+        var keep: [Int] = []
+        /// source_type volume: AVAILABLE volumes attached once the server is built.
+        var attach: [Int64] = []
 
         init(from decoder: any Decoder) throws {
             let s = try Fields(decoder).object("server")
@@ -211,20 +215,24 @@ extension CycladesAPI {
                     let uuid = try d.id("uuid")
                     let size = try d.int("volume_size")
                     let dest = try d.string("destination_type")
-                    if try d.bool("delete_on_termination") == false {
-                        throw CycladesError(.notImplemented, "delete_on_termination false (item \(i)) is not supported: Ganeti 3.0 detaches an ext disk but can neither attach nor remove it afterwards, so a kept volume could never be used or deleted; a server's volumes go with it")
-                    }
+                    let dot = try d.bool("delete_on_termination")
                     switch type {
                     case "image", "snapshot":
                         guard let uuid else { throw Fields.bad("Block Device Mapping is Invalid: item \(i) (\(type)) has no uuid.") }
                         // novaclient puts --image first as a local disk, followed by the volumes it was given.
                         if dest == "local" && type == "image" && i == 0 && list.count > 1 { continue }
+                        if dot == false { keep.append(volumes.count) }
                         volumes.append(VolumeRequest(sizeGB: size, source: "\(type):\(uuid)"))
                     case "blank":
                         if volumes.isEmpty { throw Fields.bad("Block Device Mapping is Invalid: the root (item 0) cannot be blank.") }
+                        if dot == false { keep.append(volumes.count) }
                         volumes.append(VolumeRequest(sizeGB: size, source: nil))
                     case "volume":
-                        throw CycladesError(.notImplemented, "attaching an existing volume (source_type volume, item \(i)) is not supported: every volume is created with its server")
+                        guard i > 0 else {
+                            throw CycladesError(.notImplemented, "booting from an existing volume (source_type volume, item 0) is not supported: Ganeti creates an instance with new disks only; boot from an image or a snapshot and attach the volume")
+                        }
+                        guard let uuid, let vid = Int64(uuid) else { throw CycladesError(.itemNotFound, "volume \((uuid ?? "").prefix(40)) does not exist") }
+                        attach.append(vid)
                     default:
                         throw Fields.bad("Block Device Mapping is Invalid: source_type '\(type.prefix(40))' (image, snapshot, blank, volume).")
                     }
@@ -253,8 +261,13 @@ extension CycladesAPI {
         let req = try call.decode(CreateServerRequest.self)
         // The flavor by id (as nova sends it), or by name.
         guard let flavor = try registry.flavor(req.flavorRef) else { throw Fields.bad("flavor \(req.flavorRef.prefix(60)) does not exist") }
+        if !req.attach.isEmpty {
+            try registry.checkAttachable(req.attach, flavor: String(flavor.id!), user: user.id, newVolumes: max(req.volumes.count, 1))
+        }
         let server = try registry.createServer(name: req.name, user: user.id, flavor: String(flavor.id!),
                                                image: req.volumes.isEmpty ? req.imageRef : nil, volumes: req.volumes)
+        try keepVolumes(of: server, indexes: req.keep, user: user)
+        if !req.attach.isEmpty { try registry.attachWhenBuilt(req.attach, server: server.id!, user: user.id) }
         let id = String(server.id!)
         return try .encoded(202, Keyed("server", ServerCreated(id: id, links: [Link(rel: "self", href: "\(call.base)\(call.prefix)/servers/\(id)")])))
     }
@@ -276,10 +289,10 @@ extension CycladesAPI {
         var deleteOnTermination: Bool
         enum CodingKeys: String, CodingKey { case id, volumeId, serverId, device, deleteOnTermination = "delete_on_termination" }
 
-        init(_ v: Volume) {
+        init(_ v: Volume, server: Int64? = nil) {
             id = String(v.id!)
             volumeId = id
-            serverId = String(v.machineID!)
+            serverId = String(server ?? v.machineID ?? 0)
             device = CycladesAPI.device(v.index)
             deleteOnTermination = v.deleteOnTermination
         }
@@ -288,7 +301,7 @@ extension CycladesAPI {
     func listAttachments(_ call: Call) throws -> Reply {
         let user = try call.requireUser
         let s = try registry.server(call.param("server_id"), owner: user.id)
-        return try .encoded(200, Keyed("volumeAttachments", try registry.volumes(server: s.id!).map(Attachment.init)))
+        return try .encoded(200, Keyed("volumeAttachments", try registry.volumes(server: s.id!).map { Attachment($0) }))
     }
 
     func showAttachment(_ call: Call) throws -> Reply {
@@ -300,31 +313,10 @@ extension CycladesAPI {
         return try .encoded(200, Keyed("volumeAttachment", Attachment(v)))
     }
 
-    /// The body of POST os-volume_attachments: `{"volumeAttachment": {...}}`.
-    struct AttachRequest: Decodable {
-        init(from decoder: any Decoder) throws {
-            _ = try Fields(decoder).object("volumeAttachment")
-        }
-    }
+    /// Attach and detach of existing volumes (Ganeti 3.1): AttachmentRoutes.swift.
+    func attach(_ call: Call) throws -> Reply { try attachVolumeRoute(call) }
 
-    /// Attach/detach of existing volumes: the registration layer creates every
-    /// volume on its server and removes it with DELETE /volumes/{id}. Checked
-    /// on the lab's Ganeti 3.0.2: `modify --disk N:detach` works (even while
-    /// running), but attaching an ext disk fails ("Missing provider for
-    /// template 'ext'", and with the provider "Only one argument is permitted
-    /// in attach op") and no operation removes a detached disk.
-    func attach(_ call: Call) throws -> Reply {
-        let user = try call.requireUser
-        _ = try registry.server(call.param("server_id"), owner: user.id)
-        _ = try call.decode(AttachRequest.self)
-        throw CycladesError(.notImplemented, "attaching an existing volume is not supported: Ganeti 3.0 refuses to attach ext disks (its checks want the provider and allow only the name); create one on the server (POST /volume/v3/volumes with server_id; source_volid clones a volume)")
-    }
-
-    func detach(_ call: Call) throws -> Reply {
-        let user = try call.requireUser
-        _ = try registry.server(call.param("server_id"), owner: user.id)
-        throw CycladesError(.notImplemented, "detaching a volume is not supported: Ganeti 3.0 could detach it but never attach or remove it again; delete it (DELETE /volume/v3/volumes/{id})")
-    }
+    func detach(_ call: Call) throws -> Reply { try detachVolumeRoute(call) }
 
     // MARK: flavors
 

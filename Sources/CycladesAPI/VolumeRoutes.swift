@@ -249,7 +249,8 @@ extension CycladesAPI {
         var size: Int?
         var name: String?
         var description: String?
-        var serverID: Int64
+        /// nil: a volume without a server (AVAILABLE).
+        var serverID: Int64?
         var image: String?
         var snapshot: String?
         var sourceVolume: String?
@@ -272,11 +273,10 @@ extension CycladesAPI {
                     serverRef = try h.id("server_id")
                 }
             }
-            guard let serverRef else {
-                throw Fields.bad("Malformed request. Missing attribute 'server_id' (give volume.server_id, or the scheduler hint server_id: cinder create --hint server_id=N).")
+            serverID = try serverRef.map { ref -> Int64 in
+                guard let id = Int64(ref) else { throw Fields.bad("server_id '\(ref.prefix(40))' is not a server id.") }
+                return id
             }
-            guard let serverID = Int64(serverRef) else { throw Fields.bad("server_id '\(serverRef.prefix(40))' is not a server id.") }
-            self.serverID = serverID
             image = try v.id("imageRef")
             snapshot = try v.id("snapshot_id")
             sourceVolume = try v.id("source_volid")
@@ -296,22 +296,26 @@ extension CycladesAPI {
             size = try registry.sourceSizeGB(snapshot: req.snapshot, image: req.image, volume: req.sourceVolume, user: user.id)
             guard size != nil else { throw Fields.bad("Malformed request. Missing attribute 'size'.") }
         }
-        let created = try registry.createVolume(server: req.serverID, user: user.id, sizeGB: size!, source: req.source, volumeType: req.volumeType,
-                                                name: req.name, description: req.description, metadata: req.metadata)
+        // Without a server: an AVAILABLE volume (Synnefo 0.21, Ganeti 3.1); attach it later.
+        let created = try req.serverID.map {
+            try registry.createVolume(server: $0, user: user.id, sizeGB: size!, source: req.source, volumeType: req.volumeType,
+                                      name: req.name, description: req.description, metadata: req.metadata)
+        } ?? registry.createAvailableVolume(user: user.id, sizeGB: size!, source: req.source, volumeType: req.volumeType,
+                                            name: req.name, description: req.description, metadata: req.metadata)
         return try volumeReply(202, created, call)
     }
 
     struct UpdateVolumeRequest: Decodable {
         var name: String?
         var description: String?
+        /// false: the volume stays (AVAILABLE) when its server is deleted.
+        var deleteOnTermination: Bool?
 
         init(from decoder: any Decoder) throws {
             let u = try Fields(decoder).object("volume")
             name = try u.string("name") ?? u.string("display_name")
             description = try u.string("description") ?? u.string("display_description")
-            if try u.bool("delete_on_termination") == false {
-                throw CycladesError(.badRequest, "delete_on_termination cannot be false: a server's volumes go with it (Ganeti 3.0 can neither attach nor remove a detached ext disk)")
-            }
+            deleteOnTermination = try u.bool("delete_on_termination")
         }
     }
 
@@ -319,6 +323,7 @@ extension CycladesAPI {
         let user = try call.requireUser
         let req = try call.decode(UpdateVolumeRequest.self)
         let owned = try registry.volume(call.param("volume_id"), owner: user.id)
+        if let dot = req.deleteOnTermination { _ = try registry.setDeleteOnTermination(volume: owned.id!, dot, user: user.id) }
         let v = try registry.describeVolume(owned.id!, name: req.name, description: req.description)
         return try volumeReply(200, v, call)
     }

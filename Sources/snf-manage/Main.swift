@@ -51,7 +51,7 @@ struct SnfManage: ParsableCommand {
             BackendAdd.self, BackendList.self, VolumeTypeCreate.self, VolumeTypeList.self, FlavorCreate.self, FlavorList.self,
             ImageRegister.self, ImageList.self, UserCreate.self, UserList.self, QuotaSet.self, QuotaList.self,
             ServerCreate.self, ServerList.self, ServerInspect.self, ServerRemove.self,
-            VolumeCreate.self, VolumeRemove.self, VolumeList.self, VolumeInfo.self, VolumeShow.self, VolumeInspect.self,
+            VolumeCreate.self, VolumeRemove.self, VolumeAttach.self, VolumeDetach.self, VolumeList.self, VolumeInfo.self, VolumeShow.self, VolumeInspect.self,
             SnapshotCreate.self, SnapshotRegister.self, SnapshotList.self,
             JobsProcess.self, ReconcileServers.self,
         ]

@@ -92,9 +92,9 @@ struct ServerRemove: ParsableCommand {
 }
 
 struct VolumeCreate: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "volume-create", abstract: "Create a volume on a server.")
+    static let configuration = CommandConfiguration(commandName: "volume-create", abstract: "Create a volume on a server, or without one (AVAILABLE; Ganeti 3.1).")
     @OptionGroup var common: Common
-    @Option(help: "Server id.") var server: Int64
+    @Option(help: "Server id (none: a volume without a server, to attach later).") var server: Int64?
     @Option(help: "Size in GB.") var size: Int
     @Option(help: "image:UUID or snapshot:UUID.") var source: String?
     @Option(name: .customLong("volume-type")) var volumeType: String?
@@ -109,6 +109,13 @@ struct VolumeCreate: ParsableCommand {
         for p in metadata {
             guard let eq = p.firstIndex(of: "="), eq != p.startIndex else { throw CycladesError(.badRequest, "metadata '\(p)' is not KEY=VALUE") }
             meta[String(p[..<eq])] = String(p[p.index(after: eq)...])
+        }
+        guard let server else {
+            let v = try c.createAvailableVolume(user: user, sizeGB: size, source: source, volumeType: volumeType, name: name,
+                                                description: description, metadata: meta)
+            let now = wait ? try c.waitVolume(v.id!) : v
+            print("volume \(now.id!) (\(now.diskName)): \(now.status.rawValue), job \(now.backendJobID.map(String.init) ?? "-")")
+            return
         }
         let v = try c.createVolume(server: server, user: user, sizeGB: size, source: source, volumeType: volumeType, name: name,
                                    description: description, metadata: meta)
@@ -127,7 +134,8 @@ struct VolumeRemove: ParsableCommand {
         let c = try common.open()
         for id in ids {
             let v = try c.removeVolume(id)
-            if wait { try waitFor(c, job: v.backendJobID, what: "removing volume \(id)") }
+            if wait && v.helperStep != nil { _ = try c.waitVolume(id) }
+            else if wait { try waitFor(c, job: v.backendJobID, what: "removing volume \(id)") }
             print("volume \(id): removal job \(v.backendJobID.map(String.init) ?? "-")")
         }
     }

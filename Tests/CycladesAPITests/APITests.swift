@@ -262,7 +262,7 @@ func fault(_ r: Reply) -> (String, Int, String)? {
                 ("size beyond Int", "/volume/v3/volumes", vol(#""size":99999999999999999999999,"server_id":"\#(sid)""#), 400, "badRequest"),
                 ("size true", "/volume/v3/volumes", vol(#""size":true,"server_id":"\#(sid)""#), 400, "badRequest"),
                 ("size 1.5", "/volume/v3/volumes", vol(#""size":1.5,"server_id":"\#(sid)""#), 400, "badRequest"),
-                ("missing server_id", "/volume/v3/volumes", vol(#""size":1"#), 400, "badRequest"),
+                ("no server_id and an unknown type", "/volume/v3/volumes", vol(#""size":1,"volume_type":"gold""#), 400, "badRequest"),
                 ("unknown server", "/volume/v3/volumes", vol(#""size":1,"server_id":"999""#), 400, "badRequest"),
                 ("server_id not a number", "/volume/v3/volumes", vol(#""size":1,"server_id":"abc""#), 400, "badRequest"),
                 ("two sources", "/volume/v3/volumes", vol(#""size":1,"server_id":"\#(sid)","imageRef":"\#(f.image.id)","snapshot_id":"x""#), 400, "badRequest"),
@@ -280,10 +280,13 @@ func fault(_ r: Reply) -> (String, Int, String)? {
                 ("extend over quota", "/volume/v3/volumes/2/action", #"{"os-extend":{"new_size":200}}"#, 413, "overLimit"),
                 ("blank root", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"blank","volume_size":1}]}}"#, 400, "badRequest"),
                 ("bdm not a list", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":{"a":1}}}"#, 400, "badRequest"),
+                ("bdm volume in use", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"image","uuid":"\#(f.image.id)","volume_size":"1"},{"source_type":"volume","uuid":"2"}]}}"#, 400, "badRequest"),
                 ("bdm existing volume", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"volume","uuid":"2"}]}}"#, 501, "notImplemented"),
                 ("unknown flavor", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"\#(f.image.id)","flavorRef":"77"}}"#, 400, "badRequest"),
                 ("server over quota", "/compute/v2.1/servers", #"{"server":{"name":"x","imageRef":"","flavorRef":"1","block_device_mapping_v2":[{"source_type":"image","uuid":"\#(f.image.id)","volume_size":"5"}]}}"#, 413, "overLimit"),
-                ("attach", "/compute/v2.1/servers/\(sid)/os-volume_attachments", #"{"volumeAttachment":{"volumeId":"2"}}"#, 501, "notImplemented"),
+                ("attach of a volume in use", "/compute/v2.1/servers/\(sid)/os-volume_attachments", #"{"volumeAttachment":{"volumeId":"2"}}"#, 400, "badRequest"),
+                ("attach without volumeId", "/compute/v2.1/servers/\(sid)/os-volume_attachments", #"{"volumeAttachment":{}}"#, 400, "badRequest"),
+                ("attach of a missing volume", "/compute/v2.1/servers/\(sid)/os-volume_attachments", #"{"volumeAttachment":{"volumeId":"999"}}"#, 404, "itemNotFound"),
             ]
             for (name, path, body, status, key) in cases {
                 let r = try await c.call(.post, path, token: f.alice, json: body)
@@ -308,10 +311,15 @@ func fault(_ r: Reply) -> (String, Int, String)? {
             #expect(r.status == 400 && fault(r)?.0 == "badRequest")
             r = try await c.call(.delete, "/volume/v3/volumes/1", token: f.alice)
             #expect(r.status == 400 && fault(r)?.2.contains("root") == true, "\(r.raw)")
-            r = try await c.call(.put, "/volume/v3/volumes/2", token: f.alice, json: #"{"volume":{"delete_on_termination":false}}"#)
+            r = try await c.call(.put, "/volume/v3/volumes/2", token: f.alice, json: #"{"volume":{"delete_on_termination":"maybe"}}"#)
             #expect(r.status == 400)
+            r = try await c.call(.delete, "/compute/v2.1/servers/\(sid)/os-volume_attachments/1", token: f.alice)
+            #expect(r.status == 400 && fault(r)?.2.contains("root") == true, "\(r.raw)")
+            f.ganeti.setRunning("snf-\(sid)", true)
             r = try await c.call(.delete, "/compute/v2.1/servers/\(sid)/os-volume_attachments/2", token: f.alice)
-            #expect(r.status == 501 && fault(r)?.0 == "notImplemented")
+            #expect(r.status == 409 && fault(r)?.2.contains("hotplug") == true, "\(r.raw)")
+            r = try await c.call(.delete, "/volume/v3/volumes/2", token: f.alice)
+            #expect(r.status == 409 && fault(r)?.2.contains("stop the server") == true, "\(r.raw)")
             #expect(try f.dump() == eight)
             #expect(try f.ganeti.instanceDisks("snf-\(sid)")?.disks.count == (disks?.disks.count ?? 0) + 1)
         }

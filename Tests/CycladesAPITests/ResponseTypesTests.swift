@@ -174,7 +174,6 @@ import Testing
     @Test func volumeRequestRefusalsNameTheAttribute() {
         let vol = { (fields: String) in #"{"volume":{"size":1,"server_id":"1",\#(fields)}}"# }
         let cases: [(String, String)] = [
-            (#"{"volume":{"size":1}}"#, "Malformed request. Missing attribute 'server_id' (give volume.server_id, or the scheduler hint server_id: cinder create --hint server_id=N)."),
             (#"{"volume":{"size":1},"OS-SCH-HNT:scheduler_hints":[1]}"#, "'OS-SCH-HNT:scheduler_hints' must be an object."),
             (#"{"volume":{"size":1,"server_id":"vm"}}"#, "server_id 'vm' is not a server id."),
             (vol(#""imageRef":"a","snapshot_id":"b""#), "give one source at most (imageRef, snapshot_id or source_volid), not 2"),
@@ -187,7 +186,11 @@ import Testing
         }
         let hinted = try? Self.call(#"{"volume":{"size":"2"},"OS-SCH-HNT:scheduler_hints":{"server_id":5}}"#).decode(CycladesAPI.CreateVolumeRequest.self)
         #expect(hinted?.serverID == 5 && hinted?.size == 2 && hinted?.source == nil)
-        #expect(Self.refusal(CycladesAPI.UpdateVolumeRequest.self, #"{"volume":{"delete_on_termination":false}}"#)?.hasPrefix("delete_on_termination cannot be false") == true)
+        // Without a server: an AVAILABLE volume; delete_on_termination false keeps a volume past its server.
+        let serverless = try? Self.call(#"{"volume":{"size":1}}"#).decode(CycladesAPI.CreateVolumeRequest.self)
+        #expect(serverless != nil && serverless?.serverID == nil)
+        let keep = try? Self.call(#"{"volume":{"delete_on_termination":false}}"#).decode(CycladesAPI.UpdateVolumeRequest.self)
+        #expect(keep?.deleteOnTermination == false)
         #expect(Self.refusal(CycladesAPI.MetadataRequest.self, #"{"meta":{}}"#) == "Malformed request. Missing attribute 'metadata'.")
         #expect(Self.refusal(CycladesAPI.CreateSnapshotRequest.self, #"{"snapshot":{"name":"s"}}"#) == "Malformed request. Missing attribute 'volume_id'.")
         #expect(Self.refusal(CycladesAPI.VolumeActionRequest.self, #"{"os-extend":{"new_size":2},"os-x":{}}"#) == #"an action is one key, e.g. {"os-extend": {"new_size": 2}}"#)

@@ -3,10 +3,19 @@ import Foundation
 
 /// A scripted Ganeti: jobs stay pending until the test ends them, with the
 /// outcome the test picks; a successful job changes the instances.
-final class FakeGaneti: GanetiBackend, @unchecked Sendable {
+final class FakeGaneti: GanetiBackend, DetachableDisks, @unchecked Sendable {
     struct Job { var state: JobState; var effect: () -> Void }
     private let lock = NSLock()
     var instances: [String: [InstanceDisks.Disk]] = [:]
+    /// Instances the test says run (the others count as stopped): what the
+    /// rule on disk removal without hotplug asks Ganeti.
+    var running: Set<String> = []
+    /// Disks no instance holds, by name.
+    var detached: [String: InstanceDisks.Disk] = [:]
+    /// What RAPI /2/info says.
+    var version = "3.1.0~rc2"
+    /// Every attach and detach asked for: "attach NAME INSTANCE".
+    var diskMoves: [String] = []
     var jobs: [Int64: Job] = [:]
     var nextJob: Int64 = 1
     /// The next submission fails (RAPI down) with this message.
@@ -54,8 +63,29 @@ final class FakeGaneti: GanetiBackend, @unchecked Sendable {
     func removeInstance(_ name: String) throws -> Int64 {
         try submit { [self] in instances[name] = nil }
     }
+    func attachDisk(instance: String, name: String) throws -> Int64 {
+        lock.withLock { diskMoves.append("attach \(name) \(instance)") }
+        return try submit { [self] in
+            guard var disk = detached.removeValue(forKey: name) else { return }
+            var d = instances[instance] ?? []
+            disk.index = d.count
+            d.append(disk)
+            instances[instance] = d
+        }
+    }
+    func detachDisk(instance: String, name: String) throws -> Int64 {
+        lock.withLock { diskMoves.append("detach \(name) \(instance)") }
+        return try submit { [self] in
+            var d = instances[instance] ?? []
+            if let disk = d.first(where: { $0.name == name }) { detached[name] = disk }
+            d.removeAll { $0.name == name }
+            for i in d.indices { d[i].index = i }
+            instances[instance] = d
+        }
+    }
+    func softwareVersion() throws -> String { lock.withLock { version } }
     func instanceDisks(_ name: String) throws -> InstanceDisks? {
-        lock.withLock { instances[name].map { InstanceDisks(instance: name, running: true, disks: $0) } }
+        lock.withLock { instances[name].map { InstanceDisks(instance: name, running: running.contains(name), disks: $0) } }
     }
     func job(_ id: Int64) throws -> JobState {
         lock.withLock { jobs[id]?.state ?? .failed("no such job") }

@@ -1,6 +1,6 @@
 #!/bin/bash
 # End-to-end test of cyclades-api (the Cinder-compatible volume API and the
-# compute extensions) against a real single-node Ganeti 3.0 cluster with the
+# compute extensions) against a real single-node Ganeti cluster with the
 # archipelago provider (see tests/e2e/ganeti/README.md), driven by Debian's
 # real clients: nova (python3-novaclient) boot with --block-device and
 # volume-attachments, cinder (python3-cinderclient) list, show, create --hint
@@ -8,7 +8,7 @@
 # create --source-volid (a clone of a volume in use), extend, delete;
 # openstack (python3-openstackclient) server create/list/delete, volume
 # create/show/list (--source: a clone), server volume list; nova boot --image NAME; isolation between users, bad tokens, bad input (database
-# unchanged), attach 501, server delete, SIGTERM. Root. GNT_ARCHIP_BIN=DIR
+# unchanged), attach of a volume in use (400; attach.sh covers attach and detach), server delete, SIGTERM. Root. GNT_ARCHIP_BIN=DIR
 # with archip, archip-extstorage, snf-manage and cyclades-api (default: the
 # repo's .build/debug). Ends with "N passed, N failed".
 set -uo pipefail
@@ -79,7 +79,7 @@ check "Ganeti has snf-$SID with two 1 GiB disks" test "$(gnt_disks snf-$SID)" ==
 nova_ volume-attachments "$SID" > "$W/att.txt" 2>&1
 check "nova volume-attachments lists volumes 1 (/dev/vda) and 2 (/dev/vdb)" bash -c "grep -Eq '\| 1 +\| /dev/vda +\| $SID +\| 1 ' '$W/att.txt' && grep -Eq '\| 2 +\| /dev/vdb +\| $SID +\| 2 ' '$W/att.txt'"
 nova_ volume-attach "$SID" 1 > "$W/attach.txt" 2>&1; rc=$?
-check "nova volume-attach: exit 1, HTTPNotImplemented (HTTP 501)" bash -c "[[ $rc == 1 ]] && grep -q 'HTTPNotImplemented.*(HTTP 501)' '$W/attach.txt'"
+check "nova volume-attach of a volume in use: exit 1, BadRequest (HTTP 400), one line why" bash -c "[[ $rc == 1 ]] && grep -q 'in use.*(HTTP 400)' '$W/attach.txt'"
 
 # --- cinder ---------------------------------------------------------------------------
 cinder_ list > "$W/list.txt" 2>&1
@@ -137,7 +137,7 @@ refused() {  # NAME STATUS FAULT JSON
 refused "size abc" 400 badRequest "{\"volume\":{\"size\":\"abc\",\"server_id\":$SID}}"
 refused "size -1" 400 badRequest "{\"volume\":{\"size\":-1,\"server_id\":$SID}}"
 refused "huge size" 400 badRequest "{\"volume\":{\"size\":1000000,\"server_id\":$SID}}"
-refused "missing server_id" 400 badRequest '{"volume":{"size":1}}'
+refused "no server_id and an unknown volume type" 400 badRequest '{"volume":{"size":1,"volume_type":"gold"}}'
 refused "unknown server" 400 badRequest '{"volume":{"size":1,"server_id":999}}'
 refused "two sources" 400 badRequest "{\"volume\":{\"size\":1,\"server_id\":$SID,\"imageRef\":\"$IMG\",\"snapshot_id\":\"$SNAP\"}}"
 refused "source_volid larger than size" 400 badRequest "{\"volume\":{\"size\":1,\"server_id\":$SID,\"source_volid\":\"3\"}}"
@@ -183,7 +183,7 @@ if command -v openstack >/dev/null; then
   check "openstack server volume list vm2: /dev/vda../dev/vdd" bash -c "$(declare -f NS ostack); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; [[ \$(ostack server volume list vm2 -f value -c Device 2>/dev/null | tr '\n' ' ') == '/dev/vda /dev/vdb /dev/vdc /dev/vdd ' ]]"
   check "Ganeti has four disks on snf-$SID2" test "$(gnt_disks snf-$SID2)" == "4 1024,1024,1024,1024"
   ostack server add volume vm2 "$OV1" > "$W/osattach.txt" 2>&1; rc=$?
-  check "openstack server add volume: exit 1, 501" bash -c "[[ $rc == 1 ]] && grep -q '501' '$W/osattach.txt'"
+  check "openstack server add volume of a volume in use: exit 1, 400" bash -c "[[ $rc == 1 ]] && grep -q '400' '$W/osattach.txt'"
   run "openstack server delete --wait vm2" ostack server delete --wait vm2
   check "Ganeti no longer has snf-$SID2" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -qx snf-$SID2"
   run "nova boot --flavor 1 --image debian-12 (by name) --poll vm3" nova_ boot --flavor 1 --image debian-12 --poll vm3

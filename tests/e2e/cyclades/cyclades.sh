@@ -1,12 +1,14 @@
 #!/bin/bash
 # End-to-end test of the Cyclades registration layer (snf-manage) against a
-# real single-node Ganeti 3.0 cluster with the archipelago provider (see
+# real single-node Ganeti 3.1 (or 3.0) cluster with the archipelago provider (see
 # tests/e2e/ganeti/README.md): server-create (root volume from an image, a
 # blank second volume), volume-create from a snapshot, server-inspect,
 # volume-remove (quota given back), things broken on purpose (a disk removed
 # behind Cyclades' back, snf-manage killed between charge and job, a job
 # left unsettled) reported and fixed by reconcile-servers, bad input refused
-# with the database, quotas and Ganeti unchanged, server-remove.
+# with the database, quotas and Ganeti unchanged, on 3.1 a volume without a
+# server (volume-create, volume-attach, volume-detach, drift behind
+# Cyclades' back fixed by reconcile-servers, volume-remove), server-remove.
 # Root. GNT_ARCHIP_BIN=DIR with archip, archip-extstorage and snf-manage
 # (default: the repo's .build/debug). Ends with "N passed, N failed".
 set -uo pipefail
@@ -133,6 +135,42 @@ sleep 3
 check "reconcile reports the ended job" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' | grep -q job-ended"
 run "reconcile-servers --fix-all settles it" snf reconcile-servers --fix-all --store "$STORE"
 run "reconcile-servers is clean" clean
+
+# --- detachable volumes (Ganeti 3.1): snf-manage volume-attach / volume-detach -------------------
+GV=$(ip netns exec "$GNT_NETNS" gnt-cluster version | awk '/^Software version/ {print $3}')
+before=$(state)
+if [[ $GV == 3.0* ]]; then
+  refused "volume-create without a server on Ganeti $GV (attach needs 3.1)" volume-create --size 1 --user alice
+else
+  run "volume-create --size 1 --name loose (no server) --wait" snf volume-create --size 1 --user alice --name loose --wait
+  VL=$(snfj volume-list --status AVAILABLE | jq_ "d[0]['id']")
+  check "volume $VL is AVAILABLE, no instance holds snf-vol-$VL, the store has it" bash -c "[[ -n '$VL' ]] && ! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q \"'snf-vol-$VL'\" && [[ \$('$BIN/archip' --store '$STORE' list --json) == *'\"snf-vol-$VL\"'* ]]"
+  check "quota: 4 GiB with the volume without a server" usage_is 4294967296 0
+  gbefore=$(gnt_disks snf-$SID); before=$(state)
+  refused "volume-detach of the root volume" volume-detach 1
+  refused "volume-attach of a volume in use" volume-attach 1 --server "$SID"
+  refused "volume-attach to a missing server" volume-attach "$VL" --server 999
+  check "Ganeti unchanged by refused requests" test "$(gnt_disks snf-$SID)" == "$gbefore"
+  run "volume-attach $VL --server $SID --wait" snf volume-attach "$VL" --server "$SID" --wait
+  check "Ganeti: snf-$SID holds snf-vol-$VL" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names snf-$SID) == *snf-vol-$VL* ]]"
+  run "volume-detach $VL --wait" snf volume-detach "$VL" --wait
+  check "volume $VL is AVAILABLE again" test "$(sqlite3 "$DB" "SELECT status FROM volumes WHERE id = $VL")" == AVAILABLE
+  check "quota unchanged by attach and detach: 4 GiB" usage_is 4294967296 0
+  run "reconcile-servers is clean" clean
+  run "gnt-instance modify --disk attach:name=snf-vol-$VL behind Cyclades' back" ip netns exec "$GNT_NETNS" gnt-instance modify --disk "attach:name=snf-vol-$VL" "snf-$SID"
+  check "reconcile reports it attached in Ganeti (exit 1)" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' | grep -q 'attached-in-ganeti.*volume $VL'; [[ \${PIPESTATUS[0]} == 1 ]]"
+  run "reconcile-servers --fix-all records it IN_USE" snf reconcile-servers --fix-all --store "$STORE"
+  run "reconcile-servers is clean" clean
+  run "gnt-instance modify --disk snf-vol-$VL:detach behind Cyclades' back" ip netns exec "$GNT_NETNS" gnt-instance modify --disk "snf-vol-$VL:detach" "snf-$SID"
+  check "reconcile (with the store) reports it detached in Ganeti (exit 1)" bash -c "ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' --store '$STORE' | grep -q 'detached-in-ganeti.*volume $VL'; [[ \${PIPESTATUS[0]} == 1 ]]"
+  run "reconcile-servers --fix-all records it AVAILABLE" snf reconcile-servers --fix-all --store "$STORE"
+  check "quota unchanged: 4 GiB" usage_is 4294967296 0
+  run "reconcile-servers is clean" clean
+  run "volume-remove $VL --wait (through the helper server)" snf volume-remove "$VL" --wait
+  check "snf-vol-$VL is gone: no instance holds it, not in the store; the helper is back to its own disk" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.names | grep -q \"'snf-vol-$VL'\" && [[ \$('$BIN/archip' --store '$STORE' list --json) != *'\"snf-vol-$VL\"'* && \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.count snf-helper | tr -d ' ') == 1 ]]"
+  check "quota given back: 3 GiB" usage_is 3221225472 0
+  run "reconcile-servers is clean" clean
+fi
 
 # --- remove the server ----------------------------------------------------------------------
 run "server-remove $SID --wait" snf server-remove "$SID" --wait

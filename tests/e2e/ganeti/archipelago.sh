@@ -1,12 +1,14 @@
 #!/bin/bash
-# End-to-end test of the archipelago provider in a real single-node Ganeti 3.0
-# cluster (fake hypervisor, ext template, network namespace; see README.md):
+# End-to-end test of the archipelago provider in a real single-node Ganeti 3.1
+# (or 3.0) cluster (fake hypervisor, ext template, network namespace; see README.md):
 #   instance add from an in-store snapshot (O(1) clone), grow-disk while
 #   running, modify --disk add (snf-vol-N), shutdown, activate-disks, modify
 #   --disk remove while the disks are active, deactivate-disks, startup,
-#   gnt-backup export (compared with the store's own export), instance
-#   remove, checksummed adds (origin_sha256 wrong and right, a bare-name
-#   origin, a file: origin); every step checked in the store (volumes, metadata, holds) and on
+#   gnt-backup export (compared with the store's own export), on 3.1 a disk
+#   detached from a running instance and attached to another running one
+#   (what one wrote, the other reads), instance remove, checksummed adds
+#   (origin_sha256 wrong and right, a bare-name origin, a file: origin); every
+#   step checked in the store (volumes, metadata, holds) and on
 #   the node (loop devices).
 # The node daemon runs as production runs it: started first, in the host's
 # namespaces (as archip-serve.service would), while every gnt-* command runs
@@ -32,6 +34,8 @@ I1=arch1.$GNT_DOMAIN
 gnt() { nsx "$@"; }
 archip() { "$BIN/archip" --store "$STORE" "$@"; }
 vols() { archip list --json | python3 -c "import json,sys; print(' '.join(sorted(v['name'] for v in json.load(sys.stdin) if v['kind']=='volume' and v['name'].count('.ext.disk'))))"; }
+# The provider's calls with a log file (all but attach), oldest first, since FILE.
+calls_since() { find /var/log/ganeti/extstorage -type f -newer "$1" -printf '%T@ %f\n' | sort -n | sed -E 's/^[^ ]+ ([a-z]+)-archipelago-.*/\1/' | tr '\n' ' '; }
 attached_dev() { "$BIN/archip" attached --runtime-dir "$RUN" --json 2>/dev/null | python3 -c "import json,sys; print(next((a['device'] for a in json.load(sys.stdin) if a['name']=='$1'),''))"; }
 
 log "archipelago provider in a Ganeti cluster; work folder $W"
@@ -108,6 +112,37 @@ run "archip export of disk 0" "$BIN/archip" --store "$STORE" export "$V0" "$W/di
 check "the exported disk equals the volume" cmp -s "$EXP/$DUMP" "$W/disk0.raw"
 check "the export snapshot $V0.snap was removed" bash -c "! '$BIN/archip' --store '$STORE' info '$V0.snap' >/dev/null 2>&1"
 gnt gnt-backup remove "$I1" >/dev/null 2>&1
+
+# --- detach and attach (Ganeti 3.1): a disk moves between running instances ---------
+I2=arch2.$GNT_DOMAIN
+GV=$(gnt gnt-cluster version | awk '/^Software version/ {print $3}')
+if [[ $GV == 3.0* ]]; then
+  log "SKIP detach/attach: Ganeti $GV cannot attach ext disks (3.1 can)"
+else
+  gnt gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "$I2" && gnt gnt-instance remove -f "$I2" >/dev/null 2>&1
+  run "gnt-instance add $I2 (a second instance, running)" \
+    gnt gnt-instance add -t ext --disk "0:size=1G,provider=archipelago,origin=snapshot:debian-img-v1" -o "$GNT_OS_NAME" --no-name-check --no-ip-check -H fake -n "$GNT_NODE_NAME" "$I2"
+  run "gnt-instance modify --disk add:size=256M,provider=archipelago,name=snf-vol-8 $I1 (running)" \
+    gnt gnt-instance modify --disk add:size=256M,provider=archipelago,name=snf-vol-8 "$I1"
+  V8=$(archip list --json | python3 -c "import json,sys; print(next((v['name'] for v in json.load(sys.stdin) if v['metadata'].get('ganeti.cname')=='snf-vol-8'), ''))")
+  D8=$(attached_dev "$V8")
+  python3 -c "import sys; sys.stdout.buffer.write(bytes((i * 13 + 5) % 256 for i in range(1 << 20)))" > "$W/pattern"
+  run "write 1 MiB through $I1's device for snf-vol-8 ($D8)" dd if="$W/pattern" of="$D8" bs=1M seek=2 oflag=direct conv=notrunc,fsync status=none
+  touch "$W/t1"
+  run "gnt-instance modify --disk snf-vol-8:detach $I1 (running, no hotplug in the fake hypervisor)" gnt gnt-instance modify --disk snf-vol-8:detach "$I1"
+  C1=$(calls_since "$W/t1")
+  check "the detach reached the provider (its calls: $C1)" grep -qw detach <<<"$C1"
+  check "snf-vol-8 is detached on the node, no hold left, still in the store" bash -c "[[ -z \$('$BIN/archip' attached --runtime-dir '$RUN' --json | python3 -c 'import json,sys; print(\" \".join(a[\"name\"] for a in json.load(sys.stdin) if a[\"name\"]==\"$V8\"))') ]] && '$BIN/archip' --store '$STORE' info '$V8' --json | python3 -c 'import json,sys; l=json.load(sys.stdin).get(\"lock\"); sys.exit(1 if l and l.get(\"holders\") else 0)'"
+  check "$I1 no longer lists snf-vol-8" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o disk.count $I1 | tr -d ' ') == 1 ]]"
+  touch "$W/t2"
+  run "gnt-instance modify --disk attach:name=snf-vol-8 $I2 (running)" gnt gnt-instance modify --disk attach:name=snf-vol-8 "$I2"
+  D8B=$(attached_dev "$V8")
+  check "$I2 holds snf-vol-8 as its disk 1, attached on the node ($D8B), exclusively" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers --separator=' ' -o disk.names $I2) == *snf-vol-8* && -b '$D8B' && \$('$BIN/archip' --store '$STORE' info '$V8' --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"lock\"][\"mode\"])') == exclusive ]]"
+  check "$I2's device reads back what $I1 wrote" bash -c "dd if='$D8B' bs=1M skip=2 count=1 iflag=direct status=none | cmp - '$W/pattern'"
+  log "provider calls with a log file: detach from $I1: $C1; attach to $I2: $(calls_since "$W/t2")"
+  run "gnt-instance remove -f $I2 (with snf-vol-8)" gnt gnt-instance remove -f "$I2"
+  check "snf-vol-8 left the store with $I2" bash -c "! '$BIN/archip' --store '$STORE' info '$V8' >/dev/null 2>&1"
+fi
 
 # --- remove -----------------------------------------------------------------------
 run "gnt-instance remove -f" gnt gnt-instance remove -f "$I1"

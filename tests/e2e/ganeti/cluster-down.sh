@@ -30,6 +30,7 @@ if cluster_configured; then
     ip -n "$GNT_NETNS" link add "$GNT_BRIDGE" type bridge
     ip -n "$GNT_NETNS" link set "$GNT_BRIDGE" up
     ip -n "$GNT_NETNS" addr replace "$GNT_NODE_IP/$GNT_NETMASK" dev "$GNT_BRIDGE"
+    ip -n "$GNT_NETNS" addr replace "$GNT_SECONDARY_IP/$GNT_NETMASK" dev "$GNT_BRIDGE"
   fi
   for d in $(/usr/lib/ganeti/daemon-util list-start-daemons); do
     nsx /usr/lib/ganeti/daemon-util check-and-start "$d" || true

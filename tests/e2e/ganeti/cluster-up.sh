@@ -65,6 +65,7 @@ if ! ip -n "$GNT_NETNS" link show "$GNT_BRIDGE" >/dev/null 2>&1; then
 fi
 ip -n "$GNT_NETNS" link set "$GNT_BRIDGE" up
 ip -n "$GNT_NETNS" addr replace "$GNT_NODE_IP/$GNT_NETMASK" dev "$GNT_BRIDGE"
+ip -n "$GNT_NETNS" addr replace "$GNT_SECONDARY_IP/$GNT_NETMASK" dev "$GNT_BRIDGE"
 if [[ -n $(ip -n "$GNT_NETNS" route show default) ]]; then
   die "netns $GNT_NETNS has a default route; refusing (traffic must stay inside)"
 fi
@@ -82,9 +83,9 @@ if [[ ! -e $orig ]]; then
 fi
 "$GNT_PY" - "$orig" "$GNT_HOSTNAME" "$GNT_NODE_NAME" "$GNT_NODE_IP" \
   "$GNT_CLUSTER_NAME" "$GNT_MASTER_IP" "$GNT_HOSTS_BEGIN" "$GNT_HOSTS_END" \
-  > "$GNT_STATE_DIR/hosts.new" <<'PY'
+  "$GNT_SECONDARY_IP" "$GNT_CERT_CN" > "$GNT_STATE_DIR/hosts.new" <<'PY'
 import sys
-orig, short, fqdn, node_ip, cname, mip, begin, end = sys.argv[1:]
+orig, short, fqdn, node_ip, cname, mip, begin, end, sip, cert_cn = sys.argv[1:]
 mine = {short, fqdn}
 out = []
 for line in open(orig, encoding="utf-8", errors="surrogateescape"):
@@ -103,6 +104,7 @@ for line in open(orig, encoding="utf-8", errors="surrogateescape"):
 out.append(begin + "\n")
 out.append("%s %s %s\n" % (node_ip, fqdn, short))
 out.append("%s %s\n" % (mip, cname))
+out.append("%s %s\n" % (sip, cert_cn))
 out.append(end + "\n")
 sys.stdout.write("".join(out))
 PY
@@ -112,7 +114,7 @@ fi
 rm -f "$GNT_STATE_DIR/hosts.new"
 fq=$("$GNT_PY" -c 'import socket; print(socket.getfqdn())')
 [[ $fq == "$GNT_NODE_NAME" ]] || die "socket.getfqdn() is '$fq', want $GNT_NODE_NAME"
-log "/etc/hosts: $GNT_NODE_NAME=$GNT_NODE_IP, $GNT_CLUSTER_NAME=$GNT_MASTER_IP"
+log "/etc/hosts: $GNT_NODE_NAME=$GNT_NODE_IP, $GNT_CLUSTER_NAME=$GNT_MASTER_IP, $GNT_CERT_CN=$GNT_SECONDARY_IP (secondary)"
 
 # --- 4. guest OS and providers ------------------------------------------------
 osdir="$GNT_OS_DIR/$GNT_OS_NAME"
@@ -160,6 +162,7 @@ if ! cluster_configured; then
     -N "mode=bridged,link=$GNT_BRIDGE" \
     --ipolicy-bounds-specs "min:cpu-count=1,disk-count=1,disk-size=4,memory-size=32,nic-count=0,spindle-use=0/max:cpu-count=8,disk-count=16,disk-size=1048576,memory-size=32768,nic-count=8,spindle-use=12" \
     --no-etc-hosts --no-ssh-init \
+    --secondary-ip="$GNT_SECONDARY_IP" \
     "$GNT_CLUSTER_NAME"
   log "cluster initialised"
 else

@@ -8,6 +8,13 @@ GNT_NODE_IP=${GNT_NODE_IP:-198.18.77.1}
 GNT_NETMASK=${GNT_NETMASK:-24}
 GNT_SUBNET=${GNT_SUBNET:-198.18.77.0/24}
 GNT_MASTER_IP=${GNT_MASTER_IP:-198.18.77.254}
+# The node's secondary (replication) address, which intra-cluster disk
+# transfers (gnt-backup export, import) use. Ganeti 3.1.0~rc2's impexpd checks
+# the peer's certificate against the reverse name of that address, while the
+# node certificate (server.pem) it presents has the fixed CN ganeti.example.com
+# (upstream ganeti#1839): /etc/hosts names the secondary address after that CN.
+GNT_SECONDARY_IP=${GNT_SECONDARY_IP:-198.18.77.2}
+GNT_CERT_CN=${GNT_CERT_CN:-ganeti.example.com}
 GNT_DOMAIN=${GNT_DOMAIN:-ganeti.test}
 GNT_HOSTNAME=${GNT_HOSTNAME:-$(hostname)}
 GNT_NODE_NAME=${GNT_NODE_NAME:-$GNT_HOSTNAME.$GNT_DOMAIN}
