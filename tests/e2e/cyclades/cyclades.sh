@@ -172,6 +172,19 @@ else
   run "reconcile-servers is clean" clean
 fi
 
+# --- node-level verification seen by the control plane ----------------------------------------
+run "archip verify --all (the scrub)" archip verify --all
+check "volume-inspect 1 shows its last verification (clean)" bash -c "snf() { ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' \"\$@\" --db '$DB'; }; snf volume-inspect 1 --store '$STORE' | grep 'store.last_verify' | grep -vq 'never verified'"
+# A damaged owned block of a store volume: the scrub finds it, reconcile reports it.
+run "a scratch volume with an owned block" bash -c "'$BIN/archip' --store '$STORE' create scratch --size 8M && head -c 4096 /dev/urandom | '$BIN/archip' --store '$STORE' write scratch --offset 0"
+OWNED=$STORE/layers/$(archip info scratch --json | jq_ "d['layer']")/b00000000
+[[ -f $OWNED ]] && printf '\xff' | dd of="$OWNED" bs=1 seek=100 conv=notrunc status=none
+check "verify --all finds the damage (exit 1)" bash -c "'$BIN/archip' --store '$STORE' verify --all >/dev/null 2>&1; [[ \$? == 1 ]]"
+check "reconcile-servers reports the damaged volume (exit 1)" bash -c "out=\$(ip netns exec $GNT_NETNS env -i PATH=$GNT_CLEAN_PATH '$BIN/snf-manage' reconcile-servers --db '$DB' --store '$STORE'); rc=\$?; grep -q 'damaged: store volume scratch' <<<\"\$out\" && [[ \$rc == 1 ]]"
+run "remove the scratch volume" archip remove scratch
+run "archip verify --all is clean again" archip verify --all
+run "reconcile-servers is clean" clean
+
 # --- remove the server ----------------------------------------------------------------------
 run "server-remove $SID --wait" snf server-remove "$SID" --wait
 check "Ganeti no longer has snf-$SID" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -qx snf-$SID"
