@@ -138,6 +138,36 @@ import Testing
         #expect(text.contains("# TYPE archip_scrub_last_end_timestamp_seconds gauge"))
     }
 
+    /// `--attached`: the volumes this node's daemon holds, and only those,
+    /// checked while the daemon holds them open.
+    @Test func attachedChecksWhatTheDaemonHolds() throws {
+        if DaemonResilience.skip("verify --attached") { return }
+        let cli = CLI()
+        for n in ["held", "other"] {
+            try cli.run(["create", n, "--size", "8M"])
+            let w = try cli.run(["write", n, "--offset", "0"], stdin: Data((0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 7) }))
+            #expect(w.status == 0, "\(w.stderr)")
+        }
+        let d = try DaemonResilience.RunningDaemon(cli)
+        defer { d.stop() }
+        _ = try d.attach("held")
+        func owned(_ n: String) throws -> String {
+            let info = try #require(try JSONSerialization.jsonObject(with: try cli.run(["info", n, "--json"]).stdoutData) as? [String: Any])
+            return cli.store + "/layers/\(info["layer"] as? String ?? "")/b00000000"
+        }
+        // Damage the volume nobody holds: not in --attached's scope.
+        try CLIScrub.flip(try owned("other"), at: 100)
+        let r = try d.run(["verify", "--attached", "--json"])
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        let summary = try CLIScrub.jsonLines(r.stdout).last
+        #expect(summary?["names"] as? Int == 1 && (summary?["held_open"] as? [String]) == ["held"], "\(r.stdout)")
+        // Damage the held one: found while the daemon holds it.
+        try CLIScrub.flip(try owned("held"), at: 100)
+        let bad = try d.run(["verify", "--attached", "--restart"])
+        #expect(bad.status == 1 && bad.stdout.contains("volume held"), "\(bad.stdout) \(bad.stderr)")
+        #expect(d.alive)
+    }
+
     @Test func attachedWithoutADaemonSaysSo() throws {
         let cli = CLI()
         #expect(try cli.run(["create", "v", "--size", "8M"]).status == 0)
