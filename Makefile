@@ -87,7 +87,7 @@ deps:
 	@# schemathesis (PyPI) checks the API against its OpenAPI document; best effort: api-schemathesis skips without it.
 	-@if command -v pip >/dev/null; then pip install --quiet schemathesis || echo "make deps: schemathesis not installed; api-schemathesis will skip"; else echo "make deps: no pip; api-schemathesis will skip"; fi
 
-test: deps-missing unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis rados-test
+test: deps-missing unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis cluster-test rados-test
 
 unit-test:
 	$(SWIFT) test
