@@ -52,24 +52,28 @@ t_submit=$(date +%s.%N)
 for i in $(seq "$N"); do
   gnt gnt-instance add --submit -t ext \
     --disk "0:size=2G,provider=archipelago,origin=snapshot:golden-v1,origin_size=$IMG_SIZE,origin_sha256=$IMG_SHA" \
-    -o "$GNT_OS_NAME" --no-name-check --no-ip-check -H fake -n "$GNT_NODE_NAME" "$(name "$i")" >> "$W/jobs" 2>>"$W/submit.err"
+    -o "$GNT_OS_NAME" --no-name-check --no-ip-check -H fake -n "$GNT_NODE_NAME" "$(name "$i")" >> "$W/submit.out" 2>&1
 done
-check "$N jobs submitted" bash -c "[[ \$(grep -Ec '^[0-9]+\$' '$W/jobs') == $N ]]"
-for j in $(grep -E '^[0-9]+$' "$W/jobs"); do gnt gnt-job wait "$j" >/dev/null 2>&1; done
+# `--submit` prints "JobID: N" (on stderr in 3.1, with deprecation warnings around it).
+job_ids() { sed -n 's/^JobID: *\([0-9][0-9]*\)$/\1/p' "$1"; }
+job_ids "$W/submit.out" > "$W/jobs"
+check "$N jobs submitted" bash -c "[[ \$(wc -l < '$W/jobs') == $N ]]"
+for j in $(cat "$W/jobs"); do gnt gnt-job wait "$j" >/dev/null 2>&1; done
 t_done=$(date +%s.%N)
-gnt gnt-job list --no-headers -o id,status $(grep -E '^[0-9]+$' "$W/jobs") > "$W/job-status" 2>&1
+gnt gnt-job list --no-headers -o id,status $(cat "$W/jobs") > "$W/job-status" 2>&1
 check "every add job succeeded" bash -c "[[ \$(awk '\$2 == \"success\"' '$W/job-status' | wc -l) == $N ]]"
 check "$N instances run" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name,status | grep -c '^scale.* running\$') == $N ]]"
 
 # --- every disk: an O(1) clone that reads the snapshot ---------------------------------
 "$BIN/archip" --store "$STORE" list --json > "$W/list.json"
 check "$N volumes, each a clone of golden-v1" bash -c "[[ \$(python3 -c 'import json,sys; print(sum(1 for v in json.load(open(sys.argv[1])) if v[\"name\"].endswith(\".ext.disk0\") and v[\"parent\"] == \"golden-v1\"))' '$W/list.json') == $N ]]"
-bad_reads=0
+bad_reads=0 devs=0
 for dev in $("$BIN/archip" attached --runtime-dir "$RUN" --json | python3 -c "import json,sys; print(' '.join(a['device'] for a in json.load(sys.stdin) if a['name'].endswith('.ext.disk0')))"); do
   # The noop OS stamps the first MiB; the rest is the image's.
+  devs=$((devs + 1))
   cmp -s <(tail -c +1048577 "$W/image.raw") <(dd if="$dev" bs=1M skip=1 count=$(( IMG_SIZE / 1048576 - 1 )) status=none) || bad_reads=$((bad_reads + 1))
 done
-check "every instance's device reads the snapshot's bytes" test "$bad_reads" == 0
+check "all $N instances' devices ($devs) read the snapshot's bytes" test "$bad_reads/$devs" == "0/$N"
 check "the store grew by $N layers and no block" bash -c "[[ \$(find '$STORE/layers' -mindepth 1 -maxdepth 1 -type d | wc -l) == $(( layers0 + N )) && \$(find '$STORE/blocks' -type f | wc -l) == $blocks0 ]]"
 check "the image was read once for its checksum, then the record was used" bash -c "[[ \$(find /var/log/ganeti/extstorage -name 'create-*' -newer '$W/t0' -exec grep -l 'bytes read in' {} + | wc -l) == 1 ]]"
 
@@ -94,9 +98,9 @@ for a in sorted(per_call):
 PY
 
 # --- remove all, the same way ---------------------------------------------------------------
-: > "$W/rjobs"
-for i in $(seq "$N"); do gnt gnt-instance remove --submit -f "$(name "$i")" >> "$W/rjobs" 2>>"$W/submit.err"; done
-for j in $(grep -E '^[0-9]+$' "$W/rjobs"); do gnt gnt-job wait "$j" >/dev/null 2>&1; done
+: > "$W/remove.out"
+for i in $(seq "$N"); do gnt gnt-instance remove --submit -f "$(name "$i")" >> "$W/remove.out" 2>&1; done
+for j in $(job_ids "$W/remove.out"); do gnt gnt-job wait "$j" >/dev/null 2>&1; done
 check "every instance is removed" bash -c "[[ \$(ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -c '^scale') == 0 ]]"
 check "no instance volume is left in the store" bash -c "[[ \$('$BIN/archip' --store '$STORE' list --json | python3 -c 'import json,sys; print(sum(1 for v in json.load(sys.stdin) if \".ext.disk\" in v[\"name\"]))') == 0 ]]"
 check "golden-v1 verifies" "$BIN/archip" --store "$STORE" verify golden-v1
