@@ -79,16 +79,38 @@ check "the image was read once for its checksum, then the record was used" bash 
 
 # --- figures: the whole add per instance, the provider's share ---------------------------
 python3 - "$W" "$N" "$t_submit" "$t_done" <<'PY' | tee "$W/figures.txt" >&2
-import glob, os, re, subprocess, sys
+import glob, json, os, re, subprocess, sys
 w, n, t0, t1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 newer = os.path.getmtime(os.path.join(w, "t0"))
-per_call = {}
+per_call, per_volume = {}, {}
 for f in glob.glob("/var/log/ganeti/extstorage/*"):
     if os.path.getmtime(f) < newer: continue
-    action = os.path.basename(f).split("-")[0]
+    base = os.path.basename(f)
+    action = base.split("-")[0]
+    vol = re.match(r"[a-z]+-archipelago-(.*)-\d{4}-\d\d-\d\d_", base)
     for m in re.finditer(r"ok in (\d+) ms", open(f, errors="replace").read()):
         per_call.setdefault(action, []).append(int(m.group(1)))
+        if vol: per_volume[vol.group(1)] = per_volume.get(vol.group(1), 0) + int(m.group(1))
 med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0
+# Each add job's own time, from Ganeti's job files (received, start and end timestamps).
+jobs = []
+for jid in open(os.path.join(w, "jobs")).read().split():
+    for path in glob.glob("/var/lib/ganeti/queue/job-%s" % jid) + glob.glob("/var/lib/ganeti/queue/archive/*/job-%s" % jid):
+        try:
+            j = json.load(open(path))
+            ts = lambda k: j[k][0] + j[k][1] / 1e6
+            jobs.append((ts("end_timestamp") - ts("start_timestamp"), ts("end_timestamp") - ts("received_timestamp")))
+        except Exception:
+            pass
+        break
+if jobs:
+    run = [a for a, _ in jobs]; total = [b for _, b in jobs]
+    pv = sorted(per_volume.values())
+    print(f"  per instance: the add job runs median {med(run):.2f} s (max {max(run):.2f}), {med(total):.2f} s with its time in the queue; "
+          f"the provider's calls for its volume median {med(pv) / 1000:.3f} s (max {max(pv) / 1000 if pv else 0:.3f}) = "
+          f"{100 * med(pv) / 1000 / med(run):.1f}% of the job's run")
+else:
+    print("  per instance: no job file found under /var/lib/ganeti/queue (archived?)")
 total = sum(sum(v) for v in per_call.values())
 wall = t1 - t0
 print(f"provisioning {n} instances from one snapshot: {wall:.1f} s from the first submit to the last job's end, {wall / n:.2f} s per instance")
