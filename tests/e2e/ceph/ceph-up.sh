@@ -11,14 +11,14 @@
 #   ceph-up.sh objects    how many objects the pool holds, all namespaces
 #
 # CEPH_DIR (default /var/tmp/archip-ceph), CEPH_POOL (default archip),
-# CEPH_OSD_BYTES (memstore size, default 8 GiB: it lives in the OSD's memory,
+# CEPH_OSD_BYTES (memstore size, default 12 GiB: it lives in the OSD's memory,
 # about 2.2 x what is stored). CEPH_STORE=bluestore puts the OSD on a sparse file.
 # Facts behind the settings: ../../../../shared/reference/ceph-rados.md
 set -euo pipefail
 
 DIR=${CEPH_DIR:-/var/tmp/archip-ceph}
 POOL=${CEPH_POOL:-archip}
-OSD_BYTES=${CEPH_OSD_BYTES:-8589934592}
+OSD_BYTES=${CEPH_OSD_BYTES:-12884901888}
 STORE=${CEPH_STORE:-memstore}
 CONF=$DIR/ceph.conf
 export CEPH_CONF=$CONF
