@@ -90,7 +90,12 @@ deps:
 test: deps-missing unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis cluster-test rados-test
 
 unit-test:
-	$(SWIFT) test
+	@# CI shows only the end of the output: repeat every failed test's issues there.
+	@log=$(TMPDIR)/archip-unit-test.$$$$.log; \
+	  { $(SWIFT) test; echo $$? > $$log.rc; } 2>&1 | tee $$log; st=$$(cat $$log.rc); rm -f $$log.rc; \
+	  if [ "$$st" = 0 ]; then rm -f $$log; else \
+	  echo "--- unit-test failed (exit $$st); the failed tests' issues (whole log: $$log):"; \
+	  grep -E '✘|recorded an issue|Expectation failed|error:|Fatal error|Crash' $$log | head -n 40; exit $$st; fi
 	@# make install lays out every file under DESTDIR with PREFIX (debug binaries: already built).
 	tests/install-layout.sh
 	@# The bench's FUSE probe is not part of the package; compiling it here keeps it from rotting.
