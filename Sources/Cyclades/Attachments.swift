@@ -111,17 +111,26 @@ extension Registry {
     public func attachVolume(_ id: Int64, server serverID: Int64, user userRef: String? = nil) throws -> Volume {
         let (_, server, backend) = try db.read { db in try attachPlan(db, volume: id, server: serverID, user: userRef) }
         let ganeti = try requireAttach(backend)
-        let volume = try db.write { db -> Volume in
-            var (v, s, _) = try attachPlan(db, volume: id, server: serverID, user: userRef)
+        let volume = try markVolume({ db in try attachPlan(db, volume: id, server: serverID, user: userRef) }) { v, s, _ in
             v.status = .attaching
             v.pendingServerID = s.id
+        }
+        try sendVolumeJob(volume.id!, change: .volumeAttach) { try ganeti.attachDisk(instance: server.instanceName, name: volume.diskName) }
+        return try db.read { db in try Volume.fetchOne(db, key: id)! }
+    }
+
+    /// Plans again and marks the volume in one transaction: the plan read
+    /// before Ganeti was asked may be stale by now (another request won).
+    func markVolume(_ plan: (GRDB.Database) throws -> (Volume, Server, Backend),
+                    _ change: (inout Volume, Server, Backend) -> Void) throws -> Volume {
+        try db.write { db -> Volume in
+            var (v, s, b) = try plan(db)
+            change(&v, s, b)
             v.backendJobID = nil
             v.updated = now()
             try v.update(db)
             return v
         }
-        try sendVolumeJob(volume.id!, change: .volumeAttach) { try ganeti.attachDisk(instance: server.instanceName, name: volume.diskName) }
-        return try db.read { db in try Volume.fetchOne(db, key: id)! }
     }
 
     // MARK: detach
@@ -151,14 +160,9 @@ extension Registry {
         // Without the attach that follows, a detached disk could never come back (Ganeti 3.0).
         let ganeti = try requireAttach(backend)
         try checkStoppedOrHotplug(server, backend, doing: "detach volume \(id) from")
-        let volume = try db.write { db -> Volume in
-            var (v, _, b) = try detachPlan(db, volume: id, server: serverID, user: userRef)
+        let volume = try markVolume({ db in try detachPlan(db, volume: id, server: serverID, user: userRef) }) { v, _, b in
             v.status = .detaching
             v.backendID = b.id
-            v.backendJobID = nil
-            v.updated = now()
-            try v.update(db)
-            return v
         }
         try sendVolumeJob(volume.id!, change: .volumeDetach) { try ganeti.detachDisk(instance: server.instanceName, name: volume.diskName) }
         return try db.read { db in try Volume.fetchOne(db, key: id)! }

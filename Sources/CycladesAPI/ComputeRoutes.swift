@@ -69,17 +69,21 @@ extension CycladesAPI {
         }
     }
 
-    struct ServerSummary: Encodable, Sendable {
+    /// A list entry of a non-detailed list (servers, flavors): id, name and
+    /// its self and bookmark links.
+    struct Summary: Encodable, Sendable {
         var id: String
         var name: String
         var links: [Link]
 
-        init(_ s: Server, _ call: Call) {
-            id = String(s.id!)
-            name = s.name
-            let href = "\(call.base)\(call.prefix)/servers/\(id)"
+        init(id: Int64?, name: String, collection: String, _ call: Call) {
+            self.id = id.map { String($0) } ?? ""
+            self.name = name
+            let href = "\(call.base)\(call.prefix)/\(collection)/\(self.id)"
             links = [Link(rel: "self", href: href), Link(rel: "bookmark", href: href)]
         }
+        init(_ s: Server, _ call: Call) { self.init(id: s.id, name: s.name, collection: "servers", call) }
+        init(_ f: Flavor, _ call: Call) { self.init(id: f.id, name: f.name, collection: "flavors", call) }
     }
 
     /// A server as nova reads it, with the Synnefo keys (`volumes`) and
@@ -147,7 +151,7 @@ extension CycladesAPI {
         }
 
         init(_ s: Server, _ vols: [Volume], _ call: Call) {
-            let summary = ServerSummary(s, call)
+            let summary = Summary(s, call)
             id = summary.id
             name = s.name
             links = summary.links
@@ -179,7 +183,7 @@ extension CycladesAPI {
         let after = call.query["marker"].map { Int64($0) ?? 0 }
         var list = try registry.servers(ServerFilter(owner: user.id, name: call.query["name"], after: after))
         if let limit { list = Array(list.prefix(limit)) }
-        guard detail else { return try .encoded(200, Keyed("servers", list.map { ServerSummary($0, call) })) }
+        guard detail else { return try .encoded(200, Keyed("servers", list.map { Summary($0, call) })) }
         let vols = try registry.volumes(ofServers: list)
         return try .encoded(200, Keyed("servers", list.map { ServerDetail($0, vols[$0.id!] ?? [], call) }))
     }
@@ -320,19 +324,6 @@ extension CycladesAPI {
 
     // MARK: flavors
 
-    struct FlavorSummary: Encodable, Sendable {
-        var id: String
-        var name: String
-        var links: [Link]
-
-        init(_ f: Flavor, _ call: Call) {
-            id = String(f.id!)
-            name = f.name
-            let href = "\(call.base)\(call.prefix)/flavors/\(id)"
-            links = [Link(rel: "self", href: href), Link(rel: "bookmark", href: href)]
-        }
-    }
-
     struct FlavorDetail: Encodable, Sendable {
         var id: String
         var name: String
@@ -355,7 +346,7 @@ extension CycladesAPI {
         }
 
         init(_ f: Flavor, _ types: [Int64: VolumeType], _ call: Call) {
-            let summary = FlavorSummary(f, call)
+            let summary = Summary(f, call)
             id = summary.id
             name = f.name
             links = summary.links
@@ -370,7 +361,7 @@ extension CycladesAPI {
     func listFlavors(_ call: Call, detail: Bool) throws -> Reply {
         _ = try call.requireUser
         let flavors = try registry.flavors()
-        guard detail else { return try .encoded(200, Keyed("flavors", flavors.map { FlavorSummary($0, call) })) }
+        guard detail else { return try .encoded(200, Keyed("flavors", flavors.map { Summary($0, call) })) }
         let types = try registry.volumeTypesByID()
         return try .encoded(200, Keyed("flavors", flavors.map { FlavorDetail($0, types, call) }))
     }
