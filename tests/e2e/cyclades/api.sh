@@ -26,14 +26,6 @@ for c in cinder nova curl; do command -v $c >/dev/null || die "no $c (make deps:
 W=$(mktemp -d /var/tmp/gnt-cyclades-api.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-api-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
 PORT=18776 U=http://127.0.0.1:18776
-NS() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$@"; }
-snf() { NS "$BIN/snf-manage" "$@" --db "$DB"; }
-# The clients run in the namespace too: the API listens on its loopback.
-cinder_() { NS cinder --os-auth-type admin_token --os-token "$TOKEN" --os-endpoint "$U/volume/v3" --os-project-id any --os-volume-api-version 3.0 "$@"; }
-nova_() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused nova "$@"; }
-# openstack: novaclient-based commands read OS_ENDPOINT, the SDK and volume ones the overrides (OS_CLOUD=envvars).
-ostack() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused OS_CLOUD=envvars OS_VOLUME_ENDPOINT_OVERRIDE="$U/volume/v3" OS_IMAGE_ENDPOINT_OVERRIDE="$U/image" openstack "$@"; }
-api() { NS curl -s -o "$W/body" -w '%{http_code}' "$@"; }   # prints the status; the body is in $W/body
 archip() { "$BIN/archip" --store "$STORE" "$@"; }
 jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 state() { sqlite3 "$DB" .dump 2>/dev/null | grep -v '^INSERT INTO grdb_migrations' | md5sum; }

@@ -28,13 +28,7 @@ for c in cinder nova curl; do command -v $c >/dev/null || die "no $c (make deps:
 W=$(mktemp -d /var/tmp/gnt-cyclades-attach.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-att-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
 PORT=18777 U=http://127.0.0.1:18777
-NS() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$@"; }
-snf() { NS "$BIN/snf-manage" "$@" --db "$DB"; }
-cinder_() { NS cinder --os-auth-type admin_token --os-token "$TOKEN" --os-endpoint "$U/volume/v3" --os-project-id any --os-volume-api-version 3.0 "$@"; }
-nova_() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused nova "$@"; }
-nova_bob() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$BOB" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused nova "$@"; }
-ostack() { NS OS_AUTH_TYPE=admin_token OS_TOKEN="$TOKEN" OS_ENDPOINT="$U/compute/v2.1" NOVA_PROJECT_ID=any NOVA_URL=http://unused OS_CLOUD=envvars OS_VOLUME_ENDPOINT_OVERRIDE="$U/volume/v3" OS_IMAGE_ENDPOINT_OVERRIDE="$U/image" openstack "$@"; }
-api() { NS curl -s -o "$W/body" -w '%{http_code}' "$@"; }
+nova_bob() { nova_as "$BOB" "$@"; }
 jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 state() { sqlite3 "$DB" .dump 2>/dev/null | grep -v '^INSERT INTO grdb_migrations' | md5sum; }
 gnt_disks() { ip netns exec "$GNT_NETNS" gnt-instance list --no-headers --units m --separator=' ' -o disk.count,disk.sizes "$1" 2>/dev/null; }

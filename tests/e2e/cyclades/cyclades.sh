@@ -25,7 +25,6 @@ need_bins archip archip-extstorage snf-manage
 W=$(mktemp -d /var/tmp/gnt-cyclades.XXXXXX)
 STORE=$W/store RUN=/tmp/cyc-rt-$$ CONF=$W/archip.conf PDIR=$W/extstorage/archipelago DB=$W/cyclades.db
 # snf-manage talks to RAPI on 127.0.0.1:5080, which exists only in the namespace.
-snf() { ip netns exec "$GNT_NETNS" env -i PATH=$GNT_CLEAN_PATH HOME=/root LANG=C.UTF-8 "$BIN/snf-manage" "$@" --db "$DB"; }
 snfj() { snf "$@" --output json; }
 archip() { "$BIN/archip" --store "$STORE" "$@"; }
 jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
