@@ -125,7 +125,8 @@ import Testing
         let backing = ((try? String(contentsOfFile: "/sys/block/\(loopName)/loop/backing_file", encoding: .utf8)) ?? "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(!backing.hasPrefix(runtime + "/") && backing != "/v", "loop device left attached: \(backing)")
-        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        // Read to the end: Foundation stops /proc files at 4 KiB (procfs says size 0).
+        let mounts = (try? FileHandle(forReadingAtPath: "/proc/self/mounts")?.readToEnd()).flatMap { $0.map { String(decoding: $0, as: UTF8.self) } } ?? ""
         #expect(!mounts.contains(runtime + "/mnt"), "FUSE mount left behind")
         let info = try JSONSerialization.jsonObject(with: try cli.run(["info", "v", "--json"]).stdoutData) as! [String: Any]
         #expect(info["lock"] == nil || info["lock"] is NSNull, "lock not released")

@@ -62,7 +62,7 @@ struct CrashRecovery {
     /// `/run/archip/mnt/VOL/VOL`, and another node's live one must stay.
     private func removeMountsLeftInThisNamespace() {
         let mntRoot = runtimeDir + "/mnt"
-        let info = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let info = KernelText.read("/proc/self/mountinfo") ?? ""
         for m in Self.mounts(info) where m.point.hasPrefix(mntRoot + "/") {
             for minor in LoopDevice.attachedMinors() where Self.isOver(minor, device: m.device, deadPath: m.point + "/") {
                 let l = LoopDevice(minor: minor)

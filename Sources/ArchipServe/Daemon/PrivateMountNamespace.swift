@@ -27,7 +27,7 @@ public enum PrivateMountNamespace {
 
     /// Whether this namespace's root mount propagates (mountinfo's `shared:N`).
     public static func rootIsShared() -> Bool {
-        let info = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let info = KernelText.read("/proc/self/mountinfo") ?? ""
         for line in info.split(separator: "\n") {
             let f = line.split(separator: " ")
             // id parent major:minor root mountpoint options [optional fields...] - ...
@@ -41,7 +41,7 @@ public enum PrivateMountNamespace {
     /// and nbd devices, outside `keep`): unmounted in the new namespace at
     /// once, so its copy never keeps one busy after the host lets it go.
     static func dropGuestMounts(keeping keep: [String]) {
-        let info = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let info = KernelText.read("/proc/self/mountinfo") ?? ""
         var points: [String] = []
         for line in info.split(separator: "\n") {
             let parts = line.components(separatedBy: " - ")
