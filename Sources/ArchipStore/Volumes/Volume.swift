@@ -473,10 +473,18 @@ public final class Volume: @unchecked Sendable {
 
     /// Appends one batch and syncs it. Caller holds `logLock` or `io` exclusively.
     private func appendLog(_ records: [LayerLog.Record]) throws {
-        if state.withLock({ $0.needsCompaction }) { try compactUnlocked() }
+        if mode != .shared, state.withLock({ $0.needsCompaction }) { try compactUnlocked() }
         let (topID, gen, length) = state.withLock { ($0.top.id, $0.top.generation, $0.logLength) }
         let log = StoreLayout.log(topID)
         var at = length
+        var foreign = false
+        if mode == .shared {
+            // Live migration: the other holder may have appended since this
+            // node last looked. Append at the log's end, never over its records
+            // (nor over its header, when this node still thinks the log empty).
+            at = Int(try objects.stat(log)?.size ?? 0)
+            foreign = at != length
+        }
         if at == 0 {
             try objects.put(log, LayerLog.header(layer: topID, generation: gen), durable: true)
             at = LayerLog.headerBytes
@@ -485,6 +493,8 @@ public final class Volume: @unchecked Sendable {
         try batch.withUnsafeBytes { try objects.write(log, at: UInt64(at), $0) }
         try objects.syncContents(log)
         state.withLock { $0.logLength = at + batch.count }
+        // The other holder's records before ours are not in this node's map yet.
+        if foreign { try refreshIfShared(force: true) }
     }
 
     // MARK: flush
@@ -502,7 +512,7 @@ public final class Volume: @unchecked Sendable {
             return (s.overlay, s.top.id, s.needsCompaction)
         }
         if overlay.isEmpty {
-            if uncertain { try compactUnlocked() }
+            if uncertain, mode != .shared { try compactUnlocked() }
             return
         }
         let dirty = overlay.compactMap { b, p -> ObjectName? in
@@ -628,12 +638,12 @@ public final class Volume: @unchecked Sendable {
 
     /// In shared (migration) mode the other holder may have committed changes:
     /// nothing is cached between operations, so re-read map and log if they moved.
-    private func refreshIfShared() throws {
+    private func refreshIfShared(force: Bool = false) throws {
         guard mode == .shared else { return }
         let (topID, logLength, gen) = state.withLock { ($0.top.id, $0.logLength, $0.top.generation) }
         let logSize = try objects.stat(StoreLayout.log(topID))?.size ?? 0
         let fresh = try store.loadCommitted(topID)
-        if fresh.map.generation != gen || Int(logSize) != logLength {
+        if force || fresh.map.generation != gen || Int(logSize) != logLength {
             state.withLock { s in
                 s.top = fresh.map
                 s.logLength = fresh.logLength
@@ -792,7 +802,12 @@ public final class Volume: @unchecked Sendable {
             do {
                 try io.exclusive {
                     try flushUnlocked()
-                    if state.withLock({ $0.logLength > 0 || $0.needsCompaction }) { try compactUnlocked() }
+                    // Shared (live migration): the other holder may be writing
+                    // (the guest resumes on the target before Ganeti closes the
+                    // source's disks): a compaction here would rewrite the map
+                    // and restart the log under its appends. The exclusive
+                    // holder that comes next compacts.
+                    if mode != .shared, state.withLock({ $0.logLength > 0 || $0.needsCompaction }) { try compactUnlocked() }
                 }
             } catch {
                 // What was committed stays committed (the log is replayed, and
