@@ -11,6 +11,8 @@
 #   ceph-up.sh objects    how many objects the pool holds, all namespaces
 #
 # CEPH_DIR (default /var/tmp/archip-ceph), CEPH_POOL (default archip),
+# CEPH_ADDR (the address the monitor and the OSD listen on, default 127.0.0.1;
+# the multi-node lab runs a cluster on its bridge, in its controller's namespace),
 # CEPH_OSD_BYTES (memstore size, default 12 GiB: it lives in the OSD's memory,
 # about 2.2 x what is stored). CEPH_STORE=bluestore puts the OSD on a sparse file.
 # Facts behind the settings: ../../../../shared/reference/ceph-rados.md
@@ -20,6 +22,7 @@ DIR=${CEPH_DIR:-/var/tmp/archip-ceph}
 POOL=${CEPH_POOL:-archip}
 OSD_BYTES=${CEPH_OSD_BYTES:-12884901888}
 STORE=${CEPH_STORE:-memstore}
+ADDR=${CEPH_ADDR:-127.0.0.1}
 CONF=$DIR/ceph.conf
 export CEPH_CONF=$CONF
 
@@ -68,10 +71,10 @@ write_conf() {
     cat >"$CONF" <<EOF
 [global]
 fsid = $fsid
-mon host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]
+mon host = [v2:$ADDR:3300,v1:$ADDR:6789]
 mon initial members = a
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+public addr = $ADDR
+cluster addr = $ADDR
 ms bind ipv6 = false
 auth cluster required = cephx
 auth service required = cephx
@@ -131,7 +134,7 @@ up() {
     ceph-authtool --create-keyring "$DIR/client.admin.keyring" --gen-key -n client.admin \
         --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
     ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/client.admin.keyring" >/dev/null
-    monmaptool --create --fsid "$fsid" --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' "$DIR/monmap" >/dev/null
+    monmaptool --create --fsid "$fsid" --addv a "[v2:$ADDR:3300,v1:$ADDR:6789]" "$DIR/monmap" >/dev/null
     ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring" ||
         { rc=$?; log "ceph-mon --mkfs failed (exit $rc; 28: no space); see $DIR/log/mon.a.log"; exit 1; }
     cp "$DIR/mon.keyring" "$DIR/mon/mon.a/keyring"

@@ -14,7 +14,7 @@ run() {
 # check NAME CMD...: an assertion (silent command).
 check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok "$name"; else bad "$name"; fi; }
 
-archip() { "$GC_ARCHIP_BIN/archip" --store "$GC_STORE" "$@"; }
+archip() { gc_archip "$@"; }
 jq_() { "$GC_PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # The image every instance starts from: 64 MiB, snapshot img-v1.

@@ -57,6 +57,11 @@ for n in $GC_NODES $GC_CTRL; do
   [[ -z $(node_pids "$n") ]] || { log "ERROR: node $n: processes left: $(node_pids "$n")"; rc=1; }
 done
 
+# The lab's Ceph (GC_BACKEND=rados), once no daemon needs it.
+if [[ -d $GC_CEPH_DIR ]]; then
+  CEPH_DIR=$GC_CEPH_DIR "$GC_REPO/tests/e2e/ceph/ceph-up.sh" down && log "the lab's Ceph stopped"
+fi
+
 # --- 3. namespaces and network ----------------------------------------------------------
 for n in $GC_NODES $GC_CTRL; do
   for f in "$GC_ROOT/ns/$n.mnt" "$GC_ROOT/ns/$n.uts"; do
@@ -70,9 +75,11 @@ grep -q " $GC_ROOT/ns $GC_ROOT/ns " /proc/self/mountinfo && umount "$GC_ROOT/ns"
 log "namespaces deleted"
 
 # --- 4. loop devices over the lab's files, folders ----------------------------------------
+# Only this lab's: another lab (other GC_NODES) may run beside it.
+mine="^($GC_ROOT/|/run/archip/($(for n in $GC_NODES $GC_CTRL; do printf '%s|' "$(node_short "$n")"; done | sed 's/|$//'))/)"
 for b in /sys/block/loop*/loop/backing_file; do
   [[ -e $b ]] || continue
-  if grep -Eq "^($GC_ROOT/|/run/archip/node-[a-z]+/)" "$b"; then
+  if grep -Eq "$mine" "$b"; then
     dev=/dev/$(basename "$(dirname "$(dirname "$b")")")
     losetup -d "$dev" && log "detached $dev ($(cat "$b" 2>/dev/null))"
   fi

@@ -31,7 +31,19 @@ GC_LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GC_REPO=$(cd "$GC_LAB_DIR/../../.." && pwd)
 GC_ARCHIP_BIN=${GC_ARCHIP_BIN:-$GC_REPO/.build/debug}
 GC_GANETI_VERSION=${GC_GANETI_VERSION:-3.1}
-GC_STORE=${GC_STORE:-$GC_ROOT/store}
+# The shared store (GC_BACKEND): "dir", a folder every node sees at the same
+# path (as an NFS mount would be), or "rados", a pool of a one-node Ceph
+# (tests/e2e/ceph/ceph-up.sh) that listens on the switch bridge at
+# $GC_CEPH_IP, run in the switch namespace (the lab's storage network), its
+# state in $GC_ROOT/ceph. Each node's archip reaches it over its eth0.
+GC_BACKEND=${GC_BACKEND:-dir}
+GC_CEPH_IP=${GC_CEPH_IP:-$GC_NET.250}
+GC_CEPH_DIR=$GC_ROOT/ceph
+case $GC_BACKEND in
+  dir) GC_STORE=${GC_STORE:-$GC_ROOT/store};;
+  rados) GC_STORE=${GC_STORE:-"rados://archip?conf=$GC_CEPH_DIR/ceph.conf&id=admin&ns=lab"};;
+  *) echo "GC_BACKEND must be dir or rados, not '$GC_BACKEND'" >&2; exit 2;;
+esac
 
 gc_t0=${gc_t0:-$(date +%s.%N)}
 elapsed() { awk -v a="$gc_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
@@ -100,4 +112,19 @@ stop_serve() {
   kill -TERM "$p" 2>/dev/null
   for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
   log "WARNING: node $n: archip serve ($p) ignored SIGTERM for 15 s: SIGKILL"; kill -KILL "$p" 2>/dev/null; return 1
+}
+
+# archip on the shared store from the lab's side of it: the host (dir), or the
+# switch namespace, where the lab's Ceph listens (rados).
+gc_archip() {
+  if [[ $GC_BACKEND == rados ]]; then
+    ip netns exec "$GC_SWITCH" "$GC_ARCHIP_BIN/archip" --store "$GC_STORE" "$@"
+  else
+    "$GC_ARCHIP_BIN/archip" --store "$GC_STORE" "$@"
+  fi
+}
+# The lab's Ceph (rados): up (idempotent) in the switch namespace, or down.
+gc_ceph() {
+  ip netns exec "$GC_SWITCH" env CEPH_DIR="$GC_CEPH_DIR" CEPH_ADDR="$GC_CEPH_IP" \
+    CEPH_OSD_BYTES="${GC_CEPH_BYTES:-4294967296}" "$GC_REPO/tests/e2e/ceph/ceph-up.sh" "$@"
 }

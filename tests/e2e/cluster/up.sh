@@ -8,6 +8,8 @@
 # `gnt-node add` of the others (over ssh, as Ganeti does it).
 # Root. Idempotent: a re-run checks and starts what is missing. Prints how
 # long each step took. GC_ARCHIP_BIN=DIR holds archip and archip-extstorage.
+# GC_BACKEND=rados puts the shared store in a one-node Ceph on the lab's
+# switch bridge (lib.sh); the default is a folder.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 case ${1:-} in -h|--help) gc_usage "$0"; exit 0;; esac
@@ -24,7 +26,7 @@ if ! grep -q " $GC_ROOT/ns $GC_ROOT/ns " /proc/self/mountinfo; then
   mount --bind "$GC_ROOT/ns" "$GC_ROOT/ns"
 fi
 mount --make-private "$GC_ROOT/ns"
-[[ -d $GC_STORE ]] || "$GC_ARCHIP_BIN/archip" init --store "$GC_STORE" >/dev/null
+[[ $GC_BACKEND != dir || -d $GC_STORE ]] || "$GC_ARCHIP_BIN/archip" init --store "$GC_STORE" >/dev/null
 # One root key for the lab (Ganeti's node add logs in from the master).
 install -d -m 0700 "$GC_ROOT/hostkeys"
 [[ -s $GC_ROOT/hostkeys/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -f "$GC_ROOT/hostkeys/ssh_host_ed25519_key"
@@ -93,6 +95,14 @@ for n in $GC_NODES $GC_CTRL; do
   ip -n "$ns" addr replace "$(node_ip "$n")/$GC_NETMASK" dev "$GC_BR"
   [[ -z $(ip -n "$ns" route show default) ]] || die "netns $ns has a default route"
 done
+if [[ $GC_BACKEND == rados ]]; then
+  # The lab's Ceph on the switch bridge: every node reaches it over its eth0.
+  ip -n "$GC_SWITCH" addr replace "$GC_CEPH_IP/$GC_NETMASK" dev "$GC_SWBR"
+  t=$(now)
+  gc_ceph up >/dev/null || die "the lab's Ceph did not come up (logs in $GC_CEPH_DIR/log)"
+  gc_archip list >/dev/null 2>&1 || gc_archip init >/dev/null || die "cannot make the store $GC_STORE"
+  log "ceph: a one-node cluster at $GC_CEPH_IP (switch namespace), store $GC_STORE: $(secs "$t" "$(now)") s"
+fi
 log "network: switch $GC_SWITCH/$GC_SWBR, nodes $(for n in $GC_NODES $GC_CTRL; do printf '%s=%s ' "$(node_netns "$n")" "$(node_ip "$n")"; done)"
 
 # --- 3. mount and UTS namespaces (persistent, bound onto files) -----------------
