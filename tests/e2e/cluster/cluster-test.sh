@@ -1,7 +1,7 @@
 #!/bin/bash
 # The whole multi-node lab run: down.sh (a leftover lab), then for each
 # backend of the shared store (GC_BACKENDS, default "dir rados"): up.sh,
-# migrate.sh, nodedeath.sh, down.sh; each timed. Ends with the summed "N passed, N
+# migrate.sh, nodedeath.sh, controller.sh, down.sh; each timed. Ends with the summed "N passed, N
 # failed"; exit 1 on any failure. Each script's output is kept in a folder
 # /var/tmp/gntc-test.*. Root. GC_ARCHIP_BIN=DIR as for up.sh;
 # GC_KEEP=yes leaves the lab up.
@@ -31,6 +31,7 @@ for be in $backends; do
   step "up ($be)" env GC_BACKEND="$be" "$GC_LAB_DIR/up.sh"
   step "migrate.sh ($be)" env GC_BACKEND="$be" "$GC_LAB_DIR/migrate.sh"
   step "nodedeath.sh ($be)" env GC_BACKEND="$be" "$GC_LAB_DIR/nodedeath.sh"
+  step "controller.sh ($be)" env GC_BACKEND="$be" "$GC_LAB_DIR/controller.sh"
   [[ ${GC_KEEP:-no} == yes && $be == "${backends##* }" ]] || step "down ($be)" env GC_BACKEND="$be" "$GC_LAB_DIR/down.sh"
 done
 log "times: $(IFS=';'; echo "${TIMES[*]}"); logs in $LOGS"

@@ -8,7 +8,7 @@
 # master netdev and the instances' NIC link). Each node also has a persistent
 # mount and UTS namespace (bound onto files under $GC_ROOT/ns) in which its own
 # folders are bind-mounted over /var/lib/ganeti, /run/ganeti, /var/log/ganeti,
-# /run/lock, /run/archip, /etc/hosts, /etc/ssh, /etc/ganeti, /srv/ganeti and
+# /run/lock, /run/archip, /etc/hosts, /etc/ssh, /etc/ganeti, /etc/default/ganeti, /srv/ganeti and
 # /root: nothing of the host's Ganeti, ssh or hosts file is read or written.
 # The store ($GC_ROOT/store) is one host folder every node sees at the same
 # path, as an NFS mount would be.

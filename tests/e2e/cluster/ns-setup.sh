@@ -26,3 +26,4 @@ mount -t tmpfs -o mode=0755 gntc-srv /srv
 mkdir -p /srv/ganeti
 mount --bind "$d/srv-ganeti" /srv/ganeti
 mount --bind "$d/root" /root
+mount --bind "$d/default-ganeti" /etc/default/ganeti

@@ -67,6 +67,9 @@ CONF
   cp "$GC_ROOT/id_ed25519" "$d/root/.ssh/id_ed25519"; cp "$GC_ROOT/id_ed25519.pub" "$d/root/.ssh/id_ed25519.pub"
   cp "$GC_ROOT/id_ed25519.pub" "$d/root/.ssh/authorized_keys"
   chmod 600 "$d/root/.ssh/"*
+  # Ganeti's daemon arguments: RAPI on every address, as a cluster's is (the
+  # controller's Cyclades reaches it on the master IP); Debian's binds 127.0.0.1.
+  sed 's/^RAPI_ARGS=.*/RAPI_ARGS="-b 0.0.0.0 --require-authentication"/' /etc/default/ganeti > "$d/default-ganeti"
   # archip: the shared store, this node's name, its runtime dir.
   install -d -m 0755 "$d/run-archip/$(node_short "$n")"
   printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n[fill]\nimage_dirs = %s\n' \
