@@ -64,6 +64,16 @@ record_calls() {
     tail -n +"$((from + 1))" "$(node_dir "$n")/calls.log" 2>/dev/null
   done | sort -n > "$W/calls-$1.txt"
 }
+# provider_share TAG WALL: the provider's calls since TAG on every node, the
+# time they took together and their share of WALL seconds (a Ganeti step):
+# "N calls, X s (P% of WALL s)". The wrapper records each call's start and end.
+provider_share() {
+  record_calls "$1"
+  awk -v wall="$2" '
+    $3 == "end" { k = $2 " " $4 " " $5; if (k in start) { sum += $1 - start[k]; n++; delete start[k] } next }
+    { start[$2 " " $3 " " $4] = $1 }
+    END { printf "%d calls, %.2f s (%.0f%% of %.2f s)", n, sum, (wall > 0 ? 100 * sum / wall : 0), wall }' "$W/calls-$1.txt"
+}
 # called NODE TAG TEXT: NODE's wrapper recorded "NODE TEXT" since TAG.
 called() { record_calls "$2"; grep -qF " $1 $3" "$W/calls-$2.txt"; }
 # order_ok TAG "NODE TEXT"...: these calls happened in this order since TAG.
@@ -112,5 +122,7 @@ migrate_to() {
   printf -v "H_$tag" '%s' "$(handoff "$last" "$new")"
   record_calls "$tag"
   local tv=T_$tag hv=H_$tag
-  log "migrate $from -> $to: ${!tv} s; handoff (last write acknowledged on $from to first on $to): ${!hv} s"
+  printf -v "P_$tag" '%s' "$(provider_share "$tag" "${!tv}")"
+  local pv=P_$tag
+  log "migrate $from -> $to: ${!tv} s; handoff (last write acknowledged on $from to first on $to): ${!hv} s; the provider: ${!pv}"
 }

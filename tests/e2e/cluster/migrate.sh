@@ -70,6 +70,7 @@ check "the guest writer stopped before the detach on $A" bash -c "grep -q 'stopp
 mark failover1; t=$(now)
 run "gnt-instance failover -f (stopped) to $B" gnt gnt-instance failover -f "$I"
 T_FO_STOPPED=$(secs "$t" "$(now)")
+P_FO_STOPPED=$(provider_share failover1 "$T_FO_STOPPED")
 record_calls failover1
 check "primary node is $B" primary_is "$B"
 check "failover of a stopped instance left no hold on the volume" no_holder
@@ -88,6 +89,7 @@ start_writer "$A" a3 "a1 b1 a2 b2" --go "$GO"
 mark failover2; t=$(now)
 run "gnt-instance failover -f (running) to $A" gnt gnt-instance failover -f "$I"
 T_FO_RUNNING=$(secs "$t" "$(now)")
+P_FO_RUNNING=$(provider_share failover2 "$T_FO_RUNNING")
 check "primary node is $A" primary_is "$A"
 wait_acks a3 50
 GAP_FO=$(handoff b2 a3)
@@ -99,7 +101,8 @@ record_calls failover2
 run "gnt-instance shutdown" gnt gnt-instance shutdown "$I"
 
 log "provider calls of each step (node action volume excl=...): $W/calls-*.txt"
-log "TIMES: migrate A->B $T_migrate1 s (handoff $H_migrate1 s), migrate B->A $T_migrate2 s (handoff $H_migrate2 s), failover stopped $T_FO_STOPPED s, failover running $T_FO_RUNNING s (guest I/O gap $GAP_FO s)"
+log "TIMES ($GC_BACKEND): migrate A->B $T_migrate1 s (handoff $H_migrate1 s), migrate B->A $T_migrate2 s (handoff $H_migrate2 s), failover stopped $T_FO_STOPPED s, failover running $T_FO_RUNNING s (guest I/O gap $GAP_FO s)"
+log "PROVIDER ($GC_BACKEND, its calls' time in each Ganeti step): migrate A->B $P_migrate1; migrate B->A $P_migrate2; failover stopped $P_FO_STOPPED; failover running $P_FO_RUNNING"
 
 if [[ ${GC_KEEP:-no} != yes ]]; then
   run "gnt-instance remove" gnt gnt-instance remove -f "$I"

@@ -149,6 +149,8 @@ for n in $GC_NODES; do
       cat <<'SH'
 line="$(date +%s.%N) ${d##*/} $a ${VOL_NAME:-} excl=${VOL_OPEN_EXCLUSIVE:--} size=${VOL_SIZE:--} new=${VOL_NEW_SIZE:--} snap=${VOL_SNAPSHOT_NAME:--}"
 echo "$line" >> "$d/calls.log"
+# Its end too (the provider's share of each Ganeti step: checks.sh provider_share).
+trap 'echo "$(date +%s.%N) ${d##*/} end $a ${VOL_NAME:-} rc=$?" >> "$d/calls.log"' EXIT
 [ $a = attach ] || echo "gntc-lab: $line" >&2
 if [ $a = close ] || [ $a = detach ]; then
   if p=$(cat "$d/writer.$VOL_NAME.pid" 2>/dev/null) && [ -n "$p" ]; then
@@ -172,7 +174,7 @@ open)   # the guest may use the disk once Ganeti opened it
 close|detach) rm -f "$d/dev.$VOL_NAME";;
 esac
 SH
-      echo 'exec "$(dirname "$0")/.$a.real" "$@"'
+      echo '"$(dirname "$0")/.$a.real" "$@"'
     } > "$pd/$a"
     chmod 0755 "$pd/$a"
   done
