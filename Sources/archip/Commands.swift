@@ -139,6 +139,11 @@ struct Info: ParsableCommand {
         } else {
             print("lock:       none")
         }
+        if let l = i.lease {
+            let holder = l.holder.map { h in "\(h.node) (token \(h.token)) until \(l.until.map(Lease.time) ?? "?")" } ?? "none"
+            print("lease:      epoch \(l.epoch), holder \(holder)")
+            if let b = l.lastBreak { print("last break: \(b)") }
+        }
         for k in i.metadata.keys.sorted() { print("meta:       \(k)=\(i.metadata[k]!)") }
     }
 }
@@ -275,9 +280,7 @@ struct Lock: ParsableCommand {
 struct Unlock: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Release this node's hold on a volume, or break another's with --force.",
-        discussion: """
-        Without --token every hold of this node is released. --force breaks the lock whoever holds it,         records the break in the volume's lease (who, when, the epoch moving on) and prints one line.         An exclusive holder whose lease is still valid (its end + [locks] clock_skew still ahead) is         refused: wait for it to run out. --ignore-lease breaks it anyway: on the folder backend that         is unsafe unless the holder is known dead (it may write until its lease ends); on RADOS the         break blocklists it.
-        """)
+        discussion: "Without --token every hold of this node is released. --force breaks the lock whoever holds it, records the break in the volume's lease (who, when, the epoch moving on) and prints one line. An exclusive holder whose lease is still valid (its end + [locks] clock_skew still ahead) is refused: wait for it to run out. --ignore-lease breaks it anyway: on the folder backend that is unsafe unless the holder is known dead (it may write until its lease ends); on RADOS the break blocklists it.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Volume name.") var name: String
     @Option(help: ArgumentHelp("The token 'archip lock' printed.", valueName: "token")) var token: String?

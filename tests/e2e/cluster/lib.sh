@@ -32,6 +32,8 @@ GC_REPO=$(cd "$GC_LAB_DIR/../../.." && pwd)
 GC_ARCHIP_BIN=${GC_ARCHIP_BIN:-$GC_REPO/.build/debug}
 GC_GANETI_VERSION=${GC_GANETI_VERSION:-3.1}
 GC_STORE=${GC_STORE:-$GC_ROOT/store}
+GC_LEASE=${GC_LEASE:-6s}              # [locks] lease of every node (archip.conf)
+GC_CLOCK_SKEW=${GC_CLOCK_SKEW:-1s}    # [locks] clock_skew
 
 gc_t0=${gc_t0:-$(date +%s.%N)}
 elapsed() { awk -v a="$gc_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
