@@ -41,6 +41,15 @@ final class LeaseKeeper: @unchecked Sendable {
         Thread.detachNewThread { [self] in loop() }
     }
 
+    /// Stops renewing without waiting for the thread (a volume dropped
+    /// without `close`: its hold then runs out like a dead process's).
+    func signalStop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
     /// Stops renewing; returns once the thread is done (bounded, see above).
     func stop() {
         condition.lock()

@@ -90,6 +90,8 @@ public final class Volume: @unchecked Sendable {
         self.state = RWLocked(state)
     }
 
+    deinit { keeper?.signalStop() }
+
     // MARK: properties
 
     public var size: UInt64 { state.read { $0.top.size } }

@@ -70,15 +70,17 @@ grep -q " $GC_ROOT/ns $GC_ROOT/ns " /proc/self/mountinfo && umount "$GC_ROOT/ns"
 log "namespaces deleted"
 
 # --- 4. loop devices over the lab's files, folders ----------------------------------------
+# Only this lab's nodes: another lab (another GC_ROOT, other node letters) may be up.
+mine=$(for n in $GC_NODES $GC_CTRL; do printf '%s|' "$n"; done); mine=${mine%|}
 for b in /sys/block/loop*/loop/backing_file; do
   [[ -e $b ]] || continue
-  if grep -Eq "^($GC_ROOT/|/run/archip/node-[a-z]+/)" "$b"; then
+  if grep -Eq "^($GC_ROOT/|/run/archip/node-($mine)/)" "$b"; then
     dev=/dev/$(basename "$(dirname "$(dirname "$b")")")
     losetup -d "$dev" && log "detached $dev ($(cat "$b" 2>/dev/null))"
   fi
 done
-if grep -q " $GC_ROOT" /proc/self/mountinfo; then
-  log "ERROR: mounts left under $GC_ROOT: $(awk -v r="$GC_ROOT" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo | tr '\n' ' ')"; rc=1
+if awk -v r="$GC_ROOT" '$5 == r || index($5, r "/") == 1 {f=1} END {exit !f}' /proc/self/mountinfo; then
+  log "ERROR: mounts left under $GC_ROOT: $(awk -v r="$GC_ROOT" '$5 == r || index($5, r "/") == 1 {print $5}' /proc/self/mountinfo | tr '\n' ' ')"; rc=1
 elif [[ -d $GC_ROOT ]]; then
   rm -rf "$GC_ROOT" && log "removed $GC_ROOT"
 fi

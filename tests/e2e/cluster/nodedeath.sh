@@ -147,7 +147,7 @@ echo "$out" > "$W/failover-1.log"
 record_calls death
 check "failover --ignore-consistency to $A gets the disks once $B's lease expired (exit $rc)" bash -c "(( $rc == 0 ))"
 check "$A's open broke $B's expired lock, logged by $A's daemon" \
-  grep -q "$V: $(node_fqdn "$A") broke $(node_fqdn "$B")'s exclusive lock (token .*, lease expired at .*); epoch" "$DA/serve.log"
+  grep -q "$V: $(node_fqdn "$A") broke $(node_fqdn "$B")'s exclusive lock (token .*, lease expired at .*) at .*; epoch" "$DA/serve.log"
 check "the break is in the Ganeti log of $A's open call (the provider's stderr)" \
   grep -rq "$V: $(node_fqdn "$A") broke $(node_fqdn "$B")'s exclusive lock" "$DA/log-ganeti/extstorage/"
 epoch1=$(lease_of "$V" 'L.get("epoch")')
@@ -179,7 +179,7 @@ check "$B is online again" node_online "$B"
 
 # --- B cut off, not dead: paused while its guest writes -------------------------------------------
 VC=cutoff-$$
-run "archip create $VC (for the cut-off case)" archip create "$VC" 64M
+run "archip create $VC (for the cut-off case)" archip create "$VC" --size 64M
 devb=$(archip_on "$B" attach "$VC" | head -n1)
 check "$B attached $VC ($devb)" test -n "$devb"
 echo "$devb" > "$W/dev.cutb"
