@@ -125,7 +125,10 @@ extension VolumeStore {
             let old = try lease(name)
             let now = Date()
             var reason = "forced"
+            // Only a lease can make a hold live for the operator: a holder with
+            // none (an old entry, 'archip lock', a short hold) is breakable.
             var (live, until) = holderIsLive(holder, lease: old, now: now)
+            if old?.holder != holder { live = false }
             if state.mode == .shared { live = false; until = nil }
             if live {
                 guard ignoreLease else {

@@ -45,7 +45,8 @@ archip_on() { local n=$1; shift; nx "$n" "$GC_ARCHIP_BIN/archip" --config "$(nod
 node_online() { [[ $(nx "$A" gnt-node list --no-headers -o offline "$(node_fqdn "$1")") == N ]]; }
 # lease_of VOL EXPR: a Python expression over the volume's lease record L ({} if none).
 lease_of() { archip info "$1" --json | jq_ "(lambda L: $2)(d.get('lease') or {})"; }
-# wait_lease_expired VOL: until the holder's lease plus the clock skew are past (60 s at most).
+# wait_lease_expired VOL: until the holder's lease plus the clock skew are past (60 s at most;
+# info's JSON gives whole seconds, hence one more).
 wait_lease_expired() {
   local left
   left=$(archip info "$1" --json | "$GC_PY" -c "
@@ -55,7 +56,7 @@ u = L.get('until')
 if not u: print(0); sys.exit()
 t = datetime.datetime.fromisoformat(u.replace('Z', '+00:00')).timestamp()
 skew = float('${GC_CLOCK_SKEW%s}')
-print(max(0.0, min(60.0, t + skew + 0.3 - datetime.datetime.now().timestamp())))")
+print(max(0.0, min(60.0, t + skew + 1.3 - datetime.datetime.now().timestamp())))")
   sleep "${left:-0}"
 }
 lock_of() { archip info "$1" --json | jq_ '" ".join("%s:%s" % ((d.get("lock") or {}).get("mode"), h["node"]) for h in (d.get("lock") or {}).get("holders", []))'; }
@@ -198,15 +199,19 @@ deva=$(archip_on "$A" attach "$VC" | head -n1); T_CUT=$(secs "$t_stop" "$(now)")
 check "$A takes $VC over once $B's lease expired ($T_CUT s after the pause)" test -n "$deva"
 check "$A's daemon logged the break of $B's hold of $VC" grep -q "$VC: $(node_fqdn "$A") broke $(node_fqdn "$B")'s exclusive lock" "$DA/serve.log"
 echo "$deva" > "$W/dev.cuta"
-GUESTIO_AFTER="$W/cutb.ack" nx "$A" env GUESTIO_AFTER="$W/cutb.ack" setsid -f /bin/sh -c 'echo $$ > "$1"; shift; exec "$@" 2>"$0"' \
-  "$W/cuta.err" "$W/cuta.pid" "$GC_PY" "$GIO" write cuta "$W/dev.cuta" "$W/cuta.ack" "$W/cuta.wpid"
+# A's records start past B's, leaving room for the write B had in flight.
+nx "$A" setsid -f /bin/sh -c 'echo $$ > "$1"; shift; exec "$@" 2>"$0"' \
+  "$W/cuta.err" "$W/cuta.pid" "$GC_PY" "$GIO" write cuta "$W/dev.cuta" "$W/cuta.ack" "$W/cuta.wpid" --start $((stopped_at + 8))
 wait_acks cuta 20
 kill -CONT "$pb"
 sleep 2
 wait_acks cuta $(( $(wc -l < "$W/cuta.ack") + 20 ))
 check "$B's daemon, resumed, logs that it is fenced" grep -q "$VC: node $(node_fqdn "$B") (epoch [0-9]*) is fenced" "$DB/serve.log"
-check "no guest write on $B was acknowledged after the break ($stopped_at)" bash -c "[[ \$(wc -l < '$W/cutb.ack') == $stopped_at ]]"
-check "$B's guest got an I/O error" test -s "$W/cutb.err"
+# The write in flight at the pause may be acknowledged at the resume if it
+# reached the store before the pause (then it reads back below); no other.
+check "at most the write in flight at the pause was acknowledged on $B after it ($stopped_at, now $(wc -l < "$W/cutb.ack"))" \
+  bash -c "(( \$(wc -l < '$W/cutb.ack') <= $stopped_at + 1 ))"
+check "$B's guest got an I/O error" grep -q "Input/output error" "$W/cutb.err"
 kill -TERM "$(cat "$W/cuta.pid")" 2>/dev/null; sleep 0.3
 check "everything read back on $A is what was acknowledged: $B's writes before the pause, $A's after (nothing of $B's late writes landed)" \
   nx "$A" "$GC_PY" "$GIO" check "$deva" "$W/cutb.ack" "$W/cuta.ack"
