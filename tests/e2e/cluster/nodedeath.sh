@@ -59,6 +59,8 @@ skew = float('${GC_CLOCK_SKEW%s}')
 print(max(0.0, min(60.0, t + skew + 1.3 - datetime.datetime.now().timestamp())))")
   sleep "${left:-0}"
 }
+# held_by VOL NODE: VOL's lock is held by NODE alone.
+held_by() { [[ $(lock_of "$1") == "exclusive:$(node_fqdn "$2")" ]]; }
 lock_of() { archip info "$1" --json | jq_ '" ".join("%s:%s" % ((d.get("lock") or {}).get("mode"), h["node"]) for h in (d.get("lock") or {}).get("holders", []))'; }
 gnt gnt-instance list --no-headers -o name | grep -qx "$I" && gnt gnt-instance remove -f "$I" >/dev/null 2>&1
 
@@ -215,10 +217,10 @@ check "$B's guest got an I/O error" grep -q "Input/output error" "$W/cutb.err"
 kill -TERM "$(cat "$W/cuta.pid")" 2>/dev/null; sleep 0.3
 check "everything read back on $A is what was acknowledged: $B's writes before the pause, $A's after (nothing of $B's late writes landed)" \
   nx "$A" "$GC_PY" "$GIO" check "$deva" "$W/cutb.ack" "$W/cuta.ack"
-check "$VC is held by $(node_fqdn "$A") alone" bash -c "[[ \$(archip info '$VC' --json | jq_ '\" \".join(h[\"node\"] for h in (d.get(\"lock\") or {}).get(\"holders\", []))') == '$(node_fqdn "$A")' ]]"
+check "$VC is held by $(node_fqdn "$A") alone" held_by "$VC" "$A"
 kill -TERM "$(cat "$W/cutb.pid")" 2>/dev/null
 out=$(archip_on "$B" detach "$VC" 2>&1); note "detach on the fenced $B: exit $? $(head -c 200 <<<"$out")"
-check "$B's detach left $(node_fqdn "$A")'s hold of $VC alone" bash -c "[[ \$(archip info '$VC' --json | jq_ '\" \".join(h[\"node\"] for h in (d.get(\"lock\") or {}).get(\"holders\", []))') == '$(node_fqdn "$A")' ]]"
+check "$B's detach left $(node_fqdn "$A")'s hold of $VC alone" held_by "$VC" "$A"
 run "detach $VC on $A" archip_on "$A" detach "$VC"
 check "archip verify $VC is clean" archip verify "$VC"
 archip remove "$VC" >/dev/null 2>&1
