@@ -18,6 +18,34 @@ extension VolumeStore {
         try objects.put(Self.leaseObject(name), try lease.encode(), durable: true)
     }
 
+    /// The lease once its holder is gone: kept while it records a break (its
+    /// epoch and who broke whom), removed otherwise, so a volume nobody holds
+    /// and nobody ever broke has no lease object (the next holder starts at
+    /// epoch 1).
+    private func endLease(_ name: VolumeName, _ lease: Lease) throws {
+        var l = lease
+        l.holder = nil
+        l.until = nil
+        if l.lastBreak == nil {
+            _ = try objects.remove(Self.leaseObject(name))
+        } else {
+            try writeLease(name, l)
+        }
+    }
+
+    /// `unlock` without force: releases `owner`'s holds (all of `owner.node`
+    /// with an empty token) and ends the lease if it was theirs.
+    func releaseHolds(_ name: VolumeName, owner: LockOwner) throws -> Bool {
+        try objects.exclusively(Self.leaseObject(name)) {
+            let released = try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
+            if released, let current = try lease(name), let h = current.holder,
+               owner.token.isEmpty ? h.node == owner.node : h == owner {
+                try endLease(name, current)
+            }
+            return released
+        }
+    }
+
     /// Whether `holder` (an exclusive holder of `name`) still has a live
     /// lease: the record's, or, without one for it, a hold younger than a
     /// lease (its first lease may not be written yet). A holder without a
@@ -102,11 +130,7 @@ extension VolumeStore {
     /// holder cleared) and the lock, together.
     func releaseHold(_ name: VolumeName, owner: LockOwner) throws {
         try objects.exclusively(Self.leaseObject(name)) {
-            if var current = try lease(name), current.holder == owner {
-                current.holder = nil
-                current.until = nil
-                try writeLease(name, current)
-            }
+            if let current = try lease(name), current.holder == owner { try endLease(name, current) }
             try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
         }
     }

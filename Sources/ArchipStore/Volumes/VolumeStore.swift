@@ -483,7 +483,8 @@ public final class VolumeStore: @unchecked Sendable {
 
     @discardableResult
     public func unlock(_ name: VolumeName, owner: LockOwner, force: Bool) throws -> Bool {
-        try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: force)
+        if force { return try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: true) }
+        return try releaseHolds(name, owner: owner)
     }
 
     public func lockState(_ name: VolumeName) throws -> LockState? {
