@@ -257,6 +257,10 @@ public final class FaultyObjectStore: ObjectStore, @unchecked Sendable {
         try run(.lockState, name.path) { try inner.lockState(name) }
     }
 
+    public func exclusively<R>(_ name: ObjectName, _ body: () throws -> R) throws -> R {
+        try inner.exclusively(name, body)
+    }
+
     // MARK: passed through
 
     public func forgetCached(_ name: ObjectName) { inner.forgetCached(name) }

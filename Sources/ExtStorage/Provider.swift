@@ -217,7 +217,15 @@ public struct Provider {
 
     private func open() throws {
         try env.checkParameters()
-        try node.open(try env.volumeName(), exclusive: try env.openExclusive())
+        let name = try env.volumeName()
+        // The daemon's open may break another node's expired hold (it logs
+        // that); Ganeti's log gets the line too, from the lease record.
+        let store = try? openStore()
+        let before = (try? store?.lease(name))??.lastBreak
+        try node.open(name, exclusive: try env.openExclusive())
+        if let after = (try? store?.lease(name))??.lastBreak, after != before {
+            note("\(name.value): \(after.description)")
+        }
     }
 
     /// Checks what a create would use, without changing anything.

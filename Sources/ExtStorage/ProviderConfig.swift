@@ -23,6 +23,8 @@ public struct ProviderConfig: Sendable {
     public var imageDirs: [String]
     public var fillJobs: Int
     public var syslog: Bool
+    /// `[locks] lease` and `clock_skew`.
+    public var leases: LeaseSettings
 
     public static func load(_ path: String) throws -> ProviderConfig {
         let conf: [String: String]
@@ -49,6 +51,9 @@ public struct ProviderConfig: Sendable {
         runtimeDir = conf["node.runtime_dir"] ?? "/run/archip"
         serveExecutable = conf["node.archip"] ?? DaemonPaths.defaultServeExecutable
         pithosBlocks = conf["fill.blocks"]
+        do { leases = try LeaseSettings.fromConfig(conf, file: path) } catch let e as StoreError {
+            throw ExtStorageError(.failed, e.description)
+        }
         caCertificate = conf["fill.cacert"]
         imageDirs = []
         for dir in (conf["fill.image_dirs"] ?? "").split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }) {

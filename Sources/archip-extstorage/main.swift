@@ -45,7 +45,11 @@ do {
     if config.syslog { log = CallLog(syslog: true) }
     let callLog = log
     let provider = Provider(env: env, config: config, node: DaemonAttachments(config: config),
-                            openStore: { try StoreOpener.open(config.storePath, node: config.node, mustExist: true) },
+                            openStore: {
+                                let store = try StoreOpener.open(config.storePath, node: config.node, mustExist: true)
+                                store.leaseSettings = config.leases
+                                return store
+                            },
                             note: { callLog.note($0) })
     let lines = try provider.run(action)
     if !lines.isEmpty {

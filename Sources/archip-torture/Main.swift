@@ -19,7 +19,11 @@ enum TortureMain {
     static func main() {
         let args = Array(CommandLine.arguments.dropFirst())
         do {
-            guard let verb = args.first else { throw TortureError("usage: archip-torture crash|work --store DIR ...") }
+            guard let verb = args.first else { throw TortureError("usage: archip-torture crash|work|hold --store DIR ...") }
+            if verb == "hold" {
+                try Holder(Array(args.dropFirst())).run()
+                return
+            }
             let opts = try Options(Array(args.dropFirst()))
             switch verb {
             case "work": try Worker(opts).run()

@@ -139,6 +139,11 @@ struct Info: ParsableCommand {
         } else {
             print("lock:       none")
         }
+        if let l = i.lease {
+            let holder = l.holder.map { h in "\(h.node) (token \(h.token)) until \(l.until.map(Lease.time) ?? "?")" } ?? "none"
+            print("lease:      epoch \(l.epoch), holder \(holder)")
+            if let b = l.lastBreak { print("last break: \(b)") }
+        }
         for k in i.metadata.keys.sorted() { print("meta:       \(k)=\(i.metadata[k]!)") }
     }
 }
@@ -274,18 +279,35 @@ struct Lock: ParsableCommand {
 
 struct Unlock: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Release this node's hold on a volume, or break a stale lock with --force.",
-        discussion: "Without --token every hold of this node is released. --force breaks the lock whoever holds it: only for a holder that is gone.")
+        abstract: "Release this node's hold on a volume, or break another's with --force.",
+        discussion: "Without --token every hold of this node is released. --force breaks the lock whoever holds it, records the break in the volume's lease (who, when, the epoch moving on) and prints one line. An exclusive holder whose lease is still valid (its end + [locks] clock_skew still ahead) is refused: wait for it to run out. --ignore-lease breaks it anyway: on the folder backend that is unsafe unless the holder is known dead (it may write until its lease ends); on RADOS the break blocklists it.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Volume name.") var name: String
     @Option(help: ArgumentHelp("The token 'archip lock' printed.", valueName: "token")) var token: String?
-    @Flag(help: "Break the lock whoever holds it.") var force = false
+    @Flag(help: "Break the lock whoever holds it (not a live lease: see --ignore-lease).") var force = false
+    @Flag(name: .customLong("ignore-lease"), help: "With --force: break a holder whose lease is still valid (unsafe on the folder backend unless it is known dead).")
+    var ignoreLease = false
+
+    func validate() throws {
+        if ignoreLease && !force { throw ValidationError("--ignore-lease goes with --force") }
+    }
 
     func run() throws {
         let store = try global.openStore()
         let n = try volumeName(name)
         _ = try store.info(n)
-        try store.unlock(n, owner: LockOwner(node: store.node, token: token ?? ""), force: force)
+        guard force else {
+            try store.unlock(n, owner: LockOwner(node: store.node, token: token ?? ""), force: false)
+            return
+        }
+        let b = try store.breakLock(n, by: LockOwner.forThisProcess(node: store.node), ignoreLease: ignoreLease)
+        let lease: String
+        switch (b.reason, b.leaseEnded) {
+        case ("ignored-lease", let t?): lease = "lease valid until \(Lease.time(t)), ignored"
+        case (_, let t?): lease = "lease expired at \(Lease.time(t))"
+        default: lease = "no lease"
+        }
+        print("broke \(b.broken.node)'s exclusive lock on \(n) (token \(b.broken.token), \(lease)); epoch \(b.epochBefore) -> \(b.epochAfter)")
     }
 }
 

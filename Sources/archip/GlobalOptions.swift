@@ -41,7 +41,19 @@ struct GlobalOptions: ParsableArguments {
     /// a mistyped path, or on a shared file system that is not mounted, fails
     /// instead of leaving an empty store behind.
     func openStore(creating: Bool = false) throws -> VolumeStore {
-        try StoreOpener.open(try storeLocation(), node: nodeName(), mustExist: !creating)
+        let store = try StoreOpener.open(try storeLocation(), node: nodeName(), mustExist: !creating)
+        store.leaseSettings = try leaseSettings()
+        return store
+    }
+
+    /// `[locks]` of the configuration file.
+    func leaseSettings() throws -> LeaseSettings {
+        let env = ProcessInfo.processInfo.environment
+        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
+        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
+        do { return try LeaseSettings.fromConfig(conf, file: configPath) } catch let e as StoreError {
+            throw CLIError(message: e.description, status: 2)
+        }
     }
 
     func nodeName() throws -> String {

@@ -81,6 +81,8 @@ public final class NodeDaemon: @unchecked Sendable {
         self.operations = VolumeOperations(waitLimit: limits.busyWait)
         self.holds = HoldsFile(path: runtimeDir + "/holds.json", owner: owner)
         self.storeIdentity = StoreLocation.canonical(store.objects.location)
+        // Breaks this daemon makes, renewals that fail, writes refused once fenced.
+        store.leaseLog = log
     }
 
     // MARK: life cycle
@@ -94,7 +96,7 @@ public final class NodeDaemon: @unchecked Sendable {
         try "\(getpid())\n".write(toFile: runtimeDir + "/serve.pid", atomically: true, encoding: .utf8)
         let l = try UnixListener(path: controlSocket)
         listener = l
-        log("serving node \(store.node) on \(controlSocket) (store \(store.objects.location))")
+        log("serving node \(store.node) on \(controlSocket) (store \(store.objects.location), \(store.leaseSettings))")
         Thread.detachNewThread { [self] in self.serveSnapshotRequests() }
         // The listener is non-blocking: wait for a client (or, every second, for a stop).
         while !stopping.withLock({ $0 }) {

@@ -51,7 +51,7 @@ public struct NBDErrno: RawRepresentable, Hashable, Sendable, CustomStringConver
             case .noSpace: self = .noSpace
             case .closed: self = .shutdown
             case .invalidName, .invalidSize, .wrongKind, .notFound, .alreadyExists, .locked, .notLocked,
-                 .hasChildren, .corrupt, .io:
+                 .hasChildren, .corrupt, .io, .fenced:
                 self = .io
             }
         case let e as ServeError:

@@ -466,6 +466,12 @@ public final class DirObjectStore: ObjectStore, @unchecked Sendable {
         try readLockState(name)
     }
 
+    /// Under flock() on `.NAME.guard` next to `name`: every node that mounts
+    /// the folder sees the same guard.
+    public func exclusively<R>(_ name: ObjectName, _ body: () throws -> R) throws -> R {
+        try withGuard(name, body)
+    }
+
     public func removeStaleTemporaries(olderThan date: Date) throws -> Int {
         var count = 0
         func visit(_ dir: String) {

@@ -6,8 +6,17 @@ public final class MemoryObjectStore: ObjectStore, @unchecked Sendable {
     private struct Object { var bytes: [UInt8]; var modified: Date }
     private let state = Locked<(objects: [String: Object], locks: [String: LockState])>(([:], [:]))
 
+    /// `exclusively`'s mutex (one for all names: tests only).
+    private let guardLock = NSRecursiveLock()
+
     public init() {}
     public var location: String { "memory" }
+
+    public func exclusively<R>(_ name: ObjectName, _ body: () throws -> R) throws -> R {
+        guardLock.lock()
+        defer { guardLock.unlock() }
+        return try body()
+    }
 
     private func missing(_ name: ObjectName) -> StoreError {
         StoreError(.notFound, "object \(name): not found in memory store")

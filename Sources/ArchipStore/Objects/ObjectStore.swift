@@ -155,6 +155,14 @@ public protocol ObjectStore: AnyObject, Sendable {
 
     func lockState(_ name: ObjectName) throws -> LockState?
 
+    /// Runs `body` while no other caller of `exclusively` on the same `name`
+    /// runs it, in any process on any node that shares the store: the lease
+    /// of a volume is renewed, taken and broken this way (VolumeStore+Leases).
+    /// Folder: flock() on a guard file next to `name`; memory: a mutex.
+    /// Default (RADOS): `body` alone; there a break blocklists the holder, so
+    /// a renewal racing a break cannot write after it.
+    func exclusively<R>(_ name: ObjectName, _ body: () throws -> R) throws -> R
+
     /// Removes leftovers of interrupted writes older than `date`.
     func removeStaleTemporaries(olderThan date: Date) throws -> Int
 
@@ -224,6 +232,9 @@ extension ObjectStore {
 
     /// Backends whose writes are not buffered have nothing to start.
     public func startWriteback(_ name: ObjectName) {}
+
+    /// Backends that fence a broken holder themselves need no mutual exclusion here.
+    public func exclusively<R>(_ name: ObjectName, _ body: () throws -> R) throws -> R { try body() }
 
     /// Calls `body` for every object under any of `prefixes` (folders, each
     /// ending in `/`; none inside another), in no particular order across

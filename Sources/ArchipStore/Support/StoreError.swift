@@ -27,6 +27,9 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         /// The volume was closed (detached) while the request was on its way.
         case closed
         case unsupported
+        /// This node's exclusive hold of a volume ended (its lease ran out,
+        /// or another node broke it): its writes are refused.
+        case fenced
     }
 
     public var code: Code

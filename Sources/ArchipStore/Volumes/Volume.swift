@@ -21,7 +21,15 @@ public final class Volume: @unchecked Sendable {
     public let mode: OpenMode
     let store: VolumeStore
     let owner: LockOwner?
-    var objects: any ObjectStore { store.objects }
+    /// What the volume writes through: for an exclusive hold, the store
+    /// behind its lease's fence (FencedObjectStore), else the store itself.
+    let objects: any ObjectStore
+    /// Renews an exclusive hold's lease (nil for shared and read-only opens).
+    let keeper: LeaseKeeper?
+    /// The expired hold of another node this open broke to take the volume, if any.
+    public let tookOver: LeaseBreak?
+    /// The lease epoch of this exclusive hold (nil: not exclusive).
+    public var epoch: UInt64? { keeper?.fence.epoch }
 
     /// A block changed since the last flush.
     enum Pending {
@@ -69,14 +77,20 @@ public final class Volume: @unchecked Sendable {
 
     public let blockSize: Int
 
-    init(store: VolumeStore, name: VolumeName, mode: OpenMode, owner: LockOwner?, state: State) {
+    init(store: VolumeStore, name: VolumeName, mode: OpenMode, owner: LockOwner?, state: State,
+         keeper: LeaseKeeper? = nil, tookOver: LeaseBreak? = nil) {
         self.store = store
+        self.keeper = keeper
+        self.tookOver = tookOver
+        self.objects = keeper.map { FencedObjectStore(store.objects, fence: $0.fence) } ?? store.objects
         self.name = name
         self.mode = mode
         self.owner = owner
         self.blockSize = Int(state.top.blockSize)
         self.state = RWLocked(state)
     }
+
+    deinit { keeper?.signalStop() }
 
     // MARK: properties
 
@@ -816,16 +830,26 @@ public final class Volume: @unchecked Sendable {
                 // locked by a dead process until 'unlock --force'. The close's
                 // error is the one to report.
                 state.withLock { $0.closed = true }
-                if let owner, !keepingLock {
-                    _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: owner)
-                }
+                keeper?.stop()
+                if let owner, !keepingLock { _ = try? releaseHold(owner) }
                 throw error
             }
         }
         state.withLock { $0.closed = true }
-        if let owner, !keepingLock {
-            try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
+        keeper?.stop()
+        if let owner, !keepingLock { try releaseHold(owner) }
+    }
+
+    /// Gives back the lock (and, for an exclusive hold, its lease). A fenced
+    /// holder has nothing to give back: its hold was taken over.
+    private func releaseHold(_ owner: LockOwner) throws {
+        guard let keeper else {
+            try store.objects.giveBackLock(StoreLayout.lock(name), owner: owner)
+            return
         }
+        keeper.fence.expireNow()
+        if keeper.fence.isLost { return }
+        try store.releaseHold(name, owner: owner)
     }
 }
 

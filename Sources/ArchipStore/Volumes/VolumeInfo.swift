@@ -22,6 +22,8 @@ public struct VolumeInfo: Codable, Sendable {
     public var blocks: Int
     public var bytes: UInt64
     public var lock: LockState?
+    /// The exclusive holders' lease: its epoch, holder and last break (nil: never held).
+    public var lease: Lease?
     public var metadata: [String: String]
     public var created: Date
 }
@@ -97,7 +99,8 @@ extension VolumeStore {
         return VolumeInfo(name: name.value, kind: rec.kind.name, size: top.size, blockSize: top.blockSize,
                           layer: top.id.hex, epoch: top.epoch, parent: parent, chain: links, blocks: blocks,
                           bytes: UInt64(blocks) * UInt64(top.blockSize),
-                          lock: try objects.lockState(StoreLayout.lock(name)), metadata: rec.metadata,
+                          lock: try objects.lockState(StoreLayout.lock(name)),
+                          lease: rec.kind == .volume ? try lease(name) : nil, metadata: rec.metadata,
                           created: Date(timeIntervalSince1970: TimeInterval(rec.createdAt)))
     }
 }

@@ -8,6 +8,10 @@ public final class VolumeStore: @unchecked Sendable {
     public let node: String
     /// Content blocks (and older owned objects) this process checked whole.
     let verified = VerifiedObjects()
+    /// Leases of exclusive holds (`[locks]` in archip.conf). Set before opening volumes.
+    public var leaseSettings = LeaseSettings()
+    /// Where lease events go (breaks, fencing, failed renewals): one line each.
+    public var leaseLog: ((String) -> Void)?
 
     /// Opens a store on `objects`, initialising an empty one.
     public init(objects: any ObjectStore, node: String) throws {
@@ -142,14 +146,23 @@ public final class VolumeStore: @unchecked Sendable {
         var effectiveMode = mode
         if record.kind == .snapshot { effectiveMode = .readOnly }
         var lockOwner: LockOwner? = nil
-        if effectiveMode != .readOnly {
+        var keeper: LeaseKeeper? = nil
+        var tookOver: LeaseBreak? = nil
+        if effectiveMode == .shared {
             let o = owner ?? LockOwner.forThisProcess(node: node)
-            let lockMode: LockMode = effectiveMode == .shared ? .shared : .exclusive
             if owner == nil {
-                try objects.takeFreshLock(StoreLayout.lock(name), owner: o, mode: lockMode)
+                try objects.takeFreshLock(StoreLayout.lock(name), owner: o, mode: .shared)
             } else {
-                try objects.acquireLock(StoreLayout.lock(name), owner: o, mode: lockMode)
+                try objects.acquireLock(StoreLayout.lock(name), owner: o, mode: .shared)
             }
+            lockOwner = o
+        } else if effectiveMode == .exclusive {
+            let o = owner ?? LockOwner.forThisProcess(node: node)
+            let started = MonotonicClock.now()
+            let (lease, broke) = try takeExclusive(name, owner: o, fresh: owner == nil)
+            keeper = LeaseKeeper(store: self, name: name, owner: o, epoch: lease.epoch, settings: leaseSettings,
+                                 startedAt: started)
+            tookOver = broke
             lockOwner = o
         }
         do {
@@ -170,10 +183,19 @@ public final class VolumeStore: @unchecked Sendable {
             var state = Volume.State(record: record, top: committed.map, ancestors: ancestors,
                                      logLength: committed.logLength, mapBytes: committed.mapBytes)
             state.unsettled = committed.pendingIntents
-            return Volume(store: self, name: name, mode: effectiveMode, owner: lockOwner, state: state)
+            let v = Volume(store: self, name: name, mode: effectiveMode, owner: lockOwner, state: state,
+                           keeper: keeper, tookOver: tookOver)
+            keeper?.start()
+            return v
         } catch {
                 // The open failed; that error is the one to report.
-            if let lockOwner { _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: lockOwner) }
+            if let lockOwner {
+                if keeper != nil {
+                    _ = try? releaseHold(name, owner: lockOwner)
+                } else {
+                    _ = try? objects.giveBackLock(StoreLayout.lock(name), owner: lockOwner)
+                }
+            }
             throw error
         }
     }
@@ -461,7 +483,8 @@ public final class VolumeStore: @unchecked Sendable {
 
     @discardableResult
     public func unlock(_ name: VolumeName, owner: LockOwner, force: Bool) throws -> Bool {
-        try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: force)
+        if force { return try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: true) }
+        return try releaseHolds(name, owner: owner)
     }
 
     public func lockState(_ name: VolumeName) throws -> LockState? {

@@ -29,7 +29,10 @@ run() {   # $1: fence|nofence
     local before=$(grep -c '^flushed' "$J")
     local env=()
     [ "$mode" = nofence ] && env=(env ARCHIP_RADOS_NO_FENCE=1)
-    "${env[@]}" "$BIN/archip" --store "$U" --node node-b unlock --force torture || return 1
+    # The paused writer's lease is still valid: only --ignore-lease breaks it
+    # (the blocklist, or the compare-and-swap and the writer's own lease
+    # fence, then stop it).
+    "${env[@]}" "$BIN/archip" --store "$U" --node node-b unlock --force --ignore-lease torture || return 1
     head -c 1M /dev/urandom >"$J.data"
     "$BIN/archip" --store "$U" --node node-b write torture --offset 0 <"$J.data" || return 1
     kill -CONT $pid
@@ -48,10 +51,11 @@ run() {   # $1: fence|nofence
     if [ "$mode" = fence ]; then
         grep -q "blocklisted" "$out" || { echo "FAIL $mode: no blocklist error"; return 1; }
     else
-        # Three ways the stale writer is stopped before its map can replace
-        # node-b's: a compare-and-swap refused, a block write into a layer
-        # node-b's gc removed, or a read of a block object that gc removed.
-        grep -qE "changed by another writer|write layers/[0-9a-f]+/b[0-9a-f]+ in .*No such file or directory \(rados error -2\)|block [0-9]+ is missing its object layers/" "$out" ||
+        # Four ways the stale writer is stopped before its map can replace
+        # node-b's: its own lease fence (a renewal found the lock broken), a
+        # compare-and-swap refused, a block write into a layer node-b's gc
+        # removed, or a read of a block object that gc removed.
+        grep -qE "is fenced|changed by another writer|write layers/[0-9a-f]+/b[0-9a-f]+ in .*No such file or directory \(rados error -2\)|block [0-9]+ is missing its object layers/" "$out" ||
             { echo "FAIL $mode: neither a compare-and-swap error nor a refused block write or read: $(tail -1 "$out")"; return 1; }
     fi
     if [ "$mode" = fence ]; then

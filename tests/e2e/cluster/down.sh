@@ -84,8 +84,8 @@ for b in /sys/block/loop*/loop/backing_file; do
     losetup -d "$dev" && log "detached $dev ($(cat "$b" 2>/dev/null))"
   fi
 done
-if grep -q " $GC_ROOT" /proc/self/mountinfo; then
-  log "ERROR: mounts left under $GC_ROOT: $(awk -v r="$GC_ROOT" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo | tr '\n' ' ')"; rc=1
+if awk -v r="$GC_ROOT" '$5 == r || index($5, r "/") == 1 {f=1} END {exit !f}' /proc/self/mountinfo; then
+  log "ERROR: mounts left under $GC_ROOT: $(awk -v r="$GC_ROOT" '$5 == r || index($5, r "/") == 1 {print $5}' /proc/self/mountinfo | tr '\n' ' ')"; rc=1
 elif [[ -d $GC_ROOT ]]; then
   rm -rf "$GC_ROOT" && log "removed $GC_ROOT"
 fi

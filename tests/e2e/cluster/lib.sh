@@ -44,6 +44,8 @@ case $GC_BACKEND in
   rados) GC_STORE=${GC_STORE:-"rados://archip?conf=$GC_CEPH_DIR/ceph.conf&id=admin&ns=lab"};;
   *) echo "GC_BACKEND must be dir or rados, not '$GC_BACKEND'" >&2; exit 2;;
 esac
+GC_LEASE=${GC_LEASE:-6s}              # [locks] lease of every node (archip.conf)
+GC_CLOCK_SKEW=${GC_CLOCK_SKEW:-1s}    # [locks] clock_skew
 
 gc_t0=${gc_t0:-$(date +%s.%N)}
 elapsed() { awk -v a="$gc_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }

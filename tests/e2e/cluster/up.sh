@@ -72,8 +72,9 @@ CONF
   sed 's/^RAPI_ARGS=.*/RAPI_ARGS="-b 0.0.0.0 --require-authentication"/' /etc/default/ganeti > "$d/default-ganeti"
   # archip: the shared store, this node's name, its runtime dir.
   install -d -m 0755 "$d/run-archip/$(node_short "$n")"
-  printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n[fill]\nimage_dirs = %s\n' \
-    "$GC_STORE" "$(node_fqdn "$n")" "$(node_rundir "$n")" "$GC_ROOT/images" > "$d/archip.conf"
+  # A short lease, so the node-death and cut-off scenarios wait seconds, not half a minute.
+  printf '[store]\npath = %s\n[node]\nname = %s\nruntime_dir = %s\n[fill]\nimage_dirs = %s\n[locks]\nlease = %s\nclock_skew = %s\n' \
+    "$GC_STORE" "$(node_fqdn "$n")" "$(node_rundir "$n")" "$GC_ROOT/images" "$GC_LEASE" "$GC_CLOCK_SKEW" > "$d/archip.conf"
 done
 mkdir -p "$GC_ROOT/images"
 log "folders under $GC_ROOT"
