@@ -154,7 +154,6 @@ import Testing
         defer { stopChecked(server, dir) }
         let (c, _) = try NBDTestClient.connect(path: path, export: "v")
 
-        let start = Date()
         for i in 0..<16 {
             try c.sendRequest(type: 1, handle: UInt64(100 + i), offset: UInt64(i * 65536), length: 65536,
                               payload: pattern(UInt8(i), 65536))
@@ -166,8 +165,9 @@ import Testing
             seen.insert(r.handle)
         }
         #expect(seen == Set((0..<16).map { UInt64(100 + $0) }))
-        // 16 writes of 50 ms each, 4 at a time: about 200 ms, not 800.
-        #expect(Date().timeIntervalSince(start) < 0.7)
+        // The writes ran side by side (16 of 50 ms each, 4 workers). Measured
+        // as the device saw them, not by the clock: a loaded machine (CI, or
+        // the suite's other tests) stretched the wall time past any bound.
         #expect(device.peakConcurrency >= 2)
 
         var lengths: [UInt64: Int] = [:]
