@@ -18,20 +18,25 @@
 # - Interleaved: in each round, each job runs on the three daemons back to
 #   back (short, time-based runs), their order permuted from round to round
 #   (all six orders), so drift in the machine's load hits all three alike.
-# - Pinned (BENCH_CK_PIN=1, the default, with 2+ CPUs): daemons on the last
+# - Pinned on request (BENCH_CK_PIN=1, with 2+ CPUs): daemons on the last
 #   CPU, fio on the others (taskset), so fio and a daemon do not trade places
-#   on one CPU differently from run to run.
+#   on one CPU differently from run to run. Off by default: on the 2-CPU
+#   development VM it halved the loop device's random reads and did not
+#   narrow the A/A range.
 # Rows: per path and job, checked/unchecked and unchecked2/unchecked (A/A),
 # median of the per-round ratios and their interquartile range [Q1-Q3]
 # (goal >= 0.9: at most 10% slower), then each target against the plain
-# loop device as the data-path rows are.
+# loop device as the data-path rows are. Also the daemon's CPU time per
+# request (/proc/PID/stat, user + system), checked against unchecked and
+# A/A: what the checks cost the daemon, far less sensitive to the machine's
+# load than the throughput (fio's and the kernel's side are not in it).
 #
 #   scripts/bench-checks.sh [path/to/archip]
 #
 # Needs root, /dev/fuse, /dev/loop-control and fio with its nbd engine;
 # prints why and exits 0 where they are missing. BENCH_CK_ROUNDS (default
 # 12), BENCH_CK_SECONDS (default 2, each job), BENCH_CK_MIB (default 512),
-# BENCH_CK_PIN (default 1). BENCH_CK_OTHER=path/to/another/archip adds a
+# BENCH_CK_PIN (default 0). BENCH_CK_OTHER=path/to/another/archip adds a
 # fourth daemon, that build checking ("other"), e.g. to compare a change.
 set -eu
 
@@ -39,7 +44,7 @@ ARCHIP=${1:-.build/release/archip}
 ROUNDS=${BENCH_CK_ROUNDS:-12}
 SECS=${BENCH_CK_SECONDS:-2}
 MIB=${BENCH_CK_MIB:-512}
-PIN=${BENCH_CK_PIN:-1}
+PIN=${BENCH_CK_PIN:-0}
 OTHER=${BENCH_CK_OTHER:-}
 BENCH_NAME=checks
 # shellcheck source=scripts/bench-rounds.sh
@@ -100,14 +105,25 @@ where() {
         nbd-*) echo "--ioengine=nbd --uri=${URIS[$1]}" ;;
     esac
 }
-# job OUT TARGET NAME RW BS [fio options]: appends "TARGET.NAME bytes/s iops" to OUT.
+# The CPU time (clock ticks, user + system) the daemon serving TARGET used so far.
+daemon_ticks() {
+    case $1 in
+        plain) echo 0 ;;
+        *) awk '{ print $14 + $15 }' "/proc/$(cat "$(rt "${1#*-}")/serve.pid")/stat" ;;
+    esac
+}
+# job OUT TARGET NAME RW BS [fio options]: appends "TARGET.NAME bytes/s iops"
+# to OUT and "TARGET.NAME daemon-CPU-ticks ios" to OUT.cpu.
 job() {
     out=$1 target=$2 name=$3 rw=$4 bs=$5
     shift 5
+    t0=$(daemon_ticks "$target")
     # shellcheck disable=SC2046
-    pin_fio fio --name="$name" $(where "$target") --rw="$rw" --bs="$bs" --iodepth=16 --numjobs=1 --size="${MIB}M" \
-        --output-format=terse --terse-version=3 "$@" 2>/dev/null | tr -d '\n' |
-        awk -F';' -v n="$target.$name" '{ printf "%s %.0f %.0f\n", n, $7 * 1024, $8 }' >> "$out"
+    r=$(pin_fio fio --name="$name" $(where "$target") --rw="$rw" --bs="$bs" --iodepth=16 --numjobs=1 --size="${MIB}M" \
+        --output-format=terse --terse-version=3 "$@" 2>/dev/null | tr -d '\n')
+    t1=$(daemon_ticks "$target")
+    printf '%s' "$r" | awk -F';' -v n="$target.$name" '{ printf "%s %.0f %.0f\n", n, $7 * 1024, $8 }' >> "$out"
+    printf '%s' "$r" | awk -F';' -v n="$target.$name" -v t=$((t1 - t0)) '{ printf "%s %d %.0f\n", n, t, $8 * $9 / 1000 }' >> "$out.cpu"
 }
 
 truncate -s "${MIB}M" "$WORK/plain.img"
@@ -131,6 +147,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The first read since the write, untimed in the rounds: one sample each.
 : > "$WORK/first"
+: > "$WORK/first.cpu"
 for p in nbd loop; do
     for m in $MODES; do job "$WORK/first" "$p-$m" seqread read 1M; done
 done
@@ -145,6 +162,7 @@ round=1
 while [ "$round" -le "$ROUNDS" ]; do
     OUT="$WORK/round.$round"
     : > "$OUT"
+    : > "$OUT.cpu"
     order="${PERMS[$(( (round - 1) % 6 ))]}"
     [ -n "$OTHER" ] && order="$order other"
     for j in seqread randread; do
@@ -162,7 +180,7 @@ pinned="no"
 
 say "# checked reads on the node data path: fio (iodepth 16, ${MIB} MiB, each job ${SECS} s) on volumes written by fio (owned blocks, in the page cache, read once before), daemons checking / unchecked / unchecked again (A/A), interleaved in $ROUNDS rounds (orders permuted), pinned: $pinned; median of the per-round ratios [interquartile range]; load average $load_before before, $load_after after, $ncpu CPUs"
 report checks
-python3 - "$WORK" "$ROUNDS" "$MODES" <<'PY' | while IFS= read -r line; do say "$line"; done
+python3 - "$WORK" "$ROUNDS" "$MODES" "$(getconf CLK_TCK)" <<'PY' | while IFS= read -r line; do say "$line"; done
 import statistics, sys
 work, rounds, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 res = {}
@@ -174,6 +192,17 @@ first = {}
 for line in open(f"{work}/first"):
     name, bw, iops = line.split()
     first[name] = int(bw)
+
+cpu = {}
+for r in range(1, rounds + 1):
+    for line in open(f"{work}/round.{r}.cpu"):
+        name, ticks, ios = line.split()
+        cpu.setdefault(name, []).append((int(ticks), int(ios)))
+hz = int(sys.argv[4])
+
+def cpu_per_io(name):
+    """The daemon's CPU time per request, microseconds, per round."""
+    return [t * 1e6 / hz / n for t, n in cpu.get(name, []) if n > 0]
 
 def quartiles(xs):
     if len(xs) < 2:
@@ -209,6 +238,20 @@ for path in ("nbd", "loop"):
         if "other" in rows:
             o = rows["other"]
             print(f"checks: {path:4} {job:8} other build checked {unit(o[0]):>12}: ratio {o[1]:.2f} [{o[2][0]:.2f}-{o[2][1]:.2f}]")
+        # The daemon's CPU per request: what the checks add, much less
+        # sensitive to the machine's load than the throughput.
+        c, u, u2 = (cpu_per_io(f"{path}-{m}.{job}") for m in ("checked", "unchecked", "unchecked2"))
+        if c and len(c) == len(u):
+            cr = [a / b for a, b in zip(c, u) if b > 0]
+            line = f"checks: {path:4} {job:8} daemon CPU per request: checked {statistics.median(c):.1f} us, unchecked {statistics.median(u):.1f} us: ratio {statistics.median(cr):.2f} [{quartiles(cr)[0]:.2f}-{quartiles(cr)[1]:.2f}]"
+            if u2 and len(u2) == len(u):
+                ar = [a / b for a, b in zip(u2, u) if b > 0]
+                line += f"; A/A {statistics.median(ar):.2f} [{quartiles(ar)[0]:.2f}-{quartiles(ar)[1]:.2f}]"
+            o = cpu_per_io(f"{path}-other.{job}")
+            if o and len(o) == len(u):
+                orr = [a / b for a, b in zip(o, u) if b > 0]
+                line += f"; other build {statistics.median(o):.1f} us, ratio {statistics.median(orr):.2f}"
+            print(line)
         if idx == 0 and f"{path}-checked.seqread" in first and first.get(f"{path}-unchecked.seqread"):
             f = first[f"{path}-checked.seqread"] / first[f"{path}-unchecked.seqread"]
             print(f"checks: {path:4} first read since written (one sample): checked {first[f'{path}-checked.seqread'] / 1e6:.0f} MB/s, unchecked {first[f'{path}-unchecked.seqread'] / 1e6:.0f} MB/s: ratio {f:.2f}")
