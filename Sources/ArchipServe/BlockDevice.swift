@@ -50,11 +50,17 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// of open files (kept open while the pieces live), for front ends that
     /// splice or sendfile them; nil to use `read`.
     func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]?
+    /// Optional: `read` from the page cache alone, for a small read answered
+    /// without waiting (NBD inline reads): true when `buffer` was filled
+    /// (checked, as `read` is), false when that needs the disk or anything
+    /// else only `read` does (the buffer is then undefined).
+    func readCached(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool
 }
 
 extension BlockDevice {
     public var capabilities: BlockDeviceCapabilities { .all }
     public func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]? { nil }
+    public func readCached(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool { false }
 }
 
 /// A store volume as a block device.
@@ -98,6 +104,10 @@ public final class VolumeDevice: BlockDevice, @unchecked Sendable {
     public func readPieces(at offset: UInt64, length: Int) throws -> [VolumeReadPiece]? {
         guard VolumeDevice.zeroCopy else { return nil }
         return try swap.shared { try current.readPieces(at: offset, length: length) }
+    }
+    public func readCached(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        guard VolumeDevice.zeroCopy else { return false }
+        return try swap.shared { try current.readCached(at: offset, into: buffer) }
     }
 
     /// `ARCHIP_SERVE_ZERO_COPY=0` in the daemon's environment turns zero-copy

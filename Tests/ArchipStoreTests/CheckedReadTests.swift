@@ -180,6 +180,59 @@ import Glibc
         #expect(try v.readPieces(at: (4 << 20) + 65536, length: 1 << 20) != nil)
     }
 
+    /// `readCached` (NBD's small reads answered on the reader's thread) reads
+    /// into the reply and checks the bytes there: what it returns is what
+    /// `read` returns, and a page changed in place since it was checked is
+    /// never returned (false sends the caller to `read`, which names it).
+    @Test func readCachedReturnsOnlyCheckedBytes() throws {
+        let t = try TestBackend.dir.store("read-cached")
+        defer { t.remove() }
+        let bs = CheckedReads.bs
+        try t.store.create(name("w"), size: .mebibytes(8))
+        let written = CheckedReads.data(8 << 20, seed: 3)
+        try t.store.withVolume(name("w")) { try $0.write(at: 0, written) }
+        let obj = try CheckedReads.ownedObject(t.store, "w", block: 1)
+        let v = try t.store.open(name("w"), mode: .readOnly)
+        func cached(_ offset: Int, _ length: Int) throws -> [UInt8]? {
+            var buf = [UInt8](repeating: 0xEE, count: length)
+            let ok = try buf.withUnsafeMutableBytes { try v.readCached(at: UInt64(offset), into: $0) }
+            return ok ? buf : nil
+        }
+        // Whole pages, unaligned, a few bytes, across pages and across blocks.
+        for (offset, length) in [(bs + 8192, 4096), (bs + 8192 + 512, 4096), (bs + 100, 3), (bs - 8192, 16384), (0, 65536)] {
+            // Just written: in the page cache, so answered.
+            #expect(try cached(offset, length) == Array(written[offset..<(offset + length)]), "\(offset)+\(length)")
+        }
+        // One byte of page 2 of block 1 changed in place, behind the volume's back.
+        try CheckedReads.flip(t, obj, at: 2 * 4096 + 17)
+        #expect(try cached(bs + 8192, 4096) == nil, "the damaged page is not returned")
+        #expect(try cached(bs + 8192 + 512, 4096) == nil, "nor any read touching it")
+        CheckedReads.expectCorrupt("read of the damaged page", block: 1, object: obj) { _ = try v.read(at: UInt64(bs + 8192), length: 4096) }
+        #expect(try cached(bs + 4096, 4096) == Array(written[(bs + 4096)..<(bs + 8192)]), "the pages around it still go out")
+    }
+
+    /// `readCached` on content blocks: only once checked whole, and not after a change.
+    @Test func readCachedReturnsOnlyCheckedContentBlocks() throws {
+        let t = try TestBackend.dir.store("read-cached-content")
+        defer { t.remove() }
+        try CheckedReads.cloneOfHashedSnapshot(t.store)
+        let written = CheckedReads.data(3 * CheckedReads.bs)
+        let content = try CheckedReads.contentObject(t.store, "s", block: 0)
+        let c = try t.node("reader").open(name("c"), mode: .readOnly)
+        func cachedC(_ offset: Int, _ length: Int) throws -> [UInt8]? {
+            var buf = [UInt8](repeating: 0xEE, count: length)
+            let ok = try buf.withUnsafeMutableBytes { try c.readCached(at: UInt64(offset), into: $0) }
+            return ok ? buf : nil
+        }
+        #expect(try cachedC(4096, 4096) == nil, "not checked yet: the copying read checks it whole")
+        #expect(try c.read(at: 4096, length: 4096) == Array(written[4096..<8192]))
+        #expect(try cachedC(12288, 4096) == Array(written[12288..<16384]))
+        try CheckedReads.flip(t, content, at: 20000)
+        CheckedReads.expectCorrupt("content block changed after its check", block: 0, object: content) {
+            if try cachedC(16384, 4096) == nil { _ = try c.read(at: 16384, length: 4096) }
+        }
+    }
+
     @Test(arguments: TestBackend.persistent)
     func flippedByteInContentBlockFailsReadsCopiesAndVerify(_ backend: TestBackend) throws {
         let t = try backend.store("flip-content")

@@ -126,20 +126,10 @@ extension NBDConnection {
     /// Anything that would wait for the disk, or any error, goes to a worker
     /// as usual (false), so the reader never blocks on the store.
     private func answerFromPageCache(_ h: NBDRequestHeader, device: any BlockDevice, replies: ReplyWriter) -> Bool {
-        guard let pieces = try? device.readPieces(at: h.offset, length: Int(h.length)) else { return false }
-        return replies.queueRead(handle: h.handle, length: Int(h.length)) { buffer in
-            var at = 0
-            for p in pieces {
-                switch p {
-                case .zeros(let n):
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + n)]).initializeMemory(as: UInt8.self, repeating: 0)
-                    at += n
-                case .file(let d, let offset, let count):
-                    guard archip_pread_nowait(d.fd, buffer.baseAddress! + at, count, offset) == count else { return false }
-                    at += count
-                }
-            }
-            return true
+        // Read into the reply and checked there (`readCached`): one read of
+        // the bytes, and the bytes sent are the ones checked.
+        replies.queueRead(handle: h.handle, length: Int(h.length)) { buffer in
+            (try? device.readCached(at: h.offset, into: buffer)) ?? false
         }
     }
 

@@ -422,16 +422,7 @@ extension Volume {
     func checkForZeroCopy(_ b: UInt32, _ obj: ObjectName, _ check: BlockCheck, _ d: ObjectReadDescriptor,
                           at offset: Int, count: Int) throws -> Bool {
         if !BlockChecks.enabled || count == 0 { return true }
-        func whole() throws -> Bool {
-            // Checked, and (where known) the same version of the file since.
-            guard let entry = store.verified.entry(obj), entry.holds(for: d.identity) else { return false }
-            let length = entry.length
-            guard d.size == UInt64(length) else {
-                throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location): it is \(d.size) bytes long, \(length) when checked",
-                                 cause: "the object is damaged; run 'archip verify \(name)'")
-            }
-            return true
-        }
+        func whole() throws -> Bool { try checkedWhole(b, obj, d) }
         switch check {
         case .content:
             return try whole()
@@ -487,6 +478,95 @@ extension Volume {
                 checkedPages.mark(obj, id, first: first, count: pages, pagesPerObject: blockSize / page)
             }
             return ok
+        }
+    }
+
+    /// Whether `obj` (read through `d`) was checked whole by this process and
+    /// is (where known) the same version of its file since. Throws when its
+    /// length changed since.
+    private func checkedWhole(_ b: UInt32, _ obj: ObjectName, _ d: ObjectReadDescriptor) throws -> Bool {
+        guard let entry = store.verified.entry(obj), entry.holds(for: d.identity) else { return false }
+        let length = entry.length
+        guard d.size == UInt64(length) else {
+            throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location): it is \(d.size) bytes long, \(length) when checked",
+                             cause: "the object is damaged; run 'archip verify \(name)'")
+        }
+        return true
+    }
+
+    /// Copies `buffer.count` bytes of `obj` at `offset` (inside one block)
+    /// into `buffer` from the page cache alone (`RWF_NOWAIT`) and checks them
+    /// there: an owned block's pages against their CRCs, a content block by
+    /// its earlier whole check and its length (`readCached`). False when
+    /// that cannot be done without the disk or a whole-block read, or the
+    /// bytes do not match (the copying read decides: it retries under the
+    /// block's lock and names the damage).
+    func copyCheckedFromCache(_ b: UInt32, _ obj: ObjectName, _ check: BlockCheck, _ d: ObjectReadDescriptor,
+                              at offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        if buffer.isEmpty { return true }
+        let fd = d.fd
+        // The block's bytes in the file (an owned object's table follows them).
+        let dataSize = Int(min(d.size, UInt64(blockSize)))
+        func copy(_ dst: UnsafeMutableRawBufferPointer, at pos: Int) -> Bool {
+            archip_pread_nowait_sys(fd, dst.baseAddress, dst.count, UInt64(pos)) == dst.count
+        }
+        func copyWithZeros() -> Bool {
+            // Past the object's end the block reads as zeros.
+            let available = max(0, min(buffer.count, dataSize - offset))
+            if available > 0, !copy(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<available]), at: offset) { return false }
+            if available < buffer.count {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[available...]).initializeMemory(as: UInt8.self, repeating: 0)
+            }
+            return true
+        }
+        if !BlockChecks.enabled { return copyWithZeros() }
+        let tableBytes = BlockChecks.tableBytes(blockSize: blockSize)
+        switch check {
+        case .content:
+            return try checkedWhole(b, obj, d) && copyWithZeros()
+        case .owned(let committed):
+            if d.size != UInt64(blockSize + tableBytes) {
+                // Without a table (1.0), or damaged: the copying read decides.
+                guard committed != nil && d.size == UInt64(blockSize), try checkedWhole(b, obj, d) else { return false }
+                return copyWithZeros()
+            }
+            let page = BlockChecks.pageSize
+            let first = offset / page
+            let last = (offset + buffer.count - 1) / page
+            let pages = last - first + 1
+            let crcs: [UInt32]
+            if let t = tables.get(obj) {
+                crcs = t
+            } else {
+                var t = [UInt32](repeating: 0, count: tableBytes / 4)
+                let tn = t.withUnsafeMutableBytes { archip_pread_nowait_sys(fd, $0.baseAddress, $0.count, UInt64(blockSize)) }
+                guard tn == tableBytes else { return false }
+                tables.set(obj, t)
+                crcs = t
+            }
+            func verified(_ data: UnsafeRawBufferPointer) -> Bool {
+                for i in 0..<pages {
+                    let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * page)..<((i + 1) * page)]))
+                    if c != UInt32(littleEndian: crcs[first + i]) { return false }
+                }
+                return true
+            }
+            if offset % page == 0 && buffer.count % page == 0 {
+                // Whole pages (the guest's 4 KiB reads): read into the reply
+                // and check them there.
+                return copy(buffer, at: offset) && verified(UnsafeRawBufferPointer(buffer))
+            }
+            func viaScratch(_ scratch: UnsafeMutableRawBufferPointer) -> Bool {
+                guard copy(scratch, at: first * page), verified(UnsafeRawBufferPointer(scratch)) else { return false }
+                buffer.baseAddress!.copyMemory(from: scratch.baseAddress! + (offset - first * page), byteCount: buffer.count)
+                return true
+            }
+            if pages <= 16 {
+                return withUnsafeTemporaryAllocation(byteCount: pages * page, alignment: 4096) { viaScratch($0) }
+            }
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * page, alignment: 4096)
+            defer { scratch.deallocate() }
+            return viaScratch(scratch)
         }
     }
 

@@ -265,6 +265,44 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// `read(at:into:)` from the page cache alone, for a small read answered
+    /// without a worker (the NBD reader): true when every byte came from the
+    /// page cache and was checked in `buffer` itself (the bytes returned are
+    /// the bytes checked; no second read); false (the buffer's contents are
+    /// then undefined) when a part would wait for the disk, is not yet
+    /// checked, or does not match (then use `read(at:into:)`, which checks,
+    /// retries and names the damage). False in the cases `readPieces` is nil.
+    public func readCached(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        guard mode != .shared else { return false }
+        return try io.shared { () throws -> Bool in
+            let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
+            try checkRange(offset, buffer.count, size: size)
+            var done = 0
+            while done < buffer.count {
+                let pos = offset + UInt64(done)
+                let b = UInt32(pos / UInt64(blockSize))
+                let inBlock = Int(pos % UInt64(blockSize))
+                let n = min(blockSize - inBlock, buffer.count - done)
+                let seg = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)])
+                switch resolve(b) {
+                case .zero:
+                    seg.initializeMemory(as: UInt8.self, repeating: 0)
+                case .object(let obj, _, let check):
+                    let d: ObjectReadDescriptor
+                    do {
+                        guard let got = try objects.readDescriptor(obj) else { return false }
+                        d = got
+                    } catch let e as StoreError where e.code == .notFound {
+                        return false
+                    }
+                    guard try copyCheckedFromCache(b, obj, check, d, at: inBlock, into: seg) else { return false }
+                }
+                done += n
+            }
+            return true
+        }
+    }
+
     public func read(at offset: UInt64, length: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: length)
         try out.withUnsafeMutableBytes { try read(at: offset, into: $0) }
