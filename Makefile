@@ -149,6 +149,7 @@ cluster-test:
 	elif ! ip netns add archip-probe-$$$$ 2>/dev/null; then echo "SKIP cluster-test: cannot create network namespaces here"; \
 	else ip netns delete archip-probe-$$$$; \
 	  $(SWIFT) build --product archip && $(SWIFT) build --product archip-extstorage && \
+	  $(SWIFT) build --product snf-manage && $(SWIFT) build --product cyclades-api && \
 	  GC_ARCHIP_BIN=$(CURDIR)/.build/debug tests/e2e/cluster/cluster-test.sh; fi
 
 # snf-manage against a real single-node Ganeti cluster with the provider (root).
