@@ -43,7 +43,7 @@ DEBIAN_PACKAGES += openssh-server
 # What the build itself needs: without these, nothing compiles or links.
 BUILD_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev pkg-config libsqlite3-dev librados-dev
 
-.PHONY: all build release deps deps-missing install-files test unit-test crash-test ganeti-test cluster-test cyclades-test api-test api-schemathesis rados-test soak demo bench provision-bench install uninstall clean
+.PHONY: all build release deps deps-missing install-files test unit-test crash-test ganeti-test cluster-test cyclades-test api-test api-schemathesis rados-test soak demo bench provision-bench cluster-bench install uninstall clean
 
 all: build
 
@@ -209,10 +209,20 @@ bench:
 	$(SWIFT) build -c release --product cyclades-api
 	scripts/bench-api.sh .build/release
 	$(MAKE) provision-bench GNT_ARCHIP_BIN=$(CURDIR)/.build/release
+	$(MAKE) cluster-bench GC_ARCHIP_BIN=$(CURDIR)/.build/release
 
 # 50 instances from one snapshot through a real Ganeti (--submit all, then
 # wait): every add succeeds, reads the snapshot, and the provider's share of
 # each add is reported (make bench; root, the Ganeti lab).
+# Migration handoff, failover and node-death times and the provider's share of
+# each Ganeti step, on both backends: the multi-node lab's TIMES and PROVIDER lines.
+cluster-bench:
+	@if [ "$$(id -u)" != 0 ] || [ ! -x /usr/sbin/gnt-cluster ] || [ ! -x /usr/sbin/sshd ]; then echo "SKIP cluster-bench: needs root, ganeti and sshd (make deps)"; \
+	else log=$(TMPDIR)/archip-cluster-bench.$$$$.log; \
+	  GC_ARCHIP_BIN=$${GC_ARCHIP_BIN:-$(CURDIR)/.build/debug} tests/e2e/cluster/cluster-test.sh > $$log 2>&1; st=$$?; \
+	  grep -E 'TIMES|PROVIDER|passed, .* failed$$' $$log | sed 's/^\[ *[0-9.]*s\] //'; \
+	  [ $$st = 0 ] && rm -f $$log || { echo "cluster-bench: the lab failed; its output: $$log"; exit 1; }; fi
+
 provision-bench:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP provision-bench: not root"; \
 	elif [ ! -x /usr/sbin/gnt-cluster ]; then echo "SKIP provision-bench: ganeti is not installed (make deps)"; \

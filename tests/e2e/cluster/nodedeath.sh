@@ -227,6 +227,13 @@ check "$B's detach left $(node_fqdn "$A")'s hold of $VC alone" held_by "$VC" "$A
 run "detach $VC on $A" archip_on "$A" detach "$VC"
 check "archip verify $VC is clean" archip verify "$VC"
 archip remove "$VC" >/dev/null 2>&1
+# A fenced node's daemon is restarted, as its operator (or systemd) would: on
+# RADOS its client stays blocklisted (every call of it fails; a new process is
+# a new client), on a folder store only the broken volume is fenced. The new
+# daemon recovers without touching what A holds.
+kill -KILL "$pb" 2>/dev/null
+for _ in $(seq 50); do kill -0 "$pb" 2>/dev/null || break; sleep 0.1; done
+check "$B's daemon, restarted after the fencing, serves again" start_serve "$B"
 
 log "TIMES: node death to the first write on $A: $T_DEATH s (failover after the lease ran out $T_FO1 s); cut-off: pause to $A's takeover $T_CUT s"
 if [[ ${GC_KEEP:-no} != yes ]]; then
