@@ -205,15 +205,9 @@ public final class Volume: @unchecked Sendable {
             try refreshIfShared()
             let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
             try checkRange(offset, buffer.count, size: size)
-            var done = 0
-            while done < buffer.count {
-                let pos = offset + UInt64(done)
-                let b = UInt32(pos / UInt64(blockSize))
-                let inBlock = Int(pos % UInt64(blockSize))
-                let n = min(blockSize - inBlock, buffer.count - done)
-                let seg = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)])
-                try readSource(b, resolve(b), at: inBlock, into: seg)
-                done += n
+            _ = try forEachBlockPiece(offset, buffer.count) { b, inBlock, range in
+                try readSource(b, resolve(b), at: inBlock, into: UnsafeMutableRawBufferPointer(rebasing: buffer[range]))
+                return true
             }
         }
     }
@@ -234,33 +228,24 @@ public final class Volume: @unchecked Sendable {
             func zeros(_ n: Int) {
                 if case .zeros(let m)? = pieces.last { pieces[pieces.count - 1] = .zeros(m + n) } else { pieces.append(.zeros(n)) }
             }
-            var done = 0
-            while done < length {
-                let pos = offset + UInt64(done)
-                let b = UInt32(pos / UInt64(blockSize))
-                let inBlock = UInt64(pos % UInt64(blockSize))
-                let n = min(blockSize - Int(inBlock), length - done)
+            let whole = try forEachBlockPiece(offset, length) { b, at, range in
+                let n = range.count, inBlock = UInt64(at)
                 switch resolve(b) {
                 case .zero:
                     zeros(n)
                 case .object(let obj, _, let check):
-                    let d: ObjectReadDescriptor
-                    do {
-                        guard let got = try objects.readDescriptor(obj) else { return nil }
-                        d = got
-                    } catch let e as StoreError where e.code == .notFound {
-                        return nil
-                    }
-                    // Only checked bytes leave by this path (BlockChecks.swift).
-                    guard try checkForZeroCopy(b, obj, check, d, at: Int(inBlock), count: n) else { return nil }
+                    guard let d = try descriptor(obj),
+                          // Only checked bytes leave by this path (BlockChecks.swift).
+                          try checkForZeroCopy(b, obj, check, d, at: at, count: n) else { return false }
                     // An owned object's checksum table is not part of the block.
                     let dataSize = min(d.size, UInt64(blockSize))
                     let available = dataSize > inBlock ? Int(min(UInt64(n), dataSize - inBlock)) : 0
                     if available > 0 { pieces.append(.file(d, offset: inBlock, count: available)) }
                     if available < n { zeros(n - available) }
                 }
-                done += n
+                return true
             }
+            guard whole else { return nil }
             return pieces
         }
     }
@@ -277,29 +262,17 @@ public final class Volume: @unchecked Sendable {
         return try io.shared { () throws -> Bool in
             let size = try state.read { s -> UInt64 in try checkOpen(s); return s.top.size }
             try checkRange(offset, buffer.count, size: size)
-            var done = 0
-            while done < buffer.count {
-                let pos = offset + UInt64(done)
-                let b = UInt32(pos / UInt64(blockSize))
-                let inBlock = Int(pos % UInt64(blockSize))
-                let n = min(blockSize - inBlock, buffer.count - done)
-                let seg = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)])
+            return try forEachBlockPiece(offset, buffer.count) { b, inBlock, range in
+                let seg = UnsafeMutableRawBufferPointer(rebasing: buffer[range])
                 switch resolve(b) {
                 case .zero:
                     seg.initializeMemory(as: UInt8.self, repeating: 0)
+                    return true
                 case .object(let obj, _, let check):
-                    let d: ObjectReadDescriptor
-                    do {
-                        guard let got = try objects.readDescriptor(obj) else { return false }
-                        d = got
-                    } catch let e as StoreError where e.code == .notFound {
-                        return false
-                    }
-                    guard try copyCheckedFromCache(b, obj, check, d, at: inBlock, into: seg) else { return false }
+                    guard let d = try descriptor(obj) else { return false }
+                    return try copyCheckedFromCache(b, obj, check, d, at: inBlock, into: seg)
                 }
-                done += n
             }
-            return true
         }
     }
 
@@ -366,15 +339,33 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func writeUnlocked(at offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
+        _ = try forEachBlockPiece(offset, data.count) { b, inBlock, range in
+            try writeSegment(b, inBlock: inBlock, UnsafeRawBufferPointer(rebasing: data[range]))
+            return true
+        }
+    }
+
+    /// Splits `count` bytes at `offset` by block, in order: the block, the
+    /// offset in it and the part of the range that falls in it. Stops (and
+    /// returns false) when `body` does. Every read and write splits this way.
+    private func forEachBlockPiece(_ offset: UInt64, _ count: Int,
+                                   _ body: (_ block: UInt32, _ inBlock: Int, _ range: Range<Int>) throws -> Bool) rethrows -> Bool {
         var done = 0
-        while done < data.count {
+        while done < count {
             let pos = offset + UInt64(done)
-            let b = UInt32(pos / UInt64(blockSize))
             let inBlock = Int(pos % UInt64(blockSize))
-            let n = min(blockSize - inBlock, data.count - done)
-            try writeSegment(b, inBlock: inBlock, UnsafeRawBufferPointer(rebasing: data[done..<(done + n)]))
+            let n = min(blockSize - inBlock, count - done)
+            guard try body(UInt32(pos / UInt64(blockSize)), inBlock, done..<(done + n)) else { return false }
             done += n
         }
+        return true
+    }
+
+    /// An object's read descriptor for the zero-copy and cached paths; nil
+    /// when the store has none or the object is gone (the caller falls back
+    /// to `read`, which says why).
+    private func descriptor(_ obj: ObjectName) throws -> ObjectReadDescriptor? {
+        do { return try objects.readDescriptor(obj) } catch let e as StoreError where e.code == .notFound { return nil }
     }
 
     /// One block's part of a write. Caller holds `io` (shared or exclusive).
