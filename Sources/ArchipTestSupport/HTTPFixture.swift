@@ -95,10 +95,18 @@ public final class HTTPFixture: Sendable {
     /// theirs (killed by a timeout, a crash): their owner pid is gone.
     public static func sweepOrphans() throws {
         let tmp = FileManager.default.temporaryDirectory.path
+        // One sweeper at a time: suites start their fixtures in parallel, and
+        // two sweeping one orphan made the second fail removing what the
+        // first had removed (its whole suite failed).
+        let lock = open(tmp + "/" + dirPrefix + "sweep.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0 else { throw FixtureError("cannot open \(tmp)/\(dirPrefix)sweep.lock: errno \(errno)") }
+        defer { close(lock) }
+        guard flock(lock, LOCK_EX) == 0 else { throw FixtureError("cannot lock \(tmp)/\(dirPrefix)sweep.lock: errno \(errno)") }
+        defer { flock(lock, LOCK_UN) }
         for name in try FileManager.default.contentsOfDirectory(atPath: tmp) where name.hasPrefix(dirPrefix) {
             let dir = "\(tmp)/\(name)"
-            guard FileManager.default.fileExists(atPath: dir + "/owner.pid") else { continue }
-            let text = try String(contentsOfFile: dir + "/owner.pid", encoding: .utf8)
+            guard FileManager.default.fileExists(atPath: dir + "/owner.pid"),
+                  let text = try? String(contentsOfFile: dir + "/owner.pid", encoding: .utf8) else { continue }
             guard let owner = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
                   kill(owner, 0) == -1, errno == ESRCH else { continue }
             let r = try runTool(scriptDir + "/nginx-fixture.sh", ["stop", dir], logIn: dir)
