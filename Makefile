@@ -21,6 +21,9 @@ CRASH_ITERATIONS ?= 100
 SOAK_ITERATIONS  ?= 1000
 RADOS_CRASH_ITERATIONS ?= 30
 TMPDIR   ?= /tmp
+# schemathesis for api-schemathesis: make deps puts it in a venv here (pinned: its CLI changes between versions).
+ST_VENV    ?= $(HOME)/.cache/archip/schemathesis-venv
+ST_VERSION ?= schemathesis==4.32.5
 
 # Debian packages the build and the tests need.
 DEBIAN_PACKAGES = libssl-dev libcurl4-openssl-dev libfuse3-dev fuse3 pkg-config e2fsprogs util-linux nginx-light qemu-utils \
@@ -35,7 +38,7 @@ DEBIAN_PACKAGES += fio nbd-client liburing-dev nbdkit
 DEBIAN_PACKAGES += librados-dev ceph-mon ceph-osd ceph-common bc
 
 # cyclades-api: the real OpenStack clients of its end-to-end test, wrk for its bench.
-DEBIAN_PACKAGES += python3-cinderclient python3-novaclient python3-openstackclient wrk
+DEBIAN_PACKAGES += python3-cinderclient python3-novaclient python3-openstackclient wrk python3-venv
 
 # The multi-node Ganeti lab (make cluster-test): sshd in each node's namespaces.
 DEBIAN_PACKAGES += openssh-server
@@ -84,8 +87,11 @@ deps:
 	@. /etc/os-release; if [ -e $(BACKPORTS_SOURCES) ] && [ "$$VERSION_CODENAME" = bookworm ]; then t="-t bookworm-backports"; else t=""; fi; \
 	  echo "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$t $(GANETI_PACKAGES)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$t $(GANETI_PACKAGES)
-	@# schemathesis (PyPI) checks the API against its OpenAPI document; best effort: api-schemathesis skips without it.
-	-@if command -v pip >/dev/null; then pip install --quiet schemathesis || echo "make deps: schemathesis not installed; api-schemathesis will skip"; else echo "make deps: no pip; api-schemathesis will skip"; fi
+	@# schemathesis (PyPI) checks the API against its OpenAPI document, from a venv of its own
+	@# (Debian's pip refuses system-wide installs, PEP 668); best effort: api-schemathesis skips without it.
+	-@if command -v schemathesis >/dev/null || [ -x $(ST_VENV)/bin/schemathesis ]; then :; \
+	  elif python3 -m venv $(ST_VENV) && $(ST_VENV)/bin/pip install --quiet $(ST_VERSION); then echo "make deps: $(ST_VERSION) in $(ST_VENV)"; \
+	  else echo "make deps: schemathesis not installed; api-schemathesis will skip"; fi
 
 test: deps-missing unit-test crash-test demo ganeti-test cyclades-test api-test api-schemathesis cluster-test rados-test
 
@@ -187,6 +193,7 @@ api-test:
 # schemathesis (PyPI: pip install schemathesis) against docs/openapi.json, on
 # cyclades-api --fake-ganeti over loopback: no 5xx but the documented 501s, and
 # answers that match their schemas (~15 s). Skips when schemathesis is absent.
+api-schemathesis: export PATH := $(ST_VENV)/bin:$(PATH)
 api-schemathesis:
 	@if ! command -v schemathesis >/dev/null && ! command -v st >/dev/null; then \
 	  echo "SKIP api-schemathesis: schemathesis is not installed (pip install schemathesis)"; \

@@ -128,10 +128,23 @@ extension VolumeStore {
 
     /// Ends `owner`'s hold: the lease (kept with its epoch and last break,
     /// holder cleared) and the lock, together.
+    ///
+    /// The lock goes even when the lease record cannot be read or ended (an
+    /// I/O error): a holder that is gone must not leave the volume locked
+    /// until `unlock --force`. A lease naming a holder that no longer holds
+    /// the lock decides nothing (only the lock's holders are checked for a
+    /// live lease); the next holder writes its own. The lease's error is then
+    /// the one reported.
     func releaseHold(_ name: VolumeName, owner: LockOwner) throws {
         try objects.exclusively(Self.leaseObject(name)) {
-            if let current = try lease(name), current.holder == owner { try endLease(name, current) }
+            var leaseError: Error?
+            do {
+                if let current = try lease(name), current.holder == owner { try endLease(name, current) }
+            } catch {
+                leaseError = error
+            }
             try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
+            if let leaseError { throw leaseError }
         }
     }
 
