@@ -66,7 +66,7 @@ run "nova boot --block-device source=image,... --block-device source=blank,... -
   nova_ boot --flavor 1 --block-device "source=image,id=$IMG,dest=volume,size=1,bootindex=0,shutdown=remove" \
   --block-device source=blank,dest=volume,size=1 vm1 --poll
 SID=$(nova_ list 2>/dev/null | awk -F'|' '$3 ~ / vm1 / {gsub(/ /,"",$2); print $2}')
-check "nova list: vm1 ($SID) is ACTIVE" bash -c "$(declare -f NS nova_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; nova_ list 2>/dev/null | grep -q ' vm1 .*ACTIVE'"
+check "nova list: vm1 ($SID) is ACTIVE" bash -c "$(declare -f NS nova_ nova_as); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; nova_ list 2>/dev/null | grep -q ' vm1 .*ACTIVE'"
 check "Ganeti has snf-$SID with two 1 GiB disks" test "$(gnt_disks snf-$SID)" == "2 1024,1024"
 nova_ volume-attachments "$SID" > "$W/att.txt" 2>&1
 check "nova volume-attachments lists volumes 1 (/dev/vda) and 2 (/dev/vdb)" bash -c "grep -Eq '\| 1 +\| /dev/vda +\| $SID +\| 1 ' '$W/att.txt' && grep -Eq '\| 2 +\| /dev/vdb +\| $SID +\| 2 ' '$W/att.txt'"
@@ -153,7 +153,7 @@ run "nova delete vm1" nova_ delete "$SID"
 for _ in $(seq 1 120); do ip netns exec "$GNT_NETNS" gnt-instance list --no-headers -o name 2>/dev/null | grep -qx "snf-$SID" || break; sleep 0.5; done
 sleep 1
 check "Ganeti no longer has snf-$SID" bash -c "! ip netns exec $GNT_NETNS gnt-instance list --no-headers -o name | grep -qx snf-$SID"
-check "nova show $SID -> not found" bash -c "$(declare -f NS nova_); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; ! nova_ show $SID >/dev/null 2>&1"
+check "nova show $SID -> not found" bash -c "$(declare -f NS nova_ nova_as); TOKEN=$TOKEN U=$U GNT_NETNS=$GNT_NETNS GNT_CLEAN_PATH=$GNT_CLEAN_PATH; ! nova_ show $SID >/dev/null 2>&1"
 check "quota: nothing used, nothing pending" usage_settles_to 0 0
 check "no origin snapshot is left in the store (removed with the clone)" bash -c "! '$BIN/archip' --store '$STORE' list --json | grep -q origin-of"
 # --- openstack (python3-openstackclient) and nova boot --image NAME ------------------------
