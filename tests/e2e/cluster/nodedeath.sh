@@ -211,7 +211,13 @@ wait_acks cuta 20
 kill -CONT "$pb"
 sleep 2
 wait_acks cuta $(( $(wc -l < "$W/cuta.ack") + 20 ))
-check "$B's daemon, resumed, logs that it is fenced" grep -q "$VC: node $(node_fqdn "$B") (epoch [0-9]*) is fenced" "$DB/serve.log"
+# Its lease check, or on RADOS the cluster's blocklist (whichever a write meets first).
+fenced_logged() {
+  local _; for _ in $(seq 50); do
+    grep -Eq "$VC: .*(node $(node_fqdn "$B") \(epoch [0-9]+\) is fenced|fenced off \(blocklisted\))" "$DB/serve.log" && return 0; sleep 0.1
+  done; return 1
+}
+check "$B's daemon, resumed, logs that it is fenced" fenced_logged
 # The write in flight at the pause may be acknowledged at the resume if it
 # reached the store before the pause (then it reads back below); no other.
 check "at most the write in flight at the pause was acknowledged on $B after it ($stopped_at, now $(wc -l < "$W/cutb.ack"))" \
