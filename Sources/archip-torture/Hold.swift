@@ -19,25 +19,19 @@ struct Holder {
     var out = ""
 
     init(_ args: [String]) throws {
-        var i = 0
-        func value() throws -> String {
-            i += 1
-            guard i < args.count else { throw TortureError("\(args[i - 1]) needs a value") }
-            return args[i]
-        }
-        while i < args.count {
-            switch args[i] {
-            case "--store": store = try value()
-            case "--volume": volume = try value()
-            case "--node": node = try value()
-            case "--lease": lease = Double(try value()) ?? lease
-            case "--skew": skew = Double(try value()) ?? skew
-            case "--byte": byte = UInt8(try value()) ?? byte
-            case "--length": length = Int(try value()) ?? length
-            case "--out": out = try value()
-            default: throw TortureError("unknown option \(args[i])")
+        var options = OptionReader(args)
+        while let o = options.next() {
+            switch o {
+            case "--store": store = try options.value(for: o)
+            case "--volume": volume = try options.value(for: o)
+            case "--node": node = try options.value(for: o)
+            case "--lease": lease = Double(try options.value(for: o)) ?? lease
+            case "--skew": skew = Double(try options.value(for: o)) ?? skew
+            case "--byte": byte = UInt8(try options.value(for: o)) ?? byte
+            case "--length": length = Int(try options.value(for: o)) ?? length
+            case "--out": out = try options.value(for: o)
+            default: throw TortureError("unknown option \(o)")
             }
-            i += 1
         }
         guard !store.isEmpty, !volume.isEmpty, !out.isEmpty else { throw TortureError("hold needs --store, --volume and --out") }
     }

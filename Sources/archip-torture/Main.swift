@@ -42,6 +42,28 @@ struct TortureError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
+/// A command's options in order: `--name value` pairs and flags. Both
+/// commands (crash, hold) read theirs through it.
+struct OptionReader {
+    private let args: [String]
+    private var i = 0
+    init(_ args: [String]) { self.args = args }
+
+    /// The next option name, nil at the end.
+    mutating func next() -> String? {
+        guard i < args.count else { return nil }
+        defer { i += 1 }
+        return args[i]
+    }
+
+    /// The value after option `name`.
+    mutating func value(for name: String) throws -> String {
+        guard i < args.count else { throw TortureError("\(name) needs a value") }
+        defer { i += 1 }
+        return args[i]
+    }
+}
+
 struct Options {
     var store = ""
     var iterations = 100
@@ -51,23 +73,17 @@ struct Options {
     var verbose = false
 
     init(_ args: [String]) throws {
-        var i = 0
-        func value() throws -> String {
-            i += 1
-            guard i < args.count else { throw TortureError("\(args[i - 1]) needs a value") }
-            return args[i]
-        }
-        while i < args.count {
-            switch args[i] {
-            case "--store": store = try value()
-            case "--iterations": iterations = Int(try value()) ?? 100
-            case "--seed": seed = UInt64(try value()) ?? 1
-            case "--start-gen": startGen = Int(try value()) ?? 1
-            case "--journal": journal = try value()
+        var options = OptionReader(args)
+        while let o = options.next() {
+            switch o {
+            case "--store": store = try options.value(for: o)
+            case "--iterations": iterations = Int(try options.value(for: o)) ?? 100
+            case "--seed": seed = UInt64(try options.value(for: o)) ?? 1
+            case "--start-gen": startGen = Int(try options.value(for: o)) ?? 1
+            case "--journal": journal = try options.value(for: o)
             case "--verbose": verbose = true
-            default: throw TortureError("unknown option \(args[i])")
+            default: throw TortureError("unknown option \(o)")
             }
-            i += 1
         }
         guard !store.isEmpty else { throw TortureError("--store is required") }
     }
