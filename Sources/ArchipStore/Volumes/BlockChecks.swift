@@ -415,6 +415,18 @@ extension Volume {
 
     // MARK: zero-copy reads
 
+    /// An owned object's page CRC table: the one this volume keeps, or read
+    /// from after the block without waiting for the disk (then kept); nil
+    /// when it is not in the page cache (the caller copies through `read`).
+    private func pageTable(_ obj: ObjectName, fd: Int32, bytes: Int) -> [UInt32]? {
+        if let t = tables.get(obj) { return t }
+        var t = [UInt32](repeating: 0, count: bytes / 4)
+        let n = t.withUnsafeMutableBytes { archip_pread_nowait_sys(fd, $0.baseAddress, $0.count, UInt64(blockSize)) }
+        guard n == bytes else { return nil }
+        tables.set(obj, t)
+        return t
+    }
+
     /// Checks `count` bytes of `obj` at `offset` (inside one block) before
     /// `readPieces` hands out its file: false when that cannot be done
     /// without waiting for the disk or reading the whole block (then the
@@ -446,16 +458,7 @@ extension Volume {
                 if archip_range_cached(fd, 0, d.size) == 1 { return true }
                 checkedPages.forget(obj)
             }
-            let crcs: [UInt32]
-            if let t = tables.get(obj) {
-                crcs = t
-            } else {
-                var t = [UInt32](repeating: 0, count: table / 4)
-                let tn = t.withUnsafeMutableBytes { archip_pread_nowait_sys(fd, $0.baseAddress, $0.count, UInt64(blockSize)) }
-                guard tn == table else { return false }
-                tables.set(obj, t)
-                crcs = t
-            }
+            guard let crcs = pageTable(obj, fd: fd, bytes: table) else { return false }
             func verify(_ scratch: UnsafeMutableRawBufferPointer) -> Bool {
                 guard archip_pread_nowait_sys(fd, scratch.baseAddress, scratch.count, dataAt) == scratch.count else { return false }
                 for i in 0..<pages {
@@ -534,16 +537,7 @@ extension Volume {
             let first = offset / page
             let last = (offset + buffer.count - 1) / page
             let pages = last - first + 1
-            let crcs: [UInt32]
-            if let t = tables.get(obj) {
-                crcs = t
-            } else {
-                var t = [UInt32](repeating: 0, count: tableBytes / 4)
-                let tn = t.withUnsafeMutableBytes { archip_pread_nowait_sys(fd, $0.baseAddress, $0.count, UInt64(blockSize)) }
-                guard tn == tableBytes else { return false }
-                tables.set(obj, t)
-                crcs = t
-            }
+            guard let crcs = pageTable(obj, fd: fd, bytes: tableBytes) else { return false }
             func verified(_ data: UnsafeRawBufferPointer) -> Bool {
                 for i in 0..<pages {
                     let c = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * page)..<((i + 1) * page)]))
