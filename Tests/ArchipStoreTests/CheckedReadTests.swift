@@ -180,6 +180,75 @@ import Glibc
         #expect(try v.readPieces(at: (4 << 20) + 65536, length: 1 << 20) != nil)
     }
 
+    /// A write into part of a page recomputes that page's CRC over the bytes
+    /// it does not cover too: it must check them first, or damage there
+    /// would get a matching CRC and be read back as good data ever after.
+    @Test(arguments: TestBackend.persistent)
+    func aWriteIntoPartOfADamagedPageIsRefusedNotHidden(_ backend: TestBackend) throws {
+        let t = try backend.store("edge-page")
+        defer { t.remove() }
+        try t.store.create(name("w"), size: .mebibytes(8))
+        try t.store.withVolume(name("w")) { try $0.write(at: 0, CheckedReads.data(8 << 20)) }
+        let obj = try CheckedReads.ownedObject(t.store, "w", block: 1)
+        try CheckedReads.flip(t, obj, at: 4096 + 3000)
+        let v = try t.store.open(name("w"))
+        defer { try? v.close() }
+        // 512 bytes into page 1, away from the flipped byte; then a write
+        // ending inside it; both refused, one line naming block and object.
+        CheckedReads.expectCorrupt("write of 512 bytes into the damaged page", block: 1, object: obj) {
+            try v.write(at: UInt64((4 << 20) + 4096 + 512), [UInt8](repeating: 7, count: 512))
+        }
+        CheckedReads.expectCorrupt("write ending inside the damaged page", block: 1, object: obj) {
+            try v.write(at: UInt64(4 << 20), [UInt8](repeating: 7, count: 4096 + 100))
+        }
+        // The damage is still seen, not laundered by a recomputed CRC.
+        CheckedReads.expectCorrupt("read of the damaged page", block: 1, object: obj) {
+            _ = try v.read(at: UInt64((4 << 20) + 4096), length: 4096)
+        }
+        // Whole pages may be written over it (nothing of the old page is kept),
+        // and partial writes into undamaged pages go through as before.
+        try v.write(at: UInt64((4 << 20) + 4096), [UInt8](repeating: 9, count: 4096))
+        try v.write(at: UInt64((4 << 20) + 4096 + 100), [UInt8](repeating: 8, count: 50))
+        var want = [UInt8](repeating: 9, count: 4096)
+        for i in 100..<150 { want[i] = 8 }
+        #expect(try v.read(at: UInt64((4 << 20) + 4096), length: 4096) == want)
+        try v.flush()
+        #expect(try t.store.verify(name("w")).problems.isEmpty)
+    }
+
+    /// Pages this volume wrote count as checked in the file's version after
+    /// the write (their CRCs come from the bytes written): the first
+    /// zero-copy read of them needs no read-back. A change by anyone else
+    /// between two of its writes drops the earlier marks: damage made there
+    /// is still never handed out.
+    @Test func pagesThisVolumeWroteAreMarkedButNotAcrossAnotherChange() throws {
+        let t = try TestBackend.dir.store("marks-on-write")
+        defer { t.remove() }
+        try t.store.create(name("w"), size: .mebibytes(8))
+        let v = try t.store.open(name("w"))
+        defer { try? v.close() }
+        try v.write(at: UInt64(4 << 20), CheckedReads.data(4 << 20))
+        try v.write(at: UInt64(4 << 20), CheckedReads.data(1 << 20, seed: 5))
+        let hits = v.checkedPages.coveredReads
+        #expect(try v.readPieces(at: UInt64(4 << 20), length: 1 << 20) != nil)
+        #expect(v.checkedPages.coveredReads == hits + 1, "the first read of pages just written read them back")
+        // Someone else flips a byte in page 40; then the volume writes pages 0-15.
+        let obj = try CheckedReads.ownedObject(t.store, "w", block: 1)
+        try CheckedReads.flip(t, obj, at: 40 * 4096 + 7)
+        try v.write(at: UInt64(4 << 20), [UInt8](repeating: 1, count: 65536))
+        // The pages it wrote go out from their marks...
+        let before = v.checkedPages.coveredReads
+        #expect(try v.readPieces(at: UInt64(4 << 20), length: 65536) != nil)
+        #expect(v.checkedPages.coveredReads == before + 1)
+        // ...the ones marked before the other change do not.
+        CheckedReads.expectCorrupt("zero-copy read over the page changed by someone else", block: 1, object: obj) {
+            if try v.readPieces(at: UInt64((4 << 20) + 32 * 4096), length: 65536) == nil {
+                _ = try v.read(at: UInt64((4 << 20) + 32 * 4096), length: 65536)
+            }
+        }
+        #expect(v.checkedPages.coveredReads == before + 1)
+    }
+
     /// `readCached` (NBD's small reads answered on the reader's thread) reads
     /// into the reply and checks the bytes there: what it returns is what
     /// `read` returns, and a page changed in place since it was checked is

@@ -196,13 +196,15 @@ final class TableCache: @unchecked Sendable {
 }
 
 /// Pages of owned objects whose CRCs this volume checked on the zero-copy
-/// path, per version of the object's file. A page checked before is handed
-/// out again without being read (the zero-copy path's only extra cost, see
-/// docs/CHECKSUMS.md) only while
+/// path, or that it wrote itself, per version of the object's file. A page
+/// checked before is handed out again without being read (the zero-copy
+/// path's only extra cost, see docs/CHECKSUMS.md) only while
 ///
 /// - the file is the same version (`FileIdentity`: device, inode, size,
 ///   mtime, ctime from the `fstat` each zero-copy read does anyway): any
-///   write through the file system, ours or anyone's, starts afresh; and
+///   write through the file system starts afresh, except this volume's own,
+///   which carries the marks from the version just before it to the one
+///   just after it (`markWritten`); and
 /// - the whole object has stayed in the page cache since (`cachestat`): the
 ///   bytes handed out are then the very pages that were checked, not a
 ///   re-read from the disk. An object with a page missing loses its marks.
@@ -218,6 +220,7 @@ final class CheckedPages: @unchecked Sendable {
     private var entries: [ObjectName: Entry] = [:]
     private var ring: [ObjectName?]
     private var next = 0
+    private var hits = 0
 
     init(capacity: Int = 4096) {
         ring = [ObjectName?](repeating: nil, count: capacity)
@@ -229,25 +232,54 @@ final class CheckedPages: @unchecked Sendable {
         defer { lock.unlock() }
         guard let e = entries[name], e.identity == identity else { return false }
         for p in first..<(first + count) where e.bits[p >> 6] & (1 << UInt64(p & 63)) == 0 { return false }
+        hits += 1
         return true
+    }
+
+    /// How many times `covers` said yes (tests; a counter under the lock taken anyway).
+    var coveredReads: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return hits
     }
 
     /// Marks pages `first..<first+count` checked in version `identity` (a
     /// different version's marks are dropped).
     func mark(_ name: ObjectName, _ identity: FileIdentity, first: Int, count: Int, pagesPerObject: Int) {
+        update(name, keepingMarksOf: identity, now: identity, first: first, count: count, pagesPerObject: pagesPerObject)
+    }
+
+    /// Pages `first..<first+count` were just written by this volume under
+    /// the block's lock, their CRCs computed from the bytes written (or from
+    /// bytes checked just before): the file went from version `before`
+    /// (taken just before the write; nil: none or unknown) to `after`. The
+    /// marks of `before` carry over to `after`; marks of any other version
+    /// are dropped (someone else changed the file since they were made).
+    func markWritten(_ name: ObjectName, before: FileIdentity?, after: FileIdentity, first: Int, count: Int, pagesPerObject: Int) {
+        update(name, keepingMarksOf: before, now: after, first: first, count: count, pagesPerObject: pagesPerObject)
+    }
+
+    private func update(_ name: ObjectName, keepingMarksOf kept: FileIdentity?, now identity: FileIdentity,
+                        first: Int, count: Int, pagesPerObject: Int) {
         lock.lock()
         defer { lock.unlock() }
+        let fresh = Entry(identity: identity, bits: [UInt64](repeating: 0, count: (pagesPerObject + 63) / 64))
         var e: Entry
         if let old = entries[name] {
             entries[name] = nil   // keep the array uniquely referenced
-            e = old.identity == identity ? old : Entry(identity: identity, bits: [UInt64](repeating: 0, count: (pagesPerObject + 63) / 64))
+            if let kept, old.identity == kept {
+                e = old
+                e.identity = identity
+            } else {
+                e = fresh
+            }
         } else {
-            e = Entry(identity: identity, bits: [UInt64](repeating: 0, count: (pagesPerObject + 63) / 64))
+            e = fresh
             if let old = ring[next] { entries[old] = nil }
             ring[next] = name
             next = (next + 1) % ring.count
         }
-        for p in first..<(first + count) { e.bits[p >> 6] |= 1 << UInt64(p & 63) }
+        for p in first..<min(first + count, pagesPerObject) { e.bits[p >> 6] |= 1 << UInt64(p & 63) }
         entries[name] = e
     }
 
@@ -565,6 +597,60 @@ extension Volume {
     }
 
     // MARK: writes keep the checksums
+
+    /// The version of `obj`'s file just before this volume writes into it
+    /// (see `markWritten`); nil where no marks are kept (no files, shared
+    /// mode, checks off) or there is no file yet.
+    func versionBeforeWrite(_ obj: ObjectName) -> FileIdentity? {
+        guard BlockChecks.enabled, mode != .shared else { return nil }
+        return (try? objects.readDescriptor(obj))??.identity
+    }
+
+    /// After this volume wrote `count` bytes at `inBlock` into `obj` and their
+    /// page checksums (caller holds the block's lock): those pages count as
+    /// checked in the file's new version, so the first zero-copy read of
+    /// what was just written need not read it back (docs/CHECKSUMS.md). The
+    /// CRCs were computed from the bytes written, and the edge pages' other
+    /// bytes were checked before the write (`checkEdgePages`). `before`:
+    /// `versionBeforeWrite`, or nil when the write made a new file.
+    func markWritten(_ obj: ObjectName, before: FileIdentity?, inBlock: Int, count: Int) {
+        guard BlockChecks.enabled, mode != .shared, count > 0,
+              let after = (try? objects.readDescriptor(obj))??.identity else { return }
+        let page = BlockChecks.pageSize
+        let first = inBlock / page
+        checkedPages.markWritten(obj, before: before, after: after, first: first,
+                                 count: (inBlock + count - 1) / page - first + 1, pagesPerObject: blockSize / page)
+    }
+
+    /// Before a write that covers only part of a page of an owned object
+    /// with a table: the rest of that page is checked against its CRC, which
+    /// the write is about to recompute over it. Without this, damage in the
+    /// bytes the write does not cover would get a matching CRC and be
+    /// returned by every later read. Caller holds the block's lock.
+    func checkEdgePages(_ b: UInt32, _ obj: ObjectName, inBlock: Int, count: Int) throws {
+        let page = BlockChecks.pageSize
+        guard BlockChecks.enabled, count > 0, inBlock % page != 0 || (inBlock + count) % page != 0,
+              tabled.withLock({ $0.contains(obj) }), !state.read({ $0.unsettled.contains(b) }) else { return }
+        var edges = [Int]()
+        if inBlock % page != 0 { edges.append(inBlock / page) }
+        if (inBlock + count) % page != 0, edges.last != (inBlock + count) / page { edges.append((inBlock + count) / page) }
+        try withUnsafeTemporaryAllocation(byteCount: page, alignment: 4096) { scratch in
+            for p in edges {
+                let n = try objects.read(obj, at: UInt64(p * page), into: scratch)
+                var want: UInt32 = 0
+                let m = try withUnsafeMutableBytes(of: &want) { try objects.read(obj, at: UInt64(blockSize + p * 4), into: $0) }
+                guard n == page, m == 4 else {
+                    throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location) ends inside its block or its table",
+                                     cause: "the object is damaged; run 'archip verify \(name)'")
+                }
+                let c = CRC32C.checksum(UnsafeRawBufferPointer(scratch))
+                guard c == UInt32(littleEndian: want) else {
+                    throw StoreError(.corrupt, "\(name): block \(b), object \(obj) in \(objects.location): 4 KiB page \(p) (bytes \(p * page)-\((p + 1) * page - 1) of the block) has CRC-32C \(String(c, radix: 16)), its table says \(String(UInt32(littleEndian: want), radix: 16)); a write into part of it was refused, as it would hide the damage",
+                                     cause: "the object is damaged; run 'archip verify \(name)'")
+                }
+            }
+        }
+    }
 
     /// After `data` was written at `inBlock` into an owned object that has a
     /// table: recompute the checksums of the pages it touched (reading back

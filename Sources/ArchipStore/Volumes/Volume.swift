@@ -386,6 +386,16 @@ public final class Volume: @unchecked Sendable {
                 committedOwned = true
                 // An object an older archip wrote gets its checksums first.
                 if pending == nil && !whole { try ensureChecksums(b, obj, committed: h) }
+            }
+            // Into part of a page of the object as it is: the rest of that
+            // page is checked first, before anything is written (a failed
+            // write below recomputes its pages' checksums from what they hold).
+            switch pending {
+            case .pieces?, .whole?: if !whole { try checkEdgePages(b, obj, inBlock: inBlock, count: data.count) }
+            case nil: if committedOwned && !whole { try checkEdgePages(b, obj, inBlock: inBlock, count: data.count) }
+            case .zero?: break
+            }
+            if committedOwned {
                 // The committed checksum of this object is about to go stale.
                 try noteIntent(b)
             }
@@ -422,6 +432,7 @@ public final class Volume: @unchecked Sendable {
             let h = SHA256.blockHash(data)
             try objects.put(obj, data, length: 0, durable: false)
             try writeChecksums(obj, of: data)
+            markWritten(obj, before: nil, inBlock: 0, count: blockSize)
             // Keep no descriptor open for a block written whole (as the
             // put alone would not): streaming writers touch each block once.
             objects.forgetCached(obj)
@@ -429,27 +440,33 @@ public final class Volume: @unchecked Sendable {
             state.withLock { $0.overlay[b] = .whole(h) }
             return
         }
+        /// Into the object as it is (its edge pages were checked by
+        /// `writeSegment`): the data, then its pages' checksums.
+        func writeInPlace() throws {
+            let before = versionBeforeWrite(obj)
+            try objects.write(obj, at: UInt64(inBlock), data)
+            try updateChecksums(obj, inBlock: inBlock, data)
+            markWritten(obj, before: before, inBlock: inBlock, count: data.count)
+        }
         let hash: PartialBlockHash
         switch pending {
         case .pieces(let p)?:
-            try objects.write(obj, at: UInt64(inBlock), data)
-            try updateChecksums(obj, inBlock: inBlock, data)
+            try writeInPlace()
             hash = p
         case .whole?:
-            try objects.write(obj, at: UInt64(inBlock), data)
-            try updateChecksums(obj, inBlock: inBlock, data)
+            try writeInPlace()
             hash = PartialBlockHash(knownZeroFrom: blockSize)
         case .zero?:
             try objects.put(obj, UnsafeRawBufferPointer(start: nil, count: 0), length: UInt64(blockSize), durable: false)
             try writeZeroChecksums(obj)
             try objects.write(obj, at: UInt64(inBlock), data)
             try updateChecksums(obj, inBlock: inBlock, data)
+            markWritten(obj, before: nil, inBlock: inBlock, count: data.count)
             tabled.withLock { _ = $0.insert(obj) }
             hash = PartialBlockHash(knownZeroFrom: 0)
         case nil:
             if committedOwned {
-                try objects.write(obj, at: UInt64(inBlock), data)
-                try updateChecksums(obj, inBlock: inBlock, data)
+                try writeInPlace()
                 hash = PartialBlockHash(knownZeroFrom: blockSize)
             } else {
                 let fromZeros = try copyOnWrite(b, into: obj, inBlock: inBlock, data)
@@ -474,6 +491,7 @@ public final class Volume: @unchecked Sendable {
             try writeZeroChecksums(obj)
             try objects.write(obj, at: UInt64(inBlock), data)
             try updateChecksums(obj, inBlock: inBlock, data)
+            markWritten(obj, before: nil, inBlock: inBlock, count: data.count)
             return true
         }
         // The block, then its checksum table: one object, one put.
@@ -487,6 +505,8 @@ public final class Volume: @unchecked Sendable {
             try objects.put(obj, UnsafeRawBufferPointer(buf), length: 0, durable: false)
             wroteTable(obj, table)
         }
+        // Every page: the parent's block was read checked, the data is ours.
+        markWritten(obj, before: nil, inBlock: 0, count: blockSize)
         return false
     }
 
