@@ -276,12 +276,18 @@ import Testing
         try detaching.run()
         usleep(1_000_000)
         #expect(detaching.isRunning, "the detach should be waiting for the loop device")
+        // Each answers while the stuck detach still waits (not after it: what
+        // matters, and what holds however loaded the machine is), and well
+        // inside the stuck one's 10 s.
         let (list, listSeconds) = try d.timed(["attached", "--json"])
-        #expect(list.status == 0 && listSeconds < 2, "attached took \(listSeconds) s: \(list.stderr)")
+        #expect(list.status == 0 && listSeconds < 5, "attached took \(listSeconds) s: \(list.stderr)")
+        #expect(detaching.isRunning, "attached answered only after the stuck detach ended")
         let (third, thirdSeconds) = try d.timed(["attach", "third"])
-        #expect(third.status == 0 && thirdSeconds < 3, "attach of another volume took \(thirdSeconds) s: \(third.stderr)")
+        #expect(third.status == 0 && thirdSeconds < 5, "attach of another volume took \(thirdSeconds) s: \(third.stderr)")
+        #expect(detaching.isRunning, "the attach of another volume ended only after the stuck detach")
         let (otherDetach, otherSeconds) = try d.timed(["detach", "other"])
-        #expect(otherDetach.status == 0 && otherSeconds < 3, "detach of another volume took \(otherSeconds) s: \(otherDetach.stderr)")
+        #expect(otherDetach.status == 0 && otherSeconds < 5, "detach of another volume took \(otherSeconds) s: \(otherDetach.stderr)")
+        #expect(detaching.isRunning, "the detach of another volume ended only after the stuck detach")
         detaching.waitUntilExit()
         let seconds = Date().timeIntervalSince(started)
         let err = String(decoding: detachErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
