@@ -113,13 +113,13 @@ public final class FUSEExport: @unchecked Sendable {
         }
         func make(_ dir: String) throws {
             if mkdir(dir, 0o755) == 0 { return }
-            var err = errno
+            var err = Glibc.errno
             if err == ENOENT {
                 let parent = (dir as NSString).deletingLastPathComponent
                 guard !parent.isEmpty, parent != dir else { throw fail(dir, ENOENT) }
                 try make(parent)
                 if mkdir(dir, 0o755) == 0 { return }
-                err = errno
+                err = Glibc.errno
             }
             if err == ENOTDIR {
                 // A parent is a file: name it.
@@ -133,7 +133,7 @@ public final class FUSEExport: @unchecked Sendable {
             guard err == EEXIST else { throw fail(dir, err) }
             // Something is there: it must be a folder (a file in the way is ENOTDIR).
             var st = stat()
-            guard stat(dir, &st) == 0 else { throw fail(dir, errno, "cannot stat") }
+            guard stat(dir, &st) == 0 else { throw fail(dir, Glibc.errno, "cannot stat") }
             guard st.st_mode & S_IFMT == S_IFDIR else { throw fail(dir, ENOTDIR, "a file is in the way at") }
         }
         try make(path)
