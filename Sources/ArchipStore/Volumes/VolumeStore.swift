@@ -160,7 +160,7 @@ public final class VolumeStore: @unchecked Sendable {
             let o = owner ?? LockOwner.forThisProcess(node: node)
             let started = MonotonicClock.now()
             let (lease, broke) = try takeExclusive(name, owner: o, fresh: owner == nil)
-            keeper = LeaseKeeper(store: self, name: name, owner: o, epoch: lease.epoch, settings: leaseSettings,
+            keeper = LeaseKeeper(store: self, hold: .volume(name), owner: o, epoch: lease.epoch, settings: leaseSettings,
                                  startedAt: started)
             tookOver = broke
             lockOwner = o
