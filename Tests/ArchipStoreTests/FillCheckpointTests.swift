@@ -187,7 +187,8 @@ import Testing
         withExtendedLifetime(dead) {}
 
         // An older archip's fill lock (no lease) on another node: the hour rule.
-        let (old, _) = try FillCheckpoints.startFill(n1, "img2")
+        // (A fresh connection: on RADOS the take-over blocklisted n1's client.)
+        let (old, _) = try FillCheckpoints.startFill(try t.node("n1"), "img2")
         old.end()
         try t.store.objects.acquireLock(FillStage.fillLock(name("img2")),
                                         owner: LockOwner(node: "n1", token: "old", pid: 1, since: Date()), mode: .exclusive)
