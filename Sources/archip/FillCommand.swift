@@ -138,6 +138,9 @@ struct Fill: ParsableCommand {
     func run() throws {
         let target = try volumeName(volume)
         let store = try global.openStore(creating: !abort)
+        // A take-over of a dead fill's name (its lease ended on another
+        // node) and a lost hold are one line each on stderr.
+        store.leaseLog = { FileHandle.standardError.write(Data("archip: \($0)\n".utf8)) }
         if abort {
             let dropped = try FillStage.abort(store: store, target: target)
             print(dropped ? "\(target): interrupted fill dropped" : "\(target): no interrupted fill")

@@ -122,6 +122,83 @@ import Testing
         #expect(try t.store.objects.lockState(lock)?.holders.isEmpty ?? true, "the dead holder's lock is left")
     }
 
+    /// A fill whose node died (its renewals stop, nothing is given back):
+    /// another node's fill is refused while the fill's lease lasts (+ clock
+    /// skew) and takes the name over right after, logging one line naming
+    /// the dead holder; it resumes from the checkpoint, and the dead holder,
+    /// were it to wake up, can no longer write a checkpoint. A fill lock
+    /// without a lease (an older archip's) keeps the hour rule.
+    @Test(arguments: TestBackend.persistent)
+    func aFillOnADeadNodeIsTakenOverOnceItsLeaseEnds(_ backend: TestBackend) throws {
+        let t = try backend.store("fill-lease")
+        defer { t.remove() }
+        let settings = LeaseSettings(lease: 1.5, clockSkew: 0.5)
+        let n1 = try t.node("n1")
+        let n2 = try t.node("n2")
+        n1.leaseSettings = settings
+        n2.leaseSettings = settings
+        let logged = Locked<[String]>([])
+        n2.leaseLog = { line in logged.withLock { $0.append(line) } }
+        func resume(on store: VolumeStore) throws -> FillStage {
+            try FillStage.begin(store: store, target: name("img"), imageSize: FillCheckpoints.imageSize,
+                                blockSize: FillCheckpoints.blockSize, sourceID: "test-image", resume: true)
+        }
+        let (dead, _) = try FillCheckpoints.startFill(n1, "img")
+        // Renewed: well past its first lease + skew, the fill still runs.
+        Thread.sleep(forTimeInterval: 2.5)
+        #expect(throws: StoreError.self) { _ = try resume(on: n2) }
+        #expect(try FillStage.runningHolder(store: n2, target: name("img"))?.node == "n1")
+
+        // n1 dies: its renewals stop, its hold stays in the store.
+        dead.keeper.signalStop()
+        Thread.sleep(forTimeInterval: 0.6)   // a renewal under way ends
+        let lease = try #require(try n2.lease(at: FillStage.fillLease(name("img"))))
+        let until = try #require(lease.until)
+        #expect(lease.holder?.node == "n1")
+        let free = until.addingTimeInterval(settings.clockSkew)
+        var taken: FillStage?
+        var refusals = 0
+        while taken == nil, Date() < free.addingTimeInterval(3) {
+            do {
+                taken = try resume(on: n2)
+            } catch let e as StoreError where e.code == .locked {
+                #expect(Date() < free.addingTimeInterval(0.2), "still refused past the lease's end + skew: \(e)")
+                #expect(e.description.contains("n1") && !e.description.contains("\n"), "\(e)")
+                refusals += 1
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        let stage = try #require(taken, "n1's fill was not taken over within 3 s of its lease's end + skew")
+        #expect(Date() >= free, "taken over before the lease's end + clock skew")
+        #expect(refusals > 0, "the lease was not waited for")
+        #expect(stage.tookOver?.broken.node == "n1")
+        #expect(stage.done.count == 2, "the checkpoint's blocks were not resumed")
+        let lines = logged.withLock { $0 }
+        #expect(lines.count == 1 && lines[0].contains("fill of img") && lines[0].contains("n1"), "\(lines)")
+
+        // The dead holder, woken up, writes no checkpoint over the new one.
+        #expect(throws: StoreError.self) { try dead.checkpoint() }
+        for b in 2..<4 {
+            let bytes = [UInt8](repeating: 9, count: FillCheckpoints.blockSize)
+            try bytes.withUnsafeBytes { _ = try stage.storeBlock(b, $0, hash: SHA256.blockHash($0)) }
+        }
+        try stage.commit(volumeSize: FillCheckpoints.imageSize, mustCreate: true)
+        #expect(try n2.open(name("img"), mode: .readOnly).read(at: 0, length: 1) == [1])
+        withExtendedLifetime(dead) {}
+
+        // An older archip's fill lock (no lease) on another node: the hour rule.
+        // (A fresh connection: on RADOS the take-over blocklisted n1's client.)
+        let (old, _) = try FillCheckpoints.startFill(try t.node("n1"), "img2")
+        old.end()
+        try t.store.objects.acquireLock(FillStage.fillLock(name("img2")),
+                                        owner: LockOwner(node: "n1", token: "old", pid: 1, since: Date()), mode: .exclusive)
+        Thread.sleep(forTimeInterval: settings.lease + settings.clockSkew + 0.2)
+        #expect(throws: StoreError.self) {
+            _ = try FillStage.begin(store: n2, target: name("img2"), imageSize: FillCheckpoints.imageSize,
+                                    blockSize: FillCheckpoints.blockSize, sourceID: "test-image", resume: true)
+        }
+    }
+
     /// Two resumes (or fills) of one name at once: the second fails at once,
     /// in one line naming the first; the first goes on.
     @Test(arguments: TestBackend.persistent)

@@ -176,6 +176,32 @@ func isBlock(_ path: String) -> Bool {
         #expect(try t.store.namesWithDamage().isEmpty)
     }
 
+    /// A removed name's damage result goes with it: no stale entry naming a
+    /// volume that is gone, and a volume made again under that name (in the
+    /// same second: `createdAt` is seconds) does not inherit it. A renamed
+    /// name keeps its result under the new name.
+    @Test(arguments: TestBackend.persistent)
+    func removeAndRenameCarryTheLastResult(_ backend: TestBackend) throws {
+        let t = try backend.store("scrub-remove")
+        defer { t.remove() }
+        try Scrub.fixture(t.store)
+        try CheckedReads.flip(t, try Scrub.content(t.store, block: 2), at: 1000)
+        _ = try t.store.scrub(ScrubOptions())
+        #expect(try t.store.lastVerification(name("c07"))?.damaged == 1)
+        #expect(t.store.loadResults().names["c07"] != nil)
+
+        try t.store.remove(name("c07"))
+        #expect(t.store.loadResults().names["c07"] == nil, "a removed volume's scrub result is kept")
+        #expect(try !t.store.namesWithDamage().map(\.name).contains("c07"))
+        try t.store.create(name("c07"), size: ByteCount(UInt64(Scrub.bs)), blockSize: UInt32(Scrub.bs))
+        #expect(try t.store.lastVerification(name("c07")) == nil)
+
+        try t.store.rename(name("c08"), to: name("c08b"))
+        #expect(t.store.loadResults().names["c08"] == nil)
+        let moved = try #require(try t.store.lastVerification(name("c08b")))
+        #expect(moved.damaged == 1 && moved.name == "c08b")
+    }
+
     /// A run stopped part way (as a kill leaves its last checkpoint) goes on
     /// where it stopped: what it checked is not read again, what it found is kept.
     @Test(arguments: TestBackend.persistent)

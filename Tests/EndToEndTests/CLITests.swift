@@ -1,3 +1,4 @@
+import ArchipTestSupport
 import Foundation
 import Testing
 
@@ -21,6 +22,9 @@ struct CLI {
 
     init() {
         store = FileManager.default.temporaryDirectory.appendingPathComponent("archip-cli-\(UUID().uuidString)").path
+        // The store and the `<store>-run-*` runtime folders are this process's:
+        // if it is killed, the next run stops their daemons (TestDaemons).
+        try? TestDaemons.register(root: store)
     }
 
     /// Runs archip with `args`; `under` runs it through another program

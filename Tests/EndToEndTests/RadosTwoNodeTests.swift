@@ -33,6 +33,7 @@ struct RadosTwoNodes {
         let tag = UUID().uuidString.prefix(8).lowercased()
         let cli = CLI(store: base + (base.contains("?") ? "&" : "?") + "ns=twonode-\(tag)")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("archip-rados-2n-\(tag)").path
+        try TestDaemons.register(root: dir)
         let a = Node(cli, "node-a", runtime: dir + "/run-a"), b = Node(cli, "node-b", runtime: dir + "/run-b")
         defer {
             a.stop(); b.stop(); try? FileManager.default.removeItem(atPath: dir)

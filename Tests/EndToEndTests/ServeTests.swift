@@ -72,6 +72,35 @@ func skipDataPath(_ what: String) -> Bool {
         expectOneLineError(try node.run(["attach", "ghost"]), status: 1, mentioning: "ghost", "attach of a missing volume")
     }
 
+    /// A mount point that cannot be made (here a file in the way): one
+    /// line naming the path and the errno text, not Foundation's
+    /// NSCocoaErrorDomain text; the daemon stays up and gives the volume's
+    /// lock back, so the attach works once the file is gone, without --force.
+    @Test func mountPointThatCannotBeMadeIsOneLineAndGivesTheLockBack() throws {
+        if skipDataPath("attach with a file in the way") { return }
+        let cli = CLI()
+        let node = Node(cli, "node-a")
+        defer { node.stop() }
+        try node.run(["create", "w", "--size", "16M"])
+        try node.run(["create", "v", "--size", "16M"])
+        #expect(try node.run(["attach", "w"]).status == 0)   // the daemon is up
+        let pid = try #require(node.daemonPid())
+        let inTheWay = node.runtime + "/mnt/v"
+        #expect(FileManager.default.createFile(atPath: inTheWay, contents: Data("not a folder".utf8)))
+        let r = try node.run(["attach", "v"])
+        expectOneLineError(r, status: 1, mentioning: inTheWay, "attach with a file at the mount point")
+        #expect(r.stderr.contains("in the way") && !r.stderr.contains("NSCocoaErrorDomain"), "\(r.stderr)")
+        #expect(kill(pid, 0) == 0, "the daemon should stay up")
+        let info = try JSONSerialization.jsonObject(with: try node.run(["info", "v", "--json"]).stdoutData) as! [String: Any]
+        #expect(info["lock"] == nil || info["lock"] is NSNull, "the failed attach kept the lock: \(info["lock"] ?? "")")
+        try FileManager.default.removeItem(atPath: inTheWay)
+        let again = try node.run(["attach", "v"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(node.daemonPid() == pid)
+        #expect(try node.run(["detach", "v"]).status == 0)
+        #expect(try node.run(["detach", "w"]).status == 0)
+    }
+
     @Test func secondNodeIsRefusedUntilTheFirstDetaches() throws {
         if skipDataPath("two nodes") { return }
         let cli = CLI()

@@ -227,7 +227,7 @@ public final class NodeDaemon: @unchecked Sendable {
                 loop = l
             }
             let socket = nbdSocketPath(name)
-            try FileManager.default.createDirectory(atPath: runtimeDir + "/nbd", withIntermediateDirectories: true)
+            try FUSEExport.makeDirectory(runtimeDir + "/nbd", what: "NBD socket folder")
             let nbd = try NBDServer(socketPath: socket, exports: [try NBDExport(name: name.value, device: device)],
                                     defaultExport: name.value)
             try nbd.start()

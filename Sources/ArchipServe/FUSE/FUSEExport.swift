@@ -28,7 +28,7 @@ public final class FUSEExport: @unchecked Sendable {
         self.mountpoint = mountpoint
         self.fileName = fileName
         self.fsName = fsName
-        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try FUSEExport.makeDirectory(mountpoint, what: "FUSE mount point")
         let ctx = Unmanaged.passRetained(self)
         context = ctx
         var cb = archip_fuse_callbacks()
@@ -96,6 +96,47 @@ public final class FUSEExport: @unchecked Sendable {
         // A stat of the mount point is a FUSE request: only once the session serves.
         var dev: UInt64 = 0
         if archip_fuse_device(mountpoint, &dev) == 0 { connection = dev }
+    }
+
+    /// Makes `path` and its missing parents (0755), or finds it a folder
+    /// already. Every failure is one line naming `what`, the path that
+    /// could not be made and the errno text (a read-only or full runtime
+    /// folder, a file in the way), not Foundation's NSCocoaErrorDomain text.
+    static func makeDirectory(_ path: String, what: String) throws {
+        func fail(_ at: String, _ err: Int32, _ call: String = "cannot create") -> StoreError {
+            let code: StoreError.Code = switch err {
+            case ENOSPC, EDQUOT: .noSpace
+            case EROFS, EACCES, EPERM: .readOnly
+            default: .io
+            }
+            return StoreError(code, "\(what) \(path): \(call) \(at)", cause: String(cString: strerror(err)))
+        }
+        func make(_ dir: String) throws {
+            if mkdir(dir, 0o755) == 0 { return }
+            var err = Glibc.errno
+            if err == ENOENT {
+                let parent = (dir as NSString).deletingLastPathComponent
+                guard !parent.isEmpty, parent != dir else { throw fail(dir, ENOENT) }
+                try make(parent)
+                if mkdir(dir, 0o755) == 0 { return }
+                err = Glibc.errno
+            }
+            if err == ENOTDIR {
+                // A parent is a file: name it.
+                var up = (dir as NSString).deletingLastPathComponent
+                var st = stat()
+                while !up.isEmpty, up != "/" {
+                    if stat(up, &st) == 0, st.st_mode & S_IFMT != S_IFDIR { throw fail(up, ENOTDIR, "a file is in the way at") }
+                    up = (up as NSString).deletingLastPathComponent
+                }
+            }
+            guard err == EEXIST else { throw fail(dir, err) }
+            // Something is there: it must be a folder (a file in the way is ENOTDIR).
+            var st = stat()
+            guard stat(dir, &st) == 0 else { throw fail(dir, Glibc.errno, "cannot stat") }
+            guard st.st_mode & S_IFMT == S_IFDIR else { throw fail(dir, ENOTDIR, "a file is in the way at") }
+        }
+        try make(path)
     }
 
     private static func from(_ ctx: UnsafeMutableRawPointer?) -> FUSEExport {

@@ -162,11 +162,11 @@ extension VolumeStore {
         guard apply else { return true }
         let owner: LockOwner
         do {
-            owner = try FillStage.claim(store: self, target: target, doing: "reclaim its checkpoint")
+            owner = try FillStage.claim(store: self, target: target, doing: "reclaim its checkpoint").owner
         } catch let e as StoreError where e.code == .locked {
             return false   // a fill of it started meanwhile
         }
-        defer { _ = try? objects.giveBackLock(FillStage.fillLock(target), owner: owner) }
+        defer { FillStage.release(store: self, target: target, owner: owner) }
         guard let again = try objects.stat(checkpoint), again.modified < cutoff else { return false }
         try objects.remove(checkpoint)
         return true

@@ -198,6 +198,21 @@ extension VolumeStore {
         try objects.put(ScrubLayout.results, Array(data), durable: true)
     }
 
+    /// Moves `name`'s last verification result to `to` (a rename), or drops
+    /// it (`to` nil: a remove). Advisory like the results themselves: a
+    /// failure leaves the entry, which `lastVerification` then tells apart
+    /// by the new name's creation time.
+    func moveVerification(of name: VolumeName, to: VolumeName?) {
+        var all = loadResults()
+        guard var r = all.names.removeValue(forKey: name.value) else { return }
+        if let to {
+            r.name = to.value
+            all.names[to.value] = r
+        }
+        guard let data = try? JSONEncoder.scrub.encode(all) else { return }
+        _ = try? objects.put(ScrubLayout.results, Array(data), durable: true)
+    }
+
     /// Forgets a scrub's checkpoint, so the next one starts over.
     public func removeScrubCheckpoint() throws {
         try objects.remove(ScrubLayout.checkpoint)

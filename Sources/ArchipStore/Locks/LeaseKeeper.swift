@@ -16,20 +16,20 @@ import Foundation
 final class LeaseKeeper: @unchecked Sendable {
     let fence: HoldFence
     private let store: VolumeStore
-    private let name: VolumeName
+    private let hold: LeasedLock
     private let owner: LockOwner
     private let settings: LeaseSettings
     private let condition = NSCondition()
     private var stopping = false
     private var running = false
 
-    init(store: VolumeStore, name: VolumeName, owner: LockOwner, epoch: UInt64, settings: LeaseSettings, startedAt: Int64) {
+    init(store: VolumeStore, hold: LeasedLock, owner: LockOwner, epoch: UInt64, settings: LeaseSettings, startedAt: Int64) {
         self.store = store
-        self.name = name
+        self.hold = hold
         self.owner = owner
         self.settings = settings
         let log = store.leaseLog
-        self.fence = HoldFence(volume: name.value, node: owner.node, epoch: epoch,
+        self.fence = HoldFence(volume: hold.label, node: owner.node, epoch: epoch,
                                deadline: startedAt + Int64((settings.lease - settings.guardTime) * 1e9),
                                report: log)
     }
@@ -75,20 +75,20 @@ final class LeaseKeeper: @unchecked Sendable {
             condition.unlock()
             let started = MonotonicClock.now()
             do {
-                try store.renewLease(name, owner: owner, epoch: fence.epoch)
+                try store.renewLease(hold, owner: owner, epoch: fence.epoch)
                 fence.renewed(startedAt: started, settings: settings)
-                if failing { store.leaseLog?("\(name.value): lease renewed again (epoch \(fence.epoch))") }
+                if failing { store.leaseLog?("\(hold.label): lease renewed again (epoch \(fence.epoch))") }
                 failing = false
             } catch let e as StoreError where e.code == .fenced {
                 fence.lose(e.message)
-                store.leaseLog?("\(name.value): node \(owner.node) (epoch \(fence.epoch)) is fenced: \(e.message)")
+                store.leaseLog?("\(hold.label): node \(owner.node) (epoch \(fence.epoch)) is fenced: \(e.message)")
                 condition.lock()
                 running = false
                 condition.broadcast()
                 condition.unlock()
                 return
             } catch {
-                if !failing { store.leaseLog?("\(name.value): lease renewal failed: \(error); writes stop when the lease runs out") }
+                if !failing { store.leaseLog?("\(hold.label): lease renewal failed: \(error); writes stop when the lease runs out") }
                 failing = true
             }
         }

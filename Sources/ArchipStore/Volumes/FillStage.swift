@@ -8,7 +8,10 @@ import Foundation
 /// One fill per target at a time: a running fill holds the lock
 /// `fill-locks/<name>` from `begin` until `commit` (or `end`), so a second
 /// fill or resume of the name fails naming the first, and `gc` can tell a
-/// running fill's checkpoint from an abandoned one.
+/// running fill's checkpoint from an abandoned one. The hold has a lease
+/// (`fill-leases/<name>`, renewed by a `LeaseKeeper` like a volume's
+/// exclusive hold, docs/FENCING.md), so a fill that died on another node
+/// frees the name once its lease ended more than `[locks] clock_skew` ago.
 public final class FillStage: @unchecked Sendable {
     public let store: VolumeStore
     public let target: VolumeName
@@ -28,51 +31,77 @@ public final class FillStage: @unchecked Sendable {
     private let state: Locked<(done: [UInt32: ContentHash], unsynced: [ObjectName], written: Int)>
     /// This fill's hold on `fillLock(target)`, until `end`.
     private let holder: Locked<LockOwner?>
+    /// Renews the hold's lease until `end`; its fence stops checkpoints
+    /// and the commit once the hold is lost.
+    let keeper: LeaseKeeper
+    /// The break of a dead holder's lease this fill's start made, if any.
+    public let tookOver: LeaseBreak?
 
     static let magic = Array("ARCHFILL".utf8)
     static func checkpointName(_ n: VolumeName) -> ObjectName { ObjectName("fills", n.value) }
     static func fillLock(_ n: VolumeName) -> ObjectName { ObjectName("fill-locks", n.value) }
+    static func fillLease(_ n: VolumeName) -> ObjectName { ObjectName("fill-leases", n.value) }
+    static func leased(_ n: VolumeName) -> LeasedLock {
+        LeasedLock(lock: fillLock(n), lease: fillLease(n), label: "fill of \(n.value)")
+    }
 
-    /// A running fill writes its checkpoint every few seconds while blocks
-    /// arrive (`FillOptions.checkpointInterval`); a holder on another node
-    /// whose checkpoint is older than this counts as gone (that node died).
+    /// A fill lock held without a lease (taken by an archip before fill
+    /// leases) on another node counts as gone once the fill's checkpoint is
+    /// older than this (a running fill writes it every few seconds while
+    /// blocks arrive, `FillOptions.checkpointInterval`).
     static let silentHolderTimeout: TimeInterval = 3600
 
-    /// Whether a holder of a fill's lock is gone: a process of this node
-    /// that no longer runs, or (its process cannot be checked from here) a
-    /// holder on another node whose fill made no checkpoint for an hour.
-    static func isGone(_ h: LockOwner, node: String, lastProgress: Date?) -> Bool {
-        if h.node == node, let pid = h.pid, pid > 0 {
-            return kill(pid, 0) != 0 && errno == ESRCH
+    /// Whether a holder of a fill's lock still runs, and when its lease ends:
+    /// a process of this node while it runs; a holder on another node while
+    /// its lease (`fill-leases/<name>`) ends more than the clock skew from
+    /// now; one without a lease (an older archip) until its fill made no
+    /// checkpoint for an hour.
+    static func holderState(_ h: LockOwner, store: VolumeStore, lease: Lease?, lastProgress: Date?,
+                            now: Date) -> (live: Bool, until: Date?) {
+        if h.node == store.node, let pid = h.pid, pid > 0 {
+            return (!(kill(pid, 0) != 0 && errno == ESRCH), nil)
         }
-        guard let lastProgress else { return false }
-        return Date().timeIntervalSince(lastProgress) > silentHolderTimeout
+        if let lease, lease.holder == h {
+            return (lease.isLive(for: h, now: now, settings: store.leaseSettings), lease.until)
+        }
+        guard let lastProgress else { return (true, nil) }
+        return (now.timeIntervalSince(lastProgress) <= silentHolderTimeout, nil)
     }
 
     /// The running fill of `target`, if any: the holder of its fill lock,
-    /// unless that holder is gone (see `isGone`).
+    /// unless that holder is gone (see `holderState`).
     static func runningHolder(store: VolumeStore, target: VolumeName) throws -> LockOwner? {
         guard let st = try store.objects.lockState(fillLock(target)), !st.holders.isEmpty else { return nil }
         let last = try store.objects.stat(checkpointName(target))?.modified
-        return st.holders.first { !isGone($0, node: store.node, lastProgress: last) }
+        // A damaged lease decides nothing: the hour rule then applies.
+        let lease = (try? store.lease(at: fillLease(target))) ?? nil
+        let now = Date()
+        return st.holders.first { holderState($0, store: store, lease: lease, lastProgress: last, now: now).live }
     }
 
-    /// Takes `target`'s fill lock for a fresh owner: holders that are gone
-    /// are dropped first; a running one is an error naming it.
-    static func claim(store: VolumeStore, target: VolumeName, doing what: String) throws -> LockOwner {
-        let lock = fillLock(target)
+    /// Takes `target`'s fill lock and its lease for a fresh owner: a holder
+    /// that is gone is broken first (recorded in the lease, and logged in one
+    /// line naming it); a running one is an error naming it.
+    static func claim(store: VolumeStore, target: VolumeName, doing what: String) throws -> (owner: LockOwner, lease: Lease, broke: LeaseBreak?) {
         let owner = LockOwner.forThisProcess(node: store.node)
-        if let st = try store.objects.lockState(lock), !st.holders.isEmpty, try runningHolder(store: store, target: target) == nil {
-            // Gone without releasing (killed, or its node died).
-            for h in st.holders { _ = try? store.objects.giveBackLock(lock, owner: h) }
-        }
+        let last = try store.objects.stat(checkpointName(target))?.modified
         do {
-            try store.objects.takeFreshLock(lock, owner: owner, mode: .exclusive)
+            let (lease, broke) = try store.takeExclusive(leased(target), owner: owner, fresh: true) { h, l, now in
+                holderState(h, store: store, lease: l, lastProgress: last, now: now)
+            }
+            return (owner, lease, broke)
         } catch let e as StoreError where e.code == .locked {
-            let running = (try? store.objects.lockState(lock))?.holders.map(\.description).joined(separator: ", ") ?? "another process"
-            throw StoreError(.locked, "cannot \(what): a fill of '\(target)' is running (\(running)); wait for it to end (a holder on another node that makes no progress for \(Int(silentHolderTimeout / 60)) minutes counts as gone)")
+            let running = (try? store.objects.lockState(fillLock(target)))?.holders.map(\.description).joined(separator: ", ") ?? "another process"
+            let lease = (try? store.lease(at: fillLease(target))) ?? nil
+            let ends = lease?.until.map { "its lease ends at \(Lease.time($0)), + \(LeaseSettings.format(store.leaseSettings.clockSkew)) clock skew" }
+                ?? "a holder on another node without a lease counts as gone after \(Int(silentHolderTimeout / 60)) minutes without progress"
+            throw StoreError(.locked, "cannot \(what): a fill of '\(target)' is running (\(running)); wait for it to end (\(ends))")
         }
-        return owner
+    }
+
+    /// Gives back a hold `claim` took (the lock and its lease).
+    static func release(store: VolumeStore, target: VolumeName, owner: LockOwner) {
+        _ = try? store.releaseHold(leased(target), owner: owner)
     }
 
     /// Starts (or with `resume`, continues) a fill of `target`.
@@ -82,7 +111,8 @@ public final class FillStage: @unchecked Sendable {
         let cp = checkpointName(target)
         // Held from here to commit (or end): a second fill or resume of the
         // name fails here, naming this one.
-        let owner = try claim(store: store, target: target, doing: resume ? "resume" : "fill")
+        let started = MonotonicClock.now()
+        let (owner, lease, broke) = try claim(store: store, target: target, doing: resume ? "resume" : "fill")
         do {
             var done: [UInt32: ContentHash] = [:]
             let found = try store.objects.stat(cp) != nil
@@ -96,20 +126,24 @@ public final class FillStage: @unchecked Sendable {
                 }
                 done = c.done
             }
+            let keeper = LeaseKeeper(store: store, hold: leased(target), owner: owner, epoch: lease.epoch,
+                                     settings: store.leaseSettings, startedAt: started)
             let stage = FillStage(store: store, target: target, imageSize: imageSize, blockSize: blockSize,
-                                  sourceID: sourceID, done: done, holder: owner)
+                                  sourceID: sourceID, done: done, holder: owner, keeper: keeper, tookOver: broke)
             if !found {
                 // Made only if absent: a fill by an archip without fill locks
                 // (or one that got past them) still loses the race here.
                 let c = Checkpoint(sourceID: sourceID, imageSize: imageSize, blockSize: UInt32(blockSize), done: [:])
                 guard try store.objects.create(cp, encode(c), durable: true) else {
                     stage.holder.withLock { $0 = nil }
+                    stage.keeper.stop()
                     throw StoreError(.alreadyExists, "another fill of '\(target)' is running (or was just interrupted); wait for it, or see 'archip list'")
                 }
             }
+            keeper.start()
             return stage
         } catch {
-            _ = try? store.objects.giveBackLock(fillLock(target), owner: owner)
+            release(store: store, target: target, owner: owner)
             throw error
         }
     }
@@ -117,8 +151,8 @@ public final class FillStage: @unchecked Sendable {
     /// Drops an interrupted fill's checkpoint (its blocks are left to `gc`);
     /// a running fill's is an error naming it.
     public static func abort(store: VolumeStore, target: VolumeName) throws -> Bool {
-        let owner = try claim(store: store, target: target, doing: "abort")
-        defer { _ = try? store.objects.giveBackLock(fillLock(target), owner: owner) }
+        let owner = try claim(store: store, target: target, doing: "abort").owner
+        defer { release(store: store, target: target, owner: owner) }
         return try store.objects.remove(checkpointName(target))
     }
 
@@ -127,13 +161,14 @@ public final class FillStage: @unchecked Sendable {
     /// when the stage is dropped.
     public func end() {
         guard let owner = holder.withLock({ h -> LockOwner? in defer { h = nil }; return h }) else { return }
-        _ = try? store.objects.giveBackLock(FillStage.fillLock(target), owner: owner)
+        keeper.stop()
+        FillStage.release(store: store, target: target, owner: owner)
     }
 
     deinit { end() }
 
     private init(store: VolumeStore, target: VolumeName, imageSize: UInt64, blockSize: Int, sourceID: String,
-                 done: [UInt32: ContentHash], holder: LockOwner) {
+                 done: [UInt32: ContentHash], holder: LockOwner, keeper: LeaseKeeper, tookOver: LeaseBreak?) {
         self.store = store
         self.target = target
         self.imageSize = imageSize
@@ -141,6 +176,8 @@ public final class FillStage: @unchecked Sendable {
         self.sourceID = sourceID
         state = Locked((done, [], 0))
         self.holder = Locked(holder)
+        self.keeper = keeper
+        self.tookOver = tookOver
     }
 
     public var blockCount: Int { Int((imageSize + UInt64(blockSize) - 1) / UInt64(blockSize)) }
@@ -188,6 +225,9 @@ public final class FillStage: @unchecked Sendable {
 
     /// Makes the stored blocks durable and records them, so a resume skips them.
     public func checkpoint() throws {
+        // A fill whose hold was lost (its lease ran out, another node took
+        // the name over) writes no checkpoint and commits nothing.
+        try keeper.fence.check()
         let (unsynced, done) = state.withLock { s -> ([ObjectName], [UInt32: ContentHash]) in
             defer { s.unsynced = [] }
             return (s.unsynced, s.done)

@@ -3,33 +3,50 @@ import Foundation
 /// Leases on exclusive holds (docs/FENCING.md, docs/FORMAT.md `leases/NAME`).
 /// Every decision here runs under `objects.exclusively(leases/NAME)`, so a
 /// renewal and a break (or a take-over) of the same volume never interleave.
+/// A lock whose exclusive holder keeps a lease: a volume's (`locks/NAME`,
+/// `leases/NAME`) or a running fill's (`fill-locks/NAME`, `fill-leases/NAME`).
+/// One machinery for both: take (breaking an expired holder), renew
+/// (`LeaseKeeper`), release.
+struct LeasedLock: Sendable {
+    let lock: ObjectName
+    let lease: ObjectName
+    /// For logs and fence messages: the volume's name, or "fill of NAME".
+    let label: String
+
+    static func volume(_ n: VolumeName) -> LeasedLock {
+        LeasedLock(lock: StoreLayout.lock(n), lease: VolumeStore.leaseObject(n), label: n.value)
+    }
+}
+
 extension VolumeStore {
     static func leaseObject(_ name: VolumeName) -> ObjectName { ObjectName("leases", name.value) }
 
     /// The lease record of `name`, if any was ever written.
-    public func lease(_ name: VolumeName) throws -> Lease? {
-        let obj = Self.leaseObject(name)
+    public func lease(_ name: VolumeName) throws -> Lease? { try lease(at: Self.leaseObject(name)) }
+
+    /// The lease record in `obj`, if any was ever written.
+    func lease(at obj: ObjectName) throws -> Lease? {
         let bytes: [UInt8]
         do { bytes = try objects.readAll(obj) } catch let e as StoreError where e.code == .notFound { return nil }
         return try Lease.decode(bytes, what: "lease \(obj)")
     }
 
-    private func writeLease(_ name: VolumeName, _ lease: Lease) throws {
-        try objects.put(Self.leaseObject(name), try lease.encode(), durable: true)
+    private func writeLease(_ obj: ObjectName, _ lease: Lease) throws {
+        try objects.put(obj, try lease.encode(), durable: true)
     }
 
     /// The lease once its holder is gone: kept while it records a break (its
     /// epoch and who broke whom), removed otherwise, so a volume nobody holds
     /// and nobody ever broke has no lease object (the next holder starts at
     /// epoch 1).
-    private func endLease(_ name: VolumeName, _ lease: Lease) throws {
+    private func endLease(_ obj: ObjectName, _ lease: Lease) throws {
         var l = lease
         l.holder = nil
         l.until = nil
         if l.lastBreak == nil {
-            _ = try objects.remove(Self.leaseObject(name))
+            _ = try objects.remove(obj)
         } else {
-            try writeLease(name, l)
+            try writeLease(obj, l)
         }
     }
 
@@ -40,7 +57,7 @@ extension VolumeStore {
             let released = try objects.releaseLock(StoreLayout.lock(name), owner: owner, force: false)
             if released, let current = try lease(name), let h = current.holder,
                owner.token.isEmpty ? h.node == owner.node : h == owner {
-                try endLease(name, current)
+                try endLease(Self.leaseObject(name), current)
             }
             return released
         }
@@ -64,13 +81,21 @@ extension VolumeStore {
     /// (until + clock skew past) is broken first, logged and recorded; a live
     /// one is refused, naming when it ends.
     func takeExclusive(_ name: VolumeName, owner: LockOwner, fresh: Bool) throws -> (Lease, LeaseBreak?) {
-        let lockObj = StoreLayout.lock(name)
-        return try objects.exclusively(Self.leaseObject(name)) {
+        try takeExclusive(.volume(name), owner: owner, fresh: fresh, isLive: nil)
+    }
+
+    /// The same for any leased lock; `isLive` (default `holderIsLive`)
+    /// decides whether another exclusive holder still holds it.
+    func takeExclusive(_ hold: LeasedLock, owner: LockOwner, fresh: Bool,
+                       isLive: ((LockOwner, Lease?, Date) -> (live: Bool, until: Date?))?) throws -> (Lease, LeaseBreak?) {
+        let lockObj = hold.lock
+        let leaseObj = hold.lease
+        return try objects.exclusively(leaseObj) {
             let take = {
                 if fresh { try self.objects.takeFreshLock(lockObj, owner: owner, mode: .exclusive) }
                 else { try self.objects.acquireLock(lockObj, owner: owner, mode: .exclusive) }
             }
-            var old = try lease(name)
+            var old = try lease(at: leaseObj)
             var broke: LeaseBreak?
             do {
                 try take()
@@ -78,7 +103,7 @@ extension VolumeStore {
                 guard let state = try objects.lockState(lockObj), state.mode == .exclusive,
                       let holder = state.holders.first, holder != owner else { throw refused }
                 let now = Date()
-                let (live, until) = holderIsLive(holder, lease: old, now: now)
+                let (live, until) = isLive?(holder, old, now) ?? holderIsLive(holder, lease: old, now: now)
                 if live {
                     let ends = until.map { " (its lease ends at \(Lease.time($0)), + \(LeaseSettings.format(leaseSettings.clockSkew)) clock skew)" } ?? ""
                     throw StoreError(.locked, "\(refused.message)\(ends)")
@@ -89,8 +114,8 @@ extension VolumeStore {
                                    epochBefore: epoch, epochAfter: epoch + 1)
                 // The break is on record before anything else can fail.
                 old = Lease(holder: nil, until: nil, epoch: epoch + 1, renewed: nil, lastBreak: broke)
-                try writeLease(name, old!)
-                leaseLog?("\(name.value): \(broke!.description)")
+                try writeLease(leaseObj, old!)
+                leaseLog?("\(hold.label): \(broke!.description)")
                 try take()
             }
             let now = Date()
@@ -98,7 +123,7 @@ extension VolumeStore {
             let lease = Lease(holder: owner, until: now.addingTimeInterval(leaseSettings.lease), epoch: epoch,
                               renewed: now, lastBreak: old?.lastBreak)
             do {
-                try writeLease(name, lease)
+                try writeLease(leaseObj, lease)
             } catch {
                 _ = try? objects.giveBackLock(lockObj, owner: owner)
                 throw error
@@ -109,20 +134,20 @@ extension VolumeStore {
 
     /// One renewal by `owner`, holder of epoch `epoch`. Throws `.fenced` when
     /// the hold is gone (the lock is another's, or the epoch moved on).
-    func renewLease(_ name: VolumeName, owner: LockOwner, epoch: UInt64) throws {
-        try objects.exclusively(Self.leaseObject(name)) {
-            let state = try objects.lockState(StoreLayout.lock(name))
+    func renewLease(_ hold: LeasedLock, owner: LockOwner, epoch: UInt64) throws {
+        try objects.exclusively(hold.lease) {
+            let state = try objects.lockState(hold.lock)
             guard let state, state.mode == .exclusive, state.holders.contains(owner) else {
                 let now = state.map { s in s.holders.map(\.node).joined(separator: ", ") } ?? ""
                 throw StoreError(.fenced, now.isEmpty ? "its exclusive lock was broken" : "its exclusive lock was broken and is now held by \(now)")
             }
-            let current = try lease(name)
+            let current = try lease(at: hold.lease)
             if let current, current.epoch != epoch {
                 throw StoreError(.fenced, "the lease's epoch moved to \(current.epoch)\(current.lastBreak.map { " (\($0.by.node) broke it at \(Lease.time($0.at)))" } ?? "")")
             }
             let now = Date()
-            try writeLease(name, Lease(holder: owner, until: now.addingTimeInterval(leaseSettings.lease), epoch: epoch,
-                                       renewed: now, lastBreak: current?.lastBreak))
+            try writeLease(hold.lease, Lease(holder: owner, until: now.addingTimeInterval(leaseSettings.lease), epoch: epoch,
+                                             renewed: now, lastBreak: current?.lastBreak))
         }
     }
 
@@ -136,14 +161,18 @@ extension VolumeStore {
     /// live lease); the next holder writes its own. The lease's error is then
     /// the one reported.
     func releaseHold(_ name: VolumeName, owner: LockOwner) throws {
-        try objects.exclusively(Self.leaseObject(name)) {
+        try releaseHold(.volume(name), owner: owner)
+    }
+
+    func releaseHold(_ hold: LeasedLock, owner: LockOwner) throws {
+        try objects.exclusively(hold.lease) {
             var leaseError: Error?
             do {
-                if let current = try lease(name), current.holder == owner { try endLease(name, current) }
+                if let current = try lease(at: hold.lease), current.holder == owner { try endLease(hold.lease, current) }
             } catch {
                 leaseError = error
             }
-            try objects.giveBackLock(StoreLayout.lock(name), owner: owner)
+            try objects.giveBackLock(hold.lock, owner: owner)
             if let leaseError { throw leaseError }
         }
     }
@@ -177,7 +206,7 @@ extension VolumeStore {
             let epoch = old?.epoch ?? 0
             let brk = LeaseBreak(broken: holder, by: by, at: now, leaseEnded: until, reason: reason,
                                  epochBefore: epoch, epochAfter: epoch + 1)
-            try writeLease(name, Lease(holder: nil, until: nil, epoch: epoch + 1, renewed: nil, lastBreak: brk))
+            try writeLease(Self.leaseObject(name), Lease(holder: nil, until: nil, epoch: epoch + 1, renewed: nil, lastBreak: brk))
             leaseLog?("\(name.value): \(brk.description)")
             return brk
         }

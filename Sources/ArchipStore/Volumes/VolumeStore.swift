@@ -160,7 +160,7 @@ public final class VolumeStore: @unchecked Sendable {
             let o = owner ?? LockOwner.forThisProcess(node: node)
             let started = MonotonicClock.now()
             let (lease, broke) = try takeExclusive(name, owner: o, fresh: owner == nil)
-            keeper = LeaseKeeper(store: self, name: name, owner: o, epoch: lease.epoch, settings: leaseSettings,
+            keeper = LeaseKeeper(store: self, hold: .volume(name), owner: o, epoch: lease.epoch, settings: leaseSettings,
                                  startedAt: started)
             tookOver = broke
             lockOwner = o
@@ -382,6 +382,8 @@ public final class VolumeStore: @unchecked Sendable {
         }
         try holdingLock(from, owner: owner) {
             try objects.rename(StoreLayout.record(from), to: StoreLayout.record(to))
+            // The last scrub result goes with the name's record.
+            moveVerification(of: from, to: to)
         }
     }
 
@@ -407,6 +409,9 @@ public final class VolumeStore: @unchecked Sendable {
         let drop = {
             try self.objects.remove(StoreLayout.record(name))
             if rec.kind == .volume { self.forgetIndexed(name, rec.metadata) }
+            // Its last scrub result names a volume that is gone (and a new one
+            // made in the same second would pass for it: `createdAt` is seconds).
+            self.moveVerification(of: name, to: nil)
             try self.removeUnreferencedLayers(startingAt: rec.layer, remaining: records.filter { $0.0 != name })
         }
         if rec.kind == .volume {
