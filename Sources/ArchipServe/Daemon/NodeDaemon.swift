@@ -28,8 +28,25 @@ import Foundation
 ///                  `limits.fuseStop` to end after its unmount, then it is
 ///                  aborted (fusectl) and gets as long again.
 ///     the table    `attached` is behind a mutex held only to read or change it.
+///     the cluster  on RADOS, monitor ops and the wait for a write slot are
+///                  bounded by `[rados] op_timeout`; object I/O is not (a guest
+///                  rides out an OSD restart). A control call stuck on the cluster
+///                  holds only its volume's slot; its client (ControlClient) gives
+///                  up after its own timeout, and the next call on that volume
+///                  after `busyWait`.
+///
+/// A fenced client (RADOS: the cluster blocklisted it because another node
+/// broke a lock it held) fails every op for good. The volumes open on it stay
+/// fenced: their I/O fails (EIO) until they are detached, and nothing reopens
+/// them behind the operator's back. The next attach or open of any volume
+/// first replaces the store with a new client (`reopenStore`), logged in one
+/// line; that attach takes the volume's lock again, and is refused while
+/// another node holds it.
 public final class NodeDaemon: @unchecked Sendable {
-    public let store: VolumeStore
+    /// The store new work goes to (replaced once its client is fenced).
+    public var store: VolumeStore { current.withLock { $0 } }
+    private let current: Locked<VolumeStore>
+    private let reopenStore: (() throws -> VolumeStore)?
     public let runtimeDir: String
     public let owner: LockOwner
     public let limits: Limits
@@ -46,6 +63,8 @@ public final class NodeDaemon: @unchecked Sendable {
 
     final class Attachment {
         let device: VolumeDevice
+        /// The store the volume was opened on (its client may have been fenced since).
+        let store: VolumeStore
         /// The kernel device: FUSE file + loop device, or (--device=nbd) nbd-client's /dev/nbdN.
         let fuse: FUSEExport?
         let loop: LoopDevice?
@@ -54,9 +73,9 @@ public final class NodeDaemon: @unchecked Sendable {
         /// Changed only with the daemon's table lock held (`list` reads it there).
         var info: AttachmentInfo
         var volume: Volume { device.volume }
-        init(device: VolumeDevice, fuse: FUSEExport?, loop: LoopDevice?, kernelNBD: KernelNBDDevice? = nil,
+        init(device: VolumeDevice, store: VolumeStore, fuse: FUSEExport?, loop: LoopDevice?, kernelNBD: KernelNBDDevice? = nil,
              nbd: NBDServer, info: AttachmentInfo) {
-            self.device = device; self.fuse = fuse; self.loop = loop; self.kernelNBD = kernelNBD; self.nbd = nbd
+            self.device = device; self.store = store; self.fuse = fuse; self.loop = loop; self.kernelNBD = kernelNBD; self.nbd = nbd
             self.info = info
         }
     }
@@ -72,8 +91,12 @@ public final class NodeDaemon: @unchecked Sendable {
 
     public var controlSocket: String { runtimeDir + "/control.sock" }
 
-    public init(store: VolumeStore, runtimeDir: String, limits: Limits = Limits(), log: @escaping (String) -> Void) {
-        self.store = store
+    /// `reopenStore`: opens the store again with a new client, for when this
+    /// one was fenced (nil: never; a folder store has no client to fence).
+    public init(store: VolumeStore, runtimeDir: String, limits: Limits = Limits(), log: @escaping (String) -> Void,
+                reopenStore: (() throws -> VolumeStore)? = nil) {
+        self.current = Locked(store)
+        self.reopenStore = reopenStore
         self.runtimeDir = runtimeDir
         self.limits = limits
         self.owner = LockOwner(node: store.node, token: "serve-" + LockOwner.randomToken(), pid: getpid(), since: Date())
@@ -83,6 +106,27 @@ public final class NodeDaemon: @unchecked Sendable {
         self.storeIdentity = StoreLocation.canonical(store.objects.location)
         // Breaks this daemon makes, renewals that fail, writes refused once fenced.
         store.leaseLog = log
+    }
+
+    /// The store for a new attach or open: a new one when the cluster fenced
+    /// the current one's client (what is open on the old one stays fenced).
+    private func liveStore() throws -> VolumeStore {
+        let old = store
+        guard !old.objects.clientIsUsable, let reopenStore else { return old }
+        let started = Date()
+        let fresh = try reopenStore()
+        fresh.leaseLog = log
+        let swapped = current.withLock { s -> Bool in
+            guard s === old else { return false }   // another call reconnected first
+            s = fresh
+            return true
+        }
+        if swapped {
+            let fenced = attached.withLock { $0.values.filter { $0.store === old }.map(\.info.name).sorted() }
+            log(String(format: "the cluster fenced this daemon's client (blocklisted); reconnected in %.0f ms%@", Date().timeIntervalSince(started) * 1000,
+                       fenced.isEmpty ? "" : "; \(fenced.joined(separator: ", ")) stay fenced until detached"))
+        }
+        return store
     }
 
     // MARK: life cycle
@@ -205,6 +249,7 @@ public final class NodeDaemon: @unchecked Sendable {
         if kind == .nbd, let why = KernelNBDDevice.unavailableReason() { throw StoreError(.unsupported, why) }
         let started = Date()
         var undo = UndoStack()
+        let store = try liveStore()
         do {
             let volume = try store.open(name, mode: hold.openMode, owner: owner)
             undo.push { try? volume.close() }
@@ -241,7 +286,7 @@ public final class NodeDaemon: @unchecked Sendable {
                                       uri: "nbd:unix:\(socket):exportname=\(name.value)",
                                       mode: isSnapshot ? "read-only" : hold.rawValue, readOnly: isSnapshot, size: volume.size)
             info.deviceKind = kind
-            let a = Attachment(device: device, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
+            let a = Attachment(device: device, store: store, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
             attached.withLock { $0[name.value] = a }
             log(String(format: "attach %@: %@ %@ (%@) in %.0f ms", name.value, info.device, info.uri, info.mode,
                        Date().timeIntervalSince(started) * 1000))
@@ -270,6 +315,7 @@ public final class NodeDaemon: @unchecked Sendable {
     /// changes nothing.
     public func open(_ name: VolumeName, hold: Hold) throws -> AttachmentInfo {
         try operations.run(name.value, "open") {
+            _ = try liveStore()   // a hold taken on a fenced client would be refused by the cluster
             _ = try attachHoldingSlot(name, hold: hold, device: attachment(name)?.info.deviceKind ?? .loop)
             guard let a = attachment(name) else { throw StoreError(.closed, "\(name) was detached while being opened") }
             try changeHold(a, name, to: hold)
@@ -356,7 +402,13 @@ public final class NodeDaemon: @unchecked Sendable {
             case .abandoned: fuseNote = "; its FUSE session did not end even when aborted (its thread is left)"
             }
         }
-        try a.volume.close()
+        do {
+            try a.volume.close()
+        } catch where !a.store.objects.clientIsUsable {
+            // Fenced: nothing it holds can be written or released any more (the
+            // breaker owns the lock now); the devices are gone, so is the attachment.
+            fuseNote += "; its client was fenced by the cluster, so its unflushed writes are lost (\(error))"
+        }
         attached.withLock { $0[name.value] = nil }
         try holds.remove(name.value)
         log(String(format: "detach %@ in %.0f ms%@", name.value, Date().timeIntervalSince(started) * 1000, fuseNote))
