@@ -390,10 +390,20 @@ public final class NodeDaemon: @unchecked Sendable {
         if let dev = a.loop?.path ?? a.kernelNBD?.path, archip_blk_in_exclusive_use(dev) == 1 {
             throw StoreError(.locked, "cannot detach \(name): \(dev) is in use (a mounted file system or an exclusive opener); unmount or close it first")
         }
+        // A volume whose client the cluster fenced can flush nothing: every
+        // step still runs (each stops what it stops before its flush fails),
+        // and the first flush failure is logged instead of keeping the volume
+        // attached for ever. Otherwise the first failure stops the detach.
+        var lost: Error?
+        func step(_ body: () throws -> Void) throws {
+            do { try body() } catch where !a.store.objects.clientIsUsable {
+                if lost == nil { lost = error }
+            }
+        }
         // The kernel's NBD client first: it is a client of the server stopped next.
-        try a.kernelNBD?.disconnect(logFile: runtimeDir + "/nbd-client.log")
-        try a.nbd.stop(gracePeriod: .seconds(limits.nbdGrace))
-        try a.loop?.detach(waitingUpTo: limits.loopRelease)
+        try step { try a.kernelNBD?.disconnect(logFile: runtimeDir + "/nbd-client.log") }
+        try step { try a.nbd.stop(gracePeriod: .seconds(limits.nbdGrace)) }
+        try step { try a.loop?.detach(waitingUpTo: limits.loopRelease) }
         var fuseNote = ""
         if let f = a.fuse {
             switch f.stop(timeout: limits.fuseStop) {
@@ -402,12 +412,10 @@ public final class NodeDaemon: @unchecked Sendable {
             case .abandoned: fuseNote = "; its FUSE session did not end even when aborted (its thread is left)"
             }
         }
-        do {
-            try a.volume.close()
-        } catch where !a.store.objects.clientIsUsable {
-            // Fenced: nothing it holds can be written or released any more (the
-            // breaker owns the lock now); the devices are gone, so is the attachment.
-            fuseNote += "; its client was fenced by the cluster, so its unflushed writes are lost (\(error))"
+        try step { try a.volume.close() }
+        if let lost {
+            // The breaker owns the lock now: nothing here can be released either.
+            fuseNote += "; its client was fenced by the cluster, so writes it had not flushed are lost (\(lost))"
         }
         attached.withLock { $0[name.value] = nil }
         try holds.remove(name.value)
