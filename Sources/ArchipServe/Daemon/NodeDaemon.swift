@@ -38,10 +38,11 @@ import Foundation
 /// A fenced client (RADOS: the cluster blocklisted it because another node
 /// broke a lock it held) fails every op for good. The volumes open on it stay
 /// fenced: their I/O fails (EIO) until they are detached, and nothing reopens
-/// them behind the operator's back. The next attach or open of any volume
-/// first replaces the store with a new client (`reopenStore`), logged in one
-/// line; that attach takes the volume's lock again, and is refused while
-/// another node holds it.
+/// them behind the operator's back. The store is replaced with a new client
+/// (`reopenStore`), logged in one line, as soon as the daemon notices: its
+/// snapshot-request poll (every 0.25 s while a volume is held) or the next
+/// attach or open, whichever comes first. An attach of a fenced volume after
+/// its detach takes the lock again, and is refused while another node holds it.
 public final class NodeDaemon: @unchecked Sendable {
     /// The store new work goes to (replaced once its client is fenced).
     public var store: VolumeStore { current.withLock { $0 } }
@@ -438,8 +439,22 @@ public final class NodeDaemon: @unchecked Sendable {
 
     /// Snapshots other nodes ask for (SnapshotRequests) of the volumes this
     /// daemon holds writable: only it has every write it acknowledged.
+    /// Also notices a fenced client (this loop's own reads meet it first when
+    /// no guest does I/O) and replaces it, so the log says so at once and
+    /// other nodes' snapshot requests keep being answered.
     private func serveSnapshotRequests() {
+        var reconnectFailure: String?
         while !stopping.withLock({ $0 }) {
+            if !store.objects.clientIsUsable {
+                do {
+                    _ = try liveStore()
+                    reconnectFailure = nil
+                } catch {
+                    let text = "\(error)"
+                    if text != reconnectFailure { log("the cluster fenced this daemon's client (blocklisted); reconnecting failed (retried): \(text)") }
+                    reconnectFailure = text
+                }
+            }
             let held = attached.withLock { table in
                 table.compactMap { name, a in a.info.mode != Hold.none.rawValue ? name : nil }
             }
