@@ -145,7 +145,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ArchipStoreTests",
-            dependencies: ["ArchipStore", "ArchipRados", "ArchipStoreTesting"]
+            dependencies: ["ArchipStore", "ArchipRados", "ArchipStoreTesting", "ArchipTestSupport"]
         ),
         .testTarget(
             name: "ArchipFillTests",

@@ -14,7 +14,7 @@ extension RadosConnection {
         rados_aio_create_completion2(nil, nil, &c)
         let r = rados_aio_write_op_operate(op, io, c, name, nil, 0)
         if r < 0 { rados_aio_release(c); return (r, 0) }
-        return Self.wait(c!)
+        return wait(c!)
     }
 
     /// Runs a read op, ordered after earlier writes to the same object, and waits.
@@ -26,12 +26,12 @@ extension RadosConnection {
         rados_aio_create_completion2(nil, nil, &c)
         let r = rados_aio_read_op_operate(op, io, c, name, Int32(LIBRADOS_OPERATION_ORDER_READS_WRITES))
         if r < 0 { rados_aio_release(c); return (r, 0) }
-        return Self.wait(c!)
+        return wait(c!)
     }
 
-    private static func wait(_ c: rados_completion_t) -> (Int32, UInt64) {
+    private func wait(_ c: rados_completion_t) -> (Int32, UInt64) {
         rados_aio_wait_for_complete(c)
-        let r = rados_aio_get_return_value(c)
+        let r = note(rados_aio_get_return_value(c))
         let v = rados_aio_get_version(c)
         rados_aio_release(c)
         return (r, v)
@@ -64,6 +64,7 @@ final class RadosAsyncWrites: @unchecked Sendable {
 
     private let connection: RadosConnection
     private let slots: DispatchSemaphore
+    private let maxInFlight: Int
     /// How an object is named in errors (`<name> in <store>`).
     private let describe: @Sendable (String) -> String
     private let state = NSLock()
@@ -74,6 +75,7 @@ final class RadosAsyncWrites: @unchecked Sendable {
     init(_ connection: RadosConnection, maxInFlight: Int, describe: @escaping @Sendable (String) -> String) {
         self.connection = connection
         self.slots = DispatchSemaphore(value: maxInFlight)
+        self.maxInFlight = maxInFlight
         self.describe = describe
     }
 
@@ -84,8 +86,19 @@ final class RadosAsyncWrites: @unchecked Sendable {
     }
 
     /// Submits a write op and returns at once (waits only for a free slot).
+    /// The wait for a slot is bounded by `[rados] op_timeout` (when set): a
+    /// cluster that completes none of the ops in flight for that long makes
+    /// the write fail in one line instead of blocking its caller for ever.
     func submit(_ name: String, what: String, _ build: (rados_write_op_t) -> Void) throws {
-        slots.wait()
+        let bound = connection.settings.opTimeout
+        if bound > 0 {
+            guard slots.wait(timeout: .now() + bound) == .success else {
+                throw StoreError(.io, String(format: "%@ %@: timed out after %g s waiting for one of %d writes in flight to complete: the cluster did not answer (ceph -s; [rados] op_timeout)",
+                                             what, describe(name), bound, maxInFlight))
+            }
+        } else {
+            slots.wait()
+        }
         let a = Op(name: name, what: what, slots: slots)
         let op = rados_create_write_op()!
         build(op)
@@ -103,7 +116,7 @@ final class RadosAsyncWrites: @unchecked Sendable {
             slots.signal()
             a.done.leave()
             finish(a, submitError: r)
-            throw RadosObjectStore.error(r, what, describe(name))
+            throw connection.error(r, what, describe(name))
         }
         reap()
     }
@@ -117,7 +130,7 @@ final class RadosAsyncWrites: @unchecked Sendable {
             rados_aio_release(a.completion)
             rados_release_write_op(a.op)
             if r < 0, submitError == nil {
-                failed[a.name] = RadosObjectStore.error(r, a.what, describe(a.name))
+                failed[a.name] = connection.error(r, a.what, describe(a.name))
             }
             if var list = pending[a.name] {
                 list.removeAll { $0 === a }

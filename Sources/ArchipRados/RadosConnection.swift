@@ -9,11 +9,21 @@ import Glibc
 /// namespace): librados loaded (here, on the first rados:// store, not at
 /// start), the configuration read, the client's timeouts and queue depth set,
 /// connected. Released when its last user is.
+///
+/// Once the cluster answers ESHUTDOWN (this client was blocklisted: another
+/// node broke a lock it held), the connection is dead for good: every later
+/// op fails the same way, and `isFenced` tells a long-lived process to open
+/// a new one for new work (NodeDaemon).
 final class RadosConnection: @unchecked Sendable {
     let cluster: rados_t
     let io: rados_ioctx_t
+    let settings: RadosSettings
+    /// `settings.opTimeout` where it bounds object ops, else 0.
+    var objectOpTimeout: TimeInterval { settings.boundsObjectOps ? settings.opTimeout : 0 }
+    private let fenced = Locked(false)
 
-    init(_ loc: RadosLocation, maxInFlight: Int) throws {
+    init(_ loc: RadosLocation, maxInFlight: Int, settings: RadosSettings = RadosSettings()) throws {
+        self.settings = settings
         if let why = archip_rados_load() {
             throw StoreError(.io, "store \(loc): \(String(cString: why))")
         }
@@ -32,6 +42,13 @@ final class RadosConnection: @unchecked Sendable {
         // A dead cluster must not hang a command for the 300 s default.
         if Self.confGet(c, "client_mount_timeout").map({ Double($0) ?? 0 }) ?? 0 >= 300 {
             rados_conf_set(c, "client_mount_timeout", "30")
+        }
+        // An OSD or monitor that does not answer fails an op (ETIMEDOUT) instead
+        // of hanging the command, and Ganeti with it ([rados] op_timeout).
+        if settings.opTimeout > 0 {
+            let t = String(Int(settings.opTimeout.rounded(.up)))
+            rados_conf_set(c, "rados_mon_op_timeout", t)
+            if settings.boundsObjectOps { rados_conf_set(c, "rados_osd_op_timeout", t) }
         }
         // Deep queues of 4 MiB blocks: the default stops at ~25 ops.
         if let b = Self.confGet(c, "objecter_inflight_op_bytes").flatMap({ UInt64($0) }),
@@ -68,6 +85,29 @@ final class RadosConnection: @unchecked Sendable {
 
     /// This client as lock listings name it (`client.<instance id>`).
     var clientName: String { "client.\(rados_get_instance_id(cluster))" }
+
+    /// True once the cluster refused this client (blocklisted).
+    var isFenced: Bool { fenced.withLock { $0 } }
+
+    /// `r` as it is, noting a blocklisted client.
+    @discardableResult
+    func note(_ r: Int32) -> Int32 {
+        if r == -ESHUTDOWN { fenced.withLock { $0 = true } }
+        return r
+    }
+
+    /// A librados result of an op of this client as a StoreError (`RadosObjectStore.error`),
+    /// noting a fence; a timeout says how long it waited.
+    func error(_ r: Int32, _ op: String, _ what: String, file: String = #fileID, line: Int = #line) -> StoreError {
+        note(r)
+        if r == -ETIMEDOUT {
+            let t = objectOpTimeout > 0 ? objectOpTimeout : settings.opTimeout
+            let after = t > 0 ? String(format: " after %g s", t) : ""
+            return StoreError(.io, "\(op) \(what): timed out\(after): the cluster did not answer (ceph -s; [rados] op_timeout)",
+                              file: file, line: line)
+        }
+        return RadosObjectStore.error(r, op, what, file: file, line: line)
+    }
 
     /// Keeps the client at `address` from writing anything for an hour.
     func blocklist(address: String) {

@@ -55,7 +55,7 @@ extension RadosObjectStore {
                 continue
             }
             if n == -ENOENT { return (.exclusive, []) }
-            guard n >= 0 else { throw Self.error(Int32(n), "list lockers of", describe(oid)) }
+            guard n >= 0 else { throw connection.error(Int32(n), "list lockers of", describe(oid)) }
             func split(_ b: [CChar], _ len: Int) -> [String] {
                 b.prefix(len).split(separator: 0, omittingEmptySubsequences: false).prefix(Int(n))
                     .map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
@@ -87,7 +87,7 @@ extension RadosObjectStore {
             // cannot be converted in place.
             _ = try Self.decideLock(state(of: current), owner: owner, mode: mode, name: name)
             let r = rados_break_lock(connection.io, oid, Self.lockName, mine.client, mine.cookie)
-            guard r == 0 || r == -ENOENT else { throw Self.error(r, "release lock on", describe(oid)) }
+            guard r == 0 || r == -ENOENT else { throw connection.error(r, "release lock on", describe(oid)) }
         } else {
             // The cluster decides; this only words the refusal like every backend does.
             _ = try Self.decideLock(state(of: current), owner: owner, mode: mode, name: name)
@@ -104,7 +104,7 @@ extension RadosObjectStore {
             _ = try Self.decideLock(state(of: now), owner: owner, mode: mode, name: name)
             throw StoreError(.locked, "\(name.lastComponent) is locked; the cluster refused the \(mode.rawValue) lock (try again)")
         }
-        throw Self.error(r, "lock", describe(oid))
+        throw connection.error(r, "lock", describe(oid))
     }
 
     /// A new exclusive holder of `locks/NAME` changes the version of the
@@ -120,7 +120,7 @@ extension RadosObjectStore {
                 rados_write_op_assert_exists(op)
                 rados_write_op_setxattr(op, "archip.holder", cookie, cookie.utf8.count)
             }
-            guard r >= 0 || r == -ENOENT else { throw Self.error(r, "mark the new holder on", describe(record.path)) }
+            guard r >= 0 || r == -ENOENT else { throw connection.error(r, "mark the new holder on", describe(record.path)) }
             // This process's next read of the record takes the new version.
             versions.forget(record)
         }
@@ -138,7 +138,7 @@ extension RadosObjectStore {
         }
         for l in victims {
             let r = rados_break_lock(connection.io, oid, Self.lockName, l.client, l.cookie)
-            guard r == 0 || r == -ENOENT else { throw Self.error(r, "release lock on", describe(oid)) }
+            guard r == 0 || r == -ENOENT else { throw connection.error(r, "release lock on", describe(oid)) }
             if force && fenceOnForce { fence(l) }
         }
         return true

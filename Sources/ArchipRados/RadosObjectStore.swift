@@ -42,10 +42,10 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     /// (on by default; tests turn it off to show the compare-and-swap alone).
     public var fenceOnForce = ProcessInfo.processInfo.environment["ARCHIP_RADOS_NO_FENCE"] == nil
 
-    public init(_ loc: RadosLocation, maxInFlight: Int = 32) throws {
+    public init(_ loc: RadosLocation, maxInFlight: Int = 32, settings: RadosSettings = RadosSettings()) throws {
         self.where_ = loc
         self.maxInFlight = maxInFlight
-        connection = try RadosConnection(loc, maxInFlight: maxInFlight)
+        connection = try RadosConnection(loc, maxInFlight: maxInFlight, settings: settings)
         let store = loc.description
         writes = RadosAsyncWrites(connection, maxInFlight: maxInFlight, describe: { "\($0) in \(store)" })
     }
@@ -72,7 +72,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
             }
             guard r >= 0 else {
                 if r == -ENOENT { versions.note(name, version: 0, read: true) }
-                throw Self.error(r, "read", describe(n))
+                throw connection.error(r, "read", describe(n))
             }
             versions.note(name, version: v, read: true)
             return bytes.pointee
@@ -103,7 +103,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
             }
             guard r >= 0 else {
                 if r == -ENOENT { versions.note(name, version: 0, read: true) }
-                throw Self.error(r, "read", describe(n))
+                throw connection.error(r, "read", describe(n))
             }
             if size.pointee > UInt64(guess) {
                 guess = Int(size.pointee)
@@ -127,7 +127,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
                 versions.note(name, version: 0, read: true)
                 return nil
             }
-            guard r >= 0 else { throw Self.error(r, "stat", describe(n)) }
+            guard r >= 0 else { throw connection.error(r, "stat", describe(n)) }
             versions.note(name, version: v, read: true)
             return ObjectInfo(size: size.pointee, modified: Date(timeIntervalSince1970: Double(mtime.pointee)))
         }
@@ -145,7 +145,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         if !name.kind.needsCompareAndSwap {
             if durable {
                 let (r, _) = connection.operate(n, build)
-                guard r >= 0 else { throw Self.error(r, "write", describe(n)) }
+                guard r >= 0 else { throw connection.error(r, "write", describe(n)) }
             } else {
                 try writes.submit(n, what: "write", build)
             }
@@ -159,7 +159,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
             }
             if r < 0 {
                 if let expected, let e = RadosVersions.conflict(name, r, expected: expected) { throw e }
-                throw Self.error(r, "write", describe(n))
+                throw connection.error(r, "write", describe(n))
             }
             versions.note(name, version: v)
         }
@@ -181,7 +181,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
                 }
                 return false
             }
-            guard r >= 0 else { throw Self.error(r, "create", describe(n)) }
+            guard r >= 0 else { throw connection.error(r, "create", describe(n)) }
             versions.note(name, version: v)
             return true
         }
@@ -206,7 +206,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
             }
             if r < 0 {
                 if let expected, let e = RadosVersions.conflict(name, r, expected: expected) { throw e }
-                throw Self.error(r, "write", describe(n))
+                throw connection.error(r, "write", describe(n))
             }
             versions.note(name, version: v)
         }
@@ -230,7 +230,7 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         return try versions.guarded(name) {
             let (r, _) = connection.operate(n) { op in rados_write_op_remove(op) }
             if r == -ENOENT { versions.note(name, version: 0); return false }
-            guard r >= 0 else { throw Self.error(r, "remove", describe(n)) }
+            guard r >= 0 else { throw connection.error(r, "remove", describe(n)) }
             versions.note(name, version: 0)
             return true
         }
@@ -285,13 +285,13 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
         let all = prefixes.contains("")
         var ctx: rados_list_ctx_t?
         let r = rados_nobjects_list_open(connection.io, &ctx)
-        guard r == 0, let ctx else { throw Self.error(r, "list", "\(where_)") }
+        guard r == 0, let ctx else { throw connection.error(r, "list", "\(where_)") }
         defer { rados_nobjects_list_close(ctx) }
         while true {
             var entry: UnsafePointer<CChar>?
             let r = rados_nobjects_list_next(ctx, &entry, nil, nil)
             if r == -ENOENT { return }
-            guard r == 0, let entry else { throw Self.error(r, "list", "\(where_)") }
+            guard r == 0, let entry else { throw connection.error(r, "list", "\(where_)") }
             let path = String(cString: entry)
             guard all || prefixes.contains(where: { path.hasPrefix($0) }), let name = ObjectName(validating: path) else { continue }
             if try !body(name) { return }
@@ -303,4 +303,11 @@ public final class RadosObjectStore: ObjectStore, @unchecked Sendable {
     public func forgetCached(_ name: ObjectName) {
         versions.forget(name)
     }
+
+    /// False once the cluster blocklisted this store's client.
+    public var clientIsUsable: Bool { !connection.isFenced }
+
+    /// This store's client as lock listings and `ceph osd blocklist` name it.
+    public var clientName: String { connection.clientName }
+
 }

@@ -25,6 +25,8 @@ public struct ProviderConfig: Sendable {
     public var syslog: Bool
     /// `[locks] lease` and `clock_skew`.
     public var leases: LeaseSettings
+    /// `[rados] op_timeout`: a cluster that does not answer fails the call in one line.
+    public var rados: RadosSettings
 
     public static func load(_ path: String) throws -> ProviderConfig {
         let conf: [String: String]
@@ -52,6 +54,9 @@ public struct ProviderConfig: Sendable {
         serveExecutable = conf["node.archip"] ?? DaemonPaths.defaultServeExecutable
         pithosBlocks = conf["fill.blocks"]
         do { leases = try LeaseSettings.fromConfig(conf, file: path) } catch let e as StoreError {
+            throw ExtStorageError(.failed, e.description)
+        }
+        do { rados = try RadosSettings.fromConfig(conf, file: path) } catch let e as StoreError {
             throw ExtStorageError(.failed, e.description)
         }
         caCertificate = conf["fill.cacert"]

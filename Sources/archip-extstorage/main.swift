@@ -46,7 +46,7 @@ do {
     let callLog = log
     let provider = Provider(env: env, config: config, node: DaemonAttachments(config: config),
                             openStore: {
-                                let store = try StoreOpener.open(config.storePath, node: config.node, mustExist: true)
+                                let store = try StoreOpener.open(config.storePath, node: config.node, mustExist: true, rados: config.rados)
                                 store.leaseSettings = config.leases
                                 return store
                             },

@@ -40,10 +40,24 @@ struct GlobalOptions: ParsableArguments {
     /// fill) turns an empty folder, pool or namespace into a store: a read on
     /// a mistyped path, or on a shared file system that is not mounted, fails
     /// instead of leaving an empty store behind.
-    func openStore(creating: Bool = false) throws -> VolumeStore {
-        let store = try StoreOpener.open(try storeLocation(), node: nodeName(), mustExist: !creating)
+    /// `forDaemon`: the node daemon's client, whose object I/O waits out an
+    /// OSD restart (RadosSettings).
+    func openStore(creating: Bool = false, forDaemon: Bool = false) throws -> VolumeStore {
+        let rados = try radosSettings()
+        let store = try StoreOpener.open(try storeLocation(), node: nodeName(), mustExist: !creating,
+                                         rados: forDaemon ? rados.forDaemon : rados)
         store.leaseSettings = try leaseSettings()
         return store
+    }
+
+    /// `[rados]` of the configuration file.
+    func radosSettings() throws -> RadosSettings {
+        let env = ProcessInfo.processInfo.environment
+        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
+        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
+        do { return try RadosSettings.fromConfig(conf, file: configPath) } catch let e as StoreError {
+            throw CLIError(message: e.description, status: 2)
+        }
     }
 
     /// `[locks]` of the configuration file.

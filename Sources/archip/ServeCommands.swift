@@ -71,8 +71,9 @@ struct Serve: ParsableCommand {
         if privateMounts, let why = PrivateMountNamespace.enter(keeping: keep.map(StoreLocation.canonical)) {
             mountsWhere = "the mount namespace it started in (\(why))"
         }
-        let store = try global.openStore()
-        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path(global), log: say)
+        let store = try global.openStore(forDaemon: true)
+        let daemon = NodeDaemon(store: store, runtimeDir: runtime.path(global), log: say,
+                                reopenStore: { [global] in try global.openStore(forDaemon: true) })
         say("FUSE mounts in \(mountsWhere)")
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)

@@ -28,8 +28,26 @@ import Foundation
 ///                  `limits.fuseStop` to end after its unmount, then it is
 ///                  aborted (fusectl) and gets as long again.
 ///     the table    `attached` is behind a mutex held only to read or change it.
+///     the cluster  on RADOS, monitor ops and the wait for a write slot are
+///                  bounded by `[rados] op_timeout`; object I/O is not (a guest
+///                  rides out an OSD restart). A control call stuck on the cluster
+///                  holds only its volume's slot; its client (ControlClient) gives
+///                  up after its own timeout, and the next call on that volume
+///                  after `busyWait`.
+///
+/// A fenced client (RADOS: the cluster blocklisted it because another node
+/// broke a lock it held) fails every op for good. The volumes open on it stay
+/// fenced: their I/O fails (EIO) until they are detached, and nothing reopens
+/// them behind the operator's back. The store is replaced with a new client
+/// (`reopenStore`), logged in one line, as soon as the daemon notices: its
+/// snapshot-request poll (every 0.25 s while a volume is held) or the next
+/// attach or open, whichever comes first. An attach of a fenced volume after
+/// its detach takes the lock again, and is refused while another node holds it.
 public final class NodeDaemon: @unchecked Sendable {
-    public let store: VolumeStore
+    /// The store new work goes to (replaced once its client is fenced).
+    public var store: VolumeStore { current.withLock { $0 } }
+    private let current: Locked<VolumeStore>
+    private let reopenStore: (() throws -> VolumeStore)?
     public let runtimeDir: String
     public let owner: LockOwner
     public let limits: Limits
@@ -46,6 +64,8 @@ public final class NodeDaemon: @unchecked Sendable {
 
     final class Attachment {
         let device: VolumeDevice
+        /// The store the volume was opened on (its client may have been fenced since).
+        let store: VolumeStore
         /// The kernel device: FUSE file + loop device, or (--device=nbd) nbd-client's /dev/nbdN.
         let fuse: FUSEExport?
         let loop: LoopDevice?
@@ -54,9 +74,9 @@ public final class NodeDaemon: @unchecked Sendable {
         /// Changed only with the daemon's table lock held (`list` reads it there).
         var info: AttachmentInfo
         var volume: Volume { device.volume }
-        init(device: VolumeDevice, fuse: FUSEExport?, loop: LoopDevice?, kernelNBD: KernelNBDDevice? = nil,
+        init(device: VolumeDevice, store: VolumeStore, fuse: FUSEExport?, loop: LoopDevice?, kernelNBD: KernelNBDDevice? = nil,
              nbd: NBDServer, info: AttachmentInfo) {
-            self.device = device; self.fuse = fuse; self.loop = loop; self.kernelNBD = kernelNBD; self.nbd = nbd
+            self.device = device; self.store = store; self.fuse = fuse; self.loop = loop; self.kernelNBD = kernelNBD; self.nbd = nbd
             self.info = info
         }
     }
@@ -72,8 +92,12 @@ public final class NodeDaemon: @unchecked Sendable {
 
     public var controlSocket: String { runtimeDir + "/control.sock" }
 
-    public init(store: VolumeStore, runtimeDir: String, limits: Limits = Limits(), log: @escaping (String) -> Void) {
-        self.store = store
+    /// `reopenStore`: opens the store again with a new client, for when this
+    /// one was fenced (nil: never; a folder store has no client to fence).
+    public init(store: VolumeStore, runtimeDir: String, limits: Limits = Limits(), log: @escaping (String) -> Void,
+                reopenStore: (() throws -> VolumeStore)? = nil) {
+        self.current = Locked(store)
+        self.reopenStore = reopenStore
         self.runtimeDir = runtimeDir
         self.limits = limits
         self.owner = LockOwner(node: store.node, token: "serve-" + LockOwner.randomToken(), pid: getpid(), since: Date())
@@ -83,6 +107,27 @@ public final class NodeDaemon: @unchecked Sendable {
         self.storeIdentity = StoreLocation.canonical(store.objects.location)
         // Breaks this daemon makes, renewals that fail, writes refused once fenced.
         store.leaseLog = log
+    }
+
+    /// The store for a new attach or open: a new one when the cluster fenced
+    /// the current one's client (what is open on the old one stays fenced).
+    private func liveStore() throws -> VolumeStore {
+        let old = store
+        guard !old.objects.clientIsUsable, let reopenStore else { return old }
+        let started = Date()
+        let fresh = try reopenStore()
+        fresh.leaseLog = log
+        let swapped = current.withLock { s -> Bool in
+            guard s === old else { return false }   // another call reconnected first
+            s = fresh
+            return true
+        }
+        if swapped {
+            let fenced = attached.withLock { $0.values.filter { $0.store === old }.map(\.info.name).sorted() }
+            log(String(format: "the cluster fenced this daemon's client (blocklisted); reconnected in %.0f ms%@", Date().timeIntervalSince(started) * 1000,
+                       fenced.isEmpty ? "" : "; \(fenced.joined(separator: ", ")) stay fenced until detached"))
+        }
+        return store
     }
 
     // MARK: life cycle
@@ -205,6 +250,7 @@ public final class NodeDaemon: @unchecked Sendable {
         if kind == .nbd, let why = KernelNBDDevice.unavailableReason() { throw StoreError(.unsupported, why) }
         let started = Date()
         var undo = UndoStack()
+        let store = try liveStore()
         do {
             let volume = try store.open(name, mode: hold.openMode, owner: owner)
             undo.push { try? volume.close() }
@@ -241,7 +287,7 @@ public final class NodeDaemon: @unchecked Sendable {
                                       uri: "nbd:unix:\(socket):exportname=\(name.value)",
                                       mode: isSnapshot ? "read-only" : hold.rawValue, readOnly: isSnapshot, size: volume.size)
             info.deviceKind = kind
-            let a = Attachment(device: device, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
+            let a = Attachment(device: device, store: store, fuse: fuse, loop: loop, kernelNBD: kernelNBD, nbd: nbd, info: info)
             attached.withLock { $0[name.value] = a }
             log(String(format: "attach %@: %@ %@ (%@) in %.0f ms", name.value, info.device, info.uri, info.mode,
                        Date().timeIntervalSince(started) * 1000))
@@ -270,6 +316,7 @@ public final class NodeDaemon: @unchecked Sendable {
     /// changes nothing.
     public func open(_ name: VolumeName, hold: Hold) throws -> AttachmentInfo {
         try operations.run(name.value, "open") {
+            _ = try liveStore()   // a hold taken on a fenced client would be refused by the cluster
             _ = try attachHoldingSlot(name, hold: hold, device: attachment(name)?.info.deviceKind ?? .loop)
             guard let a = attachment(name) else { throw StoreError(.closed, "\(name) was detached while being opened") }
             try changeHold(a, name, to: hold)
@@ -344,10 +391,20 @@ public final class NodeDaemon: @unchecked Sendable {
         if let dev = a.loop?.path ?? a.kernelNBD?.path, archip_blk_in_exclusive_use(dev) == 1 {
             throw StoreError(.locked, "cannot detach \(name): \(dev) is in use (a mounted file system or an exclusive opener); unmount or close it first")
         }
+        // A volume whose client the cluster fenced can flush nothing: every
+        // step still runs (each stops what it stops before its flush fails),
+        // and the first flush failure is logged instead of keeping the volume
+        // attached for ever. Otherwise the first failure stops the detach.
+        var lost: Error?
+        func step(_ body: () throws -> Void) throws {
+            do { try body() } catch where !a.store.objects.clientIsUsable {
+                if lost == nil { lost = error }
+            }
+        }
         // The kernel's NBD client first: it is a client of the server stopped next.
-        try a.kernelNBD?.disconnect(logFile: runtimeDir + "/nbd-client.log")
-        try a.nbd.stop(gracePeriod: .seconds(limits.nbdGrace))
-        try a.loop?.detach(waitingUpTo: limits.loopRelease)
+        try step { try a.kernelNBD?.disconnect(logFile: runtimeDir + "/nbd-client.log") }
+        try step { try a.nbd.stop(gracePeriod: .seconds(limits.nbdGrace)) }
+        try step { try a.loop?.detach(waitingUpTo: limits.loopRelease) }
         var fuseNote = ""
         if let f = a.fuse {
             switch f.stop(timeout: limits.fuseStop) {
@@ -356,7 +413,11 @@ public final class NodeDaemon: @unchecked Sendable {
             case .abandoned: fuseNote = "; its FUSE session did not end even when aborted (its thread is left)"
             }
         }
-        try a.volume.close()
+        try step { try a.volume.close() }
+        if let lost {
+            // The breaker owns the lock now: nothing here can be released either.
+            fuseNote += "; its client was fenced by the cluster, so writes it had not flushed are lost (\(lost))"
+        }
         attached.withLock { $0[name.value] = nil }
         try holds.remove(name.value)
         log(String(format: "detach %@ in %.0f ms%@", name.value, Date().timeIntervalSince(started) * 1000, fuseNote))
@@ -378,8 +439,22 @@ public final class NodeDaemon: @unchecked Sendable {
 
     /// Snapshots other nodes ask for (SnapshotRequests) of the volumes this
     /// daemon holds writable: only it has every write it acknowledged.
+    /// Also notices a fenced client (this loop's own reads meet it first when
+    /// no guest does I/O) and replaces it, so the log says so at once and
+    /// other nodes' snapshot requests keep being answered.
     private func serveSnapshotRequests() {
+        var reconnectFailure: String?
         while !stopping.withLock({ $0 }) {
+            if !store.objects.clientIsUsable {
+                do {
+                    _ = try liveStore()
+                    reconnectFailure = nil
+                } catch {
+                    let text = "\(error)"
+                    if text != reconnectFailure { log("the cluster fenced this daemon's client (blocklisted); reconnecting failed (retried): \(text)") }
+                    reconnectFailure = text
+                }
+            }
             let held = attached.withLock { table in
                 table.compactMap { name, a in a.info.mode != Hold.none.rawValue ? name : nil }
             }

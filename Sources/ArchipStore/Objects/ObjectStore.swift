@@ -181,6 +181,12 @@ public protocol ObjectStore: AnyObject, Sendable {
     /// before the next sync: backends that buffer may start writing it out
     /// now. Never fails (a sync later reports errors).
     func startWriteback(_ name: ObjectName)
+
+    /// False once this store's client can do nothing any more: a RADOS
+    /// client the cluster blocklisted (another node broke a lock it held)
+    /// fails every later call. A long-lived process (the node daemon) then
+    /// opens a new store for new work; what is open on this one stays fenced.
+    var clientIsUsable: Bool { get }
 }
 
 /// A read descriptor of one object's file, valid while this value lives
@@ -232,6 +238,9 @@ extension ObjectStore {
 
     /// Backends whose writes are not buffered have nothing to start.
     public func startWriteback(_ name: ObjectName) {}
+
+    /// Backends without a client of a cluster are never fenced off.
+    public var clientIsUsable: Bool { true }
 
     /// Backends that fence a broken holder themselves need no mutual exclusion here.
     public func exclusively<R>(_ name: ObjectName, _ body: () throws -> R) throws -> R { try body() }
