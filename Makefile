@@ -122,13 +122,18 @@ crash-test:
 # bluestore OSD (it keeps its data over kill -9) the OSD-kill test. The cluster is
 # brought down afterwards, whatever the result. RADOS_SCRATCH: swift's --scratch-path.
 RADOS_SCRATCH ?= .build
-RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|HTTPResumeTests|RadosTwoNodes|SnapshotsOnEitherBackend
+RADOS_SUITES = ArchipStoreTests|FillFromFiles|FillFromPithosAndStore|FillResume|HTTPResumeTests|RadosTwoNodes|SnapshotsOnEitherBackend|RadosFencedDaemon
+# Suites that stop the cluster's OSD (SIGSTOP): each alone, after the others,
+# on rados-test's own cluster (ARCHIP_TEST_RADOS_PAUSABLE=1 says it is ours).
+RADOS_PAUSING_SUITES = RadosStoppedOSD RadosCommandsWithTheOSDStopped
 rados-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "SKIP rados-test: not root"; \
 	elif ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then echo "SKIP rados-test: ceph-mon/ceph-osd not installed (make deps)"; \
 	else url=$$(tests/e2e/ceph/ceph-up.sh up) || exit 1; \
 	  trap 'st=$$?; if [ $$st != 0 ]; then for l in $${CEPH_DIR:-/var/tmp/archip-ceph}/log/osd.0.log $${CEPH_DIR:-/var/tmp/archip-ceph}/log/mon.a.log; do echo "--- last lines of $$l"; tail -n 25 $$l 2>/dev/null; done; fi; tests/e2e/ceph/ceph-up.sh down' EXIT; set -e; \
 	  ARCHIP_TEST_RADOS="$$url" $(SWIFT) test --scratch-path $(RADOS_SCRATCH) --filter '$(RADOS_SUITES)'; \
+	  for s in $(RADOS_PAUSING_SUITES); do \
+	    ARCHIP_TEST_RADOS="$$url" ARCHIP_TEST_RADOS_PAUSABLE=1 $(SWIFT) test --scratch-path $(RADOS_SCRATCH) --skip-build --filter "$$s"; done; \
 	  $(SWIFT) build --scratch-path $(RADOS_SCRATCH) -c release --product archip-torture; \
 	  $(RADOS_SCRATCH)/release/archip-torture crash --store "$$url&ns=crash-$$$$" --iterations $(RADOS_CRASH_ITERATIONS); \
 	  n=$$(tests/e2e/ceph/ceph-up.sh purge crash-$$$$); echo "crash test: $$n objects in its rados namespace (removed)"; \

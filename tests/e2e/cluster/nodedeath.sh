@@ -233,10 +233,18 @@ check "$B's detach left $(node_fqdn "$A")'s hold of $VC alone" held_by "$VC" "$A
 run "detach $VC on $A" archip_on "$A" detach "$VC"
 check "archip verify $VC is clean" archip verify "$VC"
 archip remove "$VC" >/dev/null 2>&1
-# A fenced node's daemon is restarted, as its operator (or systemd) would: on
-# RADOS its client stays blocklisted (every call of it fails; a new process is
-# a new client), on a folder store only the broken volume is fenced. The new
-# daemon recovers without touching what A holds.
+# The fenced daemon serves other volumes again by itself: on RADOS it takes a
+# new client once it sees its old one blocklisted (the volumes fenced with it
+# stay fenced until detached); on a folder store only the broken volume was
+# fenced.
+run "archip create $VC-new" archip create "$VC-new" --size 16M
+devn=$(archip_on "$B" attach "$VC-new" 2>"$W/attach-new.err" | head -n1)
+check "$B's fenced daemon attaches another volume without a restart (same pid $pb): ${devn:-$(head -c 200 "$W/attach-new.err")}" \
+  bash -c "kill -0 $pb && [[ '$devn' == /dev/loop* ]]"
+run "detach $VC-new on $B" archip_on "$B" detach "$VC-new"
+archip remove "$VC-new" >/dev/null 2>&1
+# Then it is restarted, as its operator (or systemd) would: the new daemon
+# recovers without touching what A holds.
 kill -KILL "$pb" 2>/dev/null
 for _ in $(seq 50); do kill -0 "$pb" 2>/dev/null || break; sleep 0.1; done
 check "$B's daemon, restarted after the fencing, serves again" start_serve "$B"
