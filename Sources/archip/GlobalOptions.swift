@@ -50,31 +50,31 @@ struct GlobalOptions: ParsableArguments {
         return store
     }
 
-    /// `[rados]` of the configuration file.
-    func radosSettings() throws -> RadosSettings {
+    /// The configuration file (--config, else $ARCHIP_CONFIG: either must
+    /// exist; else /etc/archip/archip.conf if it does) and its path.
+    func configFile() throws -> (conf: [String: String], path: String) {
         let env = ProcessInfo.processInfo.environment
-        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
-        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
-        do { return try RadosSettings.fromConfig(conf, file: configPath) } catch let e as StoreError {
+        let path = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
+        return (try ConfigFile.load(path, required: config != nil || env["ARCHIP_CONFIG"] != nil), path)
+    }
+
+    /// Settings read from the configuration file; a bad value is a usage error (exit 2).
+    func settings<T>(_ read: ([String: String], String) throws -> T) throws -> T {
+        let (conf, path) = try configFile()
+        do { return try read(conf, path) } catch let e as StoreError {
             throw CLIError(message: e.description, status: 2)
         }
     }
+
+    /// `[rados]` of the configuration file.
+    func radosSettings() throws -> RadosSettings { try settings { try RadosSettings.fromConfig($0, file: $1) } }
 
     /// `[locks]` of the configuration file.
-    func leaseSettings() throws -> LeaseSettings {
-        let env = ProcessInfo.processInfo.environment
-        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
-        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
-        do { return try LeaseSettings.fromConfig(conf, file: configPath) } catch let e as StoreError {
-            throw CLIError(message: e.description, status: 2)
-        }
-    }
+    func leaseSettings() throws -> LeaseSettings { try settings { try LeaseSettings.fromConfig($0, file: $1) } }
 
     func nodeName() throws -> String {
-        let env = ProcessInfo.processInfo.environment
-        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
-        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
-        return node ?? env["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
+        let (conf, _) = try configFile()
+        return node ?? ProcessInfo.processInfo.environment["ARCHIP_NODE"] ?? conf["node.name"] ?? ProcessInfo.processInfo.hostName
     }
 
     /// Where the store is: --store, else $ARCHIP_STORE, else the configuration.
@@ -84,8 +84,7 @@ struct GlobalOptions: ParsableArguments {
         if store == nil, env["ARCHIP_STORE"] == "" {
             throw CLIError(message: "ARCHIP_STORE is set but empty; give a folder or rados://POOL?conf=FILE&id=NAME, or unset it", status: 2)
         }
-        let configPath = config ?? env["ARCHIP_CONFIG"] ?? "/etc/archip/archip.conf"
-        let conf = try ConfigFile.load(configPath, required: config != nil || env["ARCHIP_CONFIG"] != nil)
+        let (conf, configPath) = try configFile()
         var configured: String?
         if store == nil, env["ARCHIP_STORE"] == nil {
             do { configured = try StoreLocation.fromConfig(conf, file: configPath) } catch let e as StoreError {

@@ -57,6 +57,26 @@ struct CLI {
     }
 
     /// Every file in the store with its content digest: "nothing changed" means this is equal.
+    /// Runs the ExtStorage provider as Ganeti does: `args` (usually
+    /// `--config FILE ACTION`), only the given environment (Ganeti's EXTP_*
+    /// and VOL_* variables) over an empty PATH, no stdin.
+    static func runProvider(_ args: [String], env vars: [String: String]) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binDir + "/archip-extstorage")
+        p.arguments = args
+        p.environment = ["PATH": "/nonexistent", "LC_ALL": "C"].merging(vars) { $1 }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                      stderr: String(decoding: e, as: UTF8.self), stdoutData: o)
+    }
+
     func snapshotOfFiles() -> [String: Data] {
         var out: [String: Data] = [:]
         guard let e = FileManager.default.enumerator(atPath: store) else { return out }

@@ -27,22 +27,7 @@ struct ProviderRun {
 
     @discardableResult
     func call(_ action: String, _ vars: [String: String], args: [String]? = nil) throws -> CLI.Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binDir + "/archip-extstorage")
-        p.arguments = args ?? ["--config", config, action]
-        var env = ["PATH": "/nonexistent", "LC_ALL": "C"]
-        for (k, v) in vars { env[k] = v }
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return CLI.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                          stderr: String(decoding: e, as: UTF8.self), stdoutData: o)
+        try CLI.runProvider(args ?? ["--config", config, action], env: vars)
     }
 
     /// Ganeti's variables for a disk of provider archipelago.

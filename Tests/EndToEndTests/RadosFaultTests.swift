@@ -48,20 +48,7 @@ struct RadosCommandsWithTheOSDStopped {
 
             """.write(toFile: providerConf, atomically: true, encoding: .utf8)
         func provider(_ action: String, _ vars: [String: String]) throws -> CLI.Result {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: CLI.binDir + "/archip-extstorage")
-            p.arguments = ["--config", providerConf, action]
-            p.environment = ["PATH": "/nonexistent", "LC_ALL": "C", "EXTP_PROVIDER": "archipelago"].merging(vars) { $1 }
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out
-            p.standardError = err
-            p.standardInput = FileHandle.nullDevice
-            try p.run()
-            let o = out.fileHandleForReading.readDataToEndOfFile()
-            let e = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return CLI.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                              stderr: String(decoding: e, as: UTF8.self), stdoutData: o)
+            try CLI.runProvider(["--config", providerConf, action], env: ["EXTP_PROVIDER": "archipelago"].merging(vars) { $1 })
         }
         let created = try cli.run(["create", "v", "--size", "16M"])
         try #require(created.status == 0, "create: \(created.stderr)")
